@@ -1,0 +1,97 @@
+"""Real text for demos, tests and benchmarks, read from the installed gensim wheel.
+
+Nothing here is copied into the repository: gensim ships the Lee news corpus
+(300 background articles; 50 documents with human similarity ratings) and an
+excerpt of English Wikipedia under ``gensim/test/test_data``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import importlib.util
+import re
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["data_dir", "lee_background", "lee_scored", "passages", "wiki_passages"]
+
+_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def data_dir() -> Path:
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the real-text corpora come from the gensim wheel: pip install gensim")
+    return Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data"
+
+
+@cache
+def lee_background() -> tuple[str, ...]:
+    """The 300 news articles of the Lee background corpus, one string each."""
+    return _lines("lee_background.cor")
+
+
+def lee_scored() -> tuple[tuple[str, ...], np.ndarray]:
+    """The 50 Lee documents and their 50x50 matrix of mean human similarity ratings (0..1).
+
+    The file holds the upper triangle; the matrix returned is symmetric.
+    """
+    docs = _lines("lee.cor")
+    sims = np.loadtxt(data_dir() / "similarities0-1.txt")
+    sims = np.triu(sims) + np.triu(sims, 1).T
+    return docs, sims
+
+
+def _lines(name: str) -> tuple[str, ...]:
+    raw = (data_dir() / name).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # lee.cor has a few latin-1 bytes (e.g. the pound sign)
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+@cache
+def wiki_passages(words: int = 80) -> tuple[str, ...]:
+    """Plain-text passages of about ``words`` words from gensim's English Wikipedia excerpt."""
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    out: list[str] = []
+    with bz2.open(data_dir() / _WIKI, "rb") as fh:
+        for _title, markup, _pageid in extract_pages(fh):
+            if not markup or markup.lstrip().lower().startswith("#redirect"):
+                continue
+            text = filter_wiki(markup)
+            for para in re.split(r"\n\s*\n", text):
+                para = re.sub(r"\s+", " ", para).strip()
+                tokens = para.split(" ")
+                if len(tokens) < 12 or para.startswith(("Category:", "|", "!", "*")):
+                    continue
+                for i in range(0, len(tokens), words):
+                    chunk = tokens[i : i + words]
+                    if len(chunk) >= 12:
+                        out.append(" ".join(chunk))
+    return tuple(out)
+
+
+def passages(n: int, *, words: int = 80) -> list[str]:
+    """``n`` distinct real passages: the Lee articles' sentences grouped to about ``words`` words,
+    then Wikipedia passages. Raises when the corpora hold fewer than ``n``."""
+    pool: list[str] = []
+    for article in lee_background():
+        sentences = re.split(r"(?<=[.!?])\s+", article)
+        chunk: list[str] = []
+        for sentence in sentences:
+            chunk.append(sentence)
+            if sum(len(s.split()) for s in chunk) >= words:
+                pool.append(" ".join(chunk))
+                chunk = []
+        if chunk:
+            pool.append(" ".join(chunk))
+    pool.extend(wiki_passages(words))
+    unique = list(dict.fromkeys(pool))
+    if len(unique) < n:
+        raise ValueError(f"asked for {n} passages; the bundled real corpora hold {len(unique)}")
+    return unique[:n]

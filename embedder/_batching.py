@@ -1,0 +1,139 @@
+"""CPU pre-processing: validate texts, tokenize once, plan batches under a token budget.
+
+Texts are sorted by token length (longest first, so an out-of-memory batch
+shows up at once) and cut into batches whose padded size ``rows x longest``
+stays under the budget. Each batch remembers the input positions of its rows,
+so outputs are written back in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._errors import InvalidTextError
+
+__all__ = ["Batch", "Plan", "find_invalid_texts", "plan_batches", "tokenize"]
+
+
+def find_invalid_texts(texts: Sequence[Any]) -> list[tuple[int, str]]:
+    """Positions of inputs that are not embeddable text, each with a reason.
+
+    The job layer uses this to route rows to its rejects table; the encoder
+    refuses a batch that has any.
+    """
+    bad: list[tuple[int, str]] = []
+    for i, text in enumerate(texts):
+        if text is None:
+            bad.append((i, "null"))
+        elif not isinstance(text, str):
+            bad.append((i, f"not a string ({type(text).__name__})"))
+        elif not text:
+            bad.append((i, "empty string"))
+        elif text.isspace():
+            bad.append((i, "whitespace only"))
+    return bad
+
+
+def check_texts(texts: Sequence[Any]) -> None:
+    bad = find_invalid_texts(texts)
+    if bad:
+        raise InvalidTextError([p for p, _ in bad], [r for _, r in bad], len(texts))
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    ids: list[list[int]]
+    lengths: np.ndarray  # (n,) tokens per text after truncation, specials included
+    truncated: np.ndarray  # (n,) bool: the text had more than max_length tokens
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, lowercase: bool = False) -> Tokenized:
+    """Tokenize every text once, truncating to ``max_length`` and noting which were cut."""
+    if not texts:
+        return Tokenized(ids=[], lengths=np.zeros(0, dtype=np.int64), truncated=np.zeros(0, dtype=bool))
+    if lowercase:
+        texts = [t.lower() for t in texts]
+    enc = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    ids = enc["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    encodings = getattr(enc, "encodings", None)
+    if encodings:
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
+    else:  # slow tokenizer: a text that fills max_length exactly is counted as cut
+        truncated = lengths >= max_length
+    return Tokenized(ids=ids, lengths=lengths, truncated=truncated)
+
+
+@dataclass(frozen=True)
+class Batch:
+    positions: np.ndarray  # input positions of the rows, in batch order
+    input_ids: np.ndarray  # (B, T) int64, padded
+    attention_mask: np.ndarray  # (B, T) int64
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+
+@dataclass(frozen=True)
+class Plan:
+    batches: list[Batch]
+    real_tokens: int
+    padded_tokens: int
+    truncated_positions: np.ndarray
+
+    @property
+    def padding_overhead(self) -> float:
+        """Padded tokens computed beyond the real ones, as a fraction of the real ones."""
+        return self.padded_tokens / self.real_tokens - 1.0 if self.real_tokens else 0.0
+
+
+def plan_batches(
+    tok: Tokenized,
+    *,
+    batch_tokens: int,
+    max_batch_size: int,
+    pad_token_id: int,
+    padding_side: str = "right",
+) -> Plan:
+    """Sort by length and cut into padded batches of at most ``batch_tokens`` tokens.
+
+    A single text longer than the budget still gets a batch of its own.
+    """
+    order = np.argsort(-tok.lengths, kind="stable")
+    batches: list[Batch] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        longest = int(tok.lengths[order[start]])
+        rows = max(1, min(max_batch_size, batch_tokens // max(longest, 1), n - start))
+        positions = order[start : start + rows]
+        input_ids = np.full((rows, longest), pad_token_id, dtype=np.int64)
+        mask = np.zeros((rows, longest), dtype=np.int64)
+        for r, pos in enumerate(positions):
+            seq = tok.ids[pos]
+            if padding_side == "left":
+                input_ids[r, longest - len(seq) :] = seq
+                mask[r, longest - len(seq) :] = 1
+            else:
+                input_ids[r, : len(seq)] = seq
+                mask[r, : len(seq)] = 1
+        batches.append(Batch(positions=positions, input_ids=input_ids, attention_mask=mask))
+        start += rows
+    return Plan(
+        batches=batches,
+        real_tokens=int(tok.lengths.sum()),
+        padded_tokens=sum(b.padded_tokens for b in batches),
+        truncated_positions=np.flatnonzero(tok.truncated),
+    )

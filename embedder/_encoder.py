@@ -1,0 +1,399 @@
+"""The elastic encoder: one forward pass, stopped at the deepest requested layer,
+emitting every requested (layer, dim) granularity.
+
+The work is split in three, as serving stacks do: CPU pre-processing
+(validate, tokenize once, plan token-budget batches; ``_batching``), the
+forward pass with exit layers pooled by hooks as they are produced
+(``_forward``), and post-processing (cut each Matryoshka prefix, re-normalize,
+write rows back in input order; ``_post``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._batching import Batch, check_texts, plan_batches, tokenize
+from ._config import (
+    DEFAULT_BATCH_TOKENS,
+    EncoderConfig,
+    Pooling,
+    resolve_device,
+    resolve_dtype,
+    resolve_num_threads,
+)
+from ._errors import EncoderConfigError, GranularityError, ModelError, UnsupportedModelError
+from ._granularity import Granularity, GranularitySpec, parse_granularities, resolve_granularities
+from ._loading import ModelDir, find_blocks, read_model_dir, set_submodule, torch_dtype_name, weights_fingerprint
+from ._pooling import pool
+
+__all__ = ["ElasticEncoder", "EncodeResult", "EncodeStats"]
+
+logger = logging.getLogger("embedder")
+
+
+@dataclass(frozen=True)
+class EncodeStats:
+    """What one :meth:`ElasticEncoder.encode_with_stats` call did."""
+
+    texts: int
+    real_tokens: int
+    padded_tokens: int
+    batches: int
+    truncated_positions: tuple[int, ...]
+    depth: int
+    seconds_tokenize: float
+    seconds_forward: float
+    seconds_total: float
+
+    @property
+    def truncated(self) -> int:
+        return len(self.truncated_positions)
+
+    @property
+    def padding_overhead(self) -> float:
+        """Padded tokens computed beyond the real ones, as a fraction of the real ones."""
+        return self.padded_tokens / self.real_tokens - 1.0 if self.real_tokens else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.real_tokens / self.seconds_total if self.seconds_total > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    vectors: dict[Granularity, np.ndarray]
+    stats: EncodeStats
+
+
+@dataclass
+class _Capture:
+    """Per-batch state the exit hooks read and fill."""
+
+    mask: torch.Tensor | None = None
+    layers: frozenset[int] = frozenset()
+    pooled: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class ElasticEncoder:
+    """A transformer encoder that stops at the deepest requested layer and emits
+    several (layer, dim) granularities from one forward pass.
+
+    >>> enc = ElasticEncoder.from_pretrained(path, ["l3_d64", "l6_d384"])   # doctest: +SKIP
+    >>> out = enc.encode(["a passage", "another one"])                      # doctest: +SKIP
+    >>> out[Granularity(3, 64)].shape                                       # doctest: +SKIP
+    (2, 64)
+
+    Blocks after the deepest requested layer are dropped when the model is
+    loaded and are never run.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        tokenizer: Any,
+        model_dir: ModelDir,
+        config: EncoderConfig,
+        granularities: tuple[Granularity, ...],
+        pooling: Pooling,
+        max_length: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_dir = model_dir
+        self.config = config
+        self.granularities = granularities
+        self.pooling = pooling
+        self.max_length = max_length
+        self.device = device
+        self.dtype = dtype
+        self.batch_tokens = config.batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, 4096)
+        self.depth = max(g.layer for g in granularities)
+        self._fingerprint: str | None = None
+        self._blocks_path, blocks = find_blocks(model, model_dir.num_layers)
+        # Keep only the blocks we will ever run: the rest are freed, never called.
+        self._blocks = nn.ModuleList(list(blocks)[: self.depth])
+        set_submodule(model, self._blocks_path, self._blocks)
+        if isinstance(getattr(model, "pooler", None), nn.Module):
+            model.pooler = None  # BERT's CLS pooler head: not a sentence embedding, skip its compute
+        self._capture = _Capture()
+        for layer in sorted({g.layer for g in granularities}):
+            self._blocks[layer - 1].register_forward_hook(self._make_hook(layer))
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        granularities: GranularitySpec,
+        *,
+        pooling: str | Pooling | None = None,
+        normalize: bool = True,
+        max_length: int | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_tokens: int | None = None,
+        max_batch_size: int = 1024,
+        num_threads: int | None = None,
+        calibration: Any = None,
+    ) -> ElasticEncoder:
+        """Load a local Hugging Face or sentence-transformers model dir, offline.
+
+        ``granularities``: ``"starbucks"``, ``"l3_d64,l6_d384"``, or a list of
+        strings / (layer, dim) pairs. ``pooling=None`` reads
+        ``1_Pooling/config.json`` when present, else mean. ``max_length=None``
+        reads ``sentence_bert_config.json``, else the model's position limit.
+        ``device``/``dtype`` ``None``: CUDA with bf16 (fp16 where bf16 is not
+        supported) when available, else CPU float32. Everything is validated
+        before the weights are read.
+        """
+        if calibration is not None:
+            raise EncoderConfigError("calibration is not available yet in this version of embedjob")
+        config = EncoderConfig(
+            granularities=parse_granularities(granularities),
+            pooling=pooling,
+            normalize=normalize,
+            max_length=max_length,
+            device=device,
+            dtype=dtype,
+            batch_tokens=batch_tokens,
+            max_batch_size=max_batch_size,
+            num_threads=num_threads,
+        )
+        return cls.from_config(path, config, granularity_spec=granularities)
+
+    @classmethod
+    def from_config(
+        cls, path: str | Path, config: EncoderConfig, *, granularity_spec: GranularitySpec | None = None
+    ) -> ElasticEncoder:
+        """Load with a ready :class:`EncoderConfig` (what the job layer builds)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        mdir = read_model_dir(path)
+        grans = resolve_granularities(
+            granularity_spec if granularity_spec is not None else config.granularities,
+            num_layers=mdir.num_layers,
+            hidden_size=mdir.hidden_size,
+            model_name=mdir.name,
+        )
+        pooling = config.pooling or mdir.pooling or Pooling.MEAN
+        max_positions = mdir.config.get("max_position_embeddings")
+        limit = int(max_positions) if isinstance(max_positions, int) and max_positions > 0 else None
+        if limit is not None and mdir.config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+            limit -= 2  # RoBERTa offsets positions by padding_idx + 1
+        if config.max_length is not None and limit is not None and config.max_length > limit:
+            raise EncoderConfigError(
+                f"max_length {config.max_length} is out of range; {mdir.name} allows 2..{limit} tokens"
+            )
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        if device.type == "cpu":
+            threads = resolve_num_threads(config.num_threads)
+            if threads is not None:
+                torch.set_num_threads(threads)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(mdir.transformer_dir), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ModelError(str(path), f"cannot load its tokenizer: {exc}") from None
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise UnsupportedModelError(str(path), "its tokenizer has neither a pad nor an eos token")
+            tokenizer.pad_token = tokenizer.eos_token
+        max_length = config.max_length or mdir.max_seq_length or _tokenizer_limit(tokenizer) or limit or 512
+        if limit is not None:
+            max_length = min(max_length, limit)
+        try:
+            model = AutoModel.from_pretrained(str(mdir.transformer_dir), local_files_only=True, dtype=dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UnsupportedModelError(str(path), f"transformers cannot load it: {exc}") from None
+        model.eval().to(device)
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            model_dir=mdir,
+            config=config,
+            granularities=grans,
+            pooling=pooling,
+            max_length=int(max_length),
+            device=device,
+            dtype=dtype,
+        )
+
+    # ------------------------------------------------------------- properties
+    @property
+    def num_layers(self) -> int:
+        """Depth of the model as trained (not just what this encoder runs)."""
+        return self.model_dir.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model_dir.hidden_size
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the weight files, to tell models apart in table metadata."""
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model_dir.root)
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that decides the vectors, as plain JSON-able values."""
+        return {
+            "model_path": str(self.model_dir.root),
+            "weights_fingerprint": self.fingerprint,
+            "granularities": [str(g) for g in self.granularities],
+            "pooling": self.pooling.value,
+            "normalize": self.config.normalize,
+            "max_length": self.max_length,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "dtype": torch_dtype_name(self.dtype),
+        }
+
+    def __repr__(self) -> str:
+        grans = ", ".join(str(g) for g in self.granularities)
+        return (
+            f"ElasticEncoder({self.model_dir.name!r}, [{grans}], pooling={self.pooling.value}, "
+            f"depth={self.depth}/{self.num_layers}, device={self.device}, dtype={torch_dtype_name(self.dtype)})"
+        )
+
+    # ---------------------------------------------------------------- encoding
+    def encode(
+        self, texts: Sequence[str], granularities: GranularitySpec | None = None
+    ) -> dict[Granularity, np.ndarray]:
+        """Embed ``texts``: one float32 (n, dim) array per granularity, rows in input order.
+
+        ``granularities`` picks a subset of this encoder's; only the layers
+        that subset needs are run. Raises :class:`InvalidTextError` naming the
+        positions of None / empty / whitespace-only / non-string inputs.
+        """
+        return self.encode_with_stats(texts, granularities).vectors
+
+    def encode_with_stats(self, texts: Sequence[str], granularities: GranularitySpec | None = None) -> EncodeResult:
+        """Like :meth:`encode`, also returning token, padding, truncation and timing figures."""
+        t0 = time.perf_counter()
+        grans = self._select(granularities)
+        check_texts(texts)
+        tok = tokenize(self.tokenizer, texts, self.max_length, lowercase=self.model_dir.do_lower_case)
+        plan = plan_batches(
+            tok,
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.config.max_batch_size,
+            pad_token_id=int(self.tokenizer.pad_token_id),
+            padding_side=getattr(self.tokenizer, "padding_side", "right"),
+        )
+        t1 = time.perf_counter()
+        out = {g: np.empty((len(texts), g.dim), dtype=np.float32) for g in grans}
+        depth = max(g.layer for g in grans)
+        layers = frozenset(g.layer for g in grans)
+        with torch.inference_mode(), self._run_to(depth):
+            for batch in plan.batches:
+                pooled = self._forward(batch, layers, depth)
+                self._post(pooled, grans, batch.positions, out)
+        t2 = time.perf_counter()
+        stats = EncodeStats(
+            texts=len(texts),
+            real_tokens=plan.real_tokens,
+            padded_tokens=plan.padded_tokens,
+            batches=len(plan.batches),
+            truncated_positions=tuple(int(p) for p in plan.truncated_positions),
+            depth=depth,
+            seconds_tokenize=t1 - t0,
+            seconds_forward=t2 - t1,
+            seconds_total=t2 - t0,
+        )
+        return EncodeResult(vectors=out, stats=stats)
+
+    def _select(self, granularities: GranularitySpec | None) -> tuple[Granularity, ...]:
+        if granularities is None:
+            return self.granularities
+        wanted = parse_granularities(granularities)
+        missing = [str(g) for g in wanted if g not in self.granularities]
+        if missing:
+            raise GranularityError(
+                f"granularities {', '.join(missing)} are not served by this encoder; "
+                f"it serves {', '.join(str(g) for g in self.granularities)}"
+            )
+        return wanted
+
+    def _run_to(self, depth: int) -> _Depth:
+        return _Depth(self, depth)
+
+    def _make_hook(self, layer: int):
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            cap = self._capture
+            if layer in cap.layers and layer != self.num_layers and cap.mask is not None:
+                hidden = output[0] if isinstance(output, (tuple, list)) else output
+                cap.pooled[layer] = pool(hidden, cap.mask, self.pooling)
+
+        return hook
+
+    def _forward(self, batch: Batch, layers: frozenset[int], depth: int) -> dict[int, torch.Tensor]:
+        """Run the blocks up to ``depth`` on one batch; return each exit layer pooled, (B, H) float32."""
+        ids = _to_device(batch.input_ids, self.device)
+        mask = _to_device(batch.attention_mask, self.device)
+        self._capture = _Capture(mask=mask, layers=layers)
+        try:
+            output = self.model(input_ids=ids, attention_mask=mask)
+            pooled = self._capture.pooled
+            if depth == self.num_layers and depth in layers:
+                # The model's own last state (hidden_states[L] in HF terms, final norm included).
+                pooled[depth] = pool(output.last_hidden_state, mask, self.pooling)
+        finally:
+            self._capture = _Capture()
+        return pooled
+
+    def _post(
+        self,
+        pooled: dict[int, torch.Tensor],
+        grans: tuple[Granularity, ...],
+        positions: np.ndarray,
+        out: dict[Granularity, np.ndarray],
+    ) -> None:
+        """Cut each prefix, re-normalize after cutting, and write rows back to their input positions."""
+        for g in grans:
+            vec = pooled[g.layer][:, : g.dim]
+            if self.config.normalize:
+                vec = F.normalize(vec, p=2.0, dim=-1)
+            out[g][positions] = vec.to("cpu", torch.float32).numpy()
+
+
+class _Depth:
+    """Context manager: run only the first ``depth`` of the kept blocks, restoring them after."""
+
+    def __init__(self, encoder: ElasticEncoder, depth: int) -> None:
+        self.encoder = encoder
+        self.depth = depth
+
+    def __enter__(self) -> None:
+        enc = self.encoder
+        if self.depth < len(enc._blocks):
+            set_submodule(enc.model, enc._blocks_path, nn.ModuleList(list(enc._blocks)[: self.depth]))
+
+    def __exit__(self, *exc: object) -> None:
+        enc = self.encoder
+        set_submodule(enc.model, enc._blocks_path, enc._blocks)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _tokenizer_limit(tokenizer: Any) -> int | None:
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else None

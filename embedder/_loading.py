@@ -1,0 +1,216 @@
+"""Reading a local model directory: Hugging Face or sentence-transformers layout.
+
+Everything here runs offline (``local_files_only``). It finds the transformer's
+block list generically, reads the sentence-transformers pooling and
+max_seq_length when present, and fingerprints the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._config import Pooling
+from ._errors import ModelError, UnsupportedModelError
+
+__all__ = ["ModelDir", "find_blocks", "read_model_dir", "weights_fingerprint"]
+
+# sentence-transformers modules we understand. Normalize is the ``normalize``
+# option here (all-MiniLM-L6-v2 names a 2_Normalize folder that is missing).
+_ST_TRANSFORMER = "sentence_transformers.models.Transformer"
+_ST_POOLING = "sentence_transformers.models.Pooling"
+_ST_IGNORED = {"sentence_transformers.models.Normalize"}
+
+# Where common architectures keep their block list, tried before the generic search.
+_KNOWN_BLOCK_PATHS = (
+    "encoder.layer",  # BERT, RoBERTa, XLM-R, MPNet, ELECTRA
+    "transformer.layer",  # DistilBERT
+    "layers",  # ModernBERT, Llama/Mistral/Qwen base models
+    "encoder.layers",
+    "h",  # GPT-2 style
+    "transformer.h",
+    "model.layers",
+)
+_DEPTH_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "n_layer")
+_WIDTH_KEYS = ("hidden_size", "dim", "d_model", "n_embd")
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """What the directory says about the model, before any weights are loaded."""
+
+    root: Path
+    transformer_dir: Path
+    config: dict[str, Any]
+    num_layers: int
+    hidden_size: int
+    pooling: Pooling | None  # None: the dir names no pooling
+    include_prompt: bool
+    max_seq_length: int | None
+    do_lower_case: bool
+
+    @property
+    def name(self) -> str:
+        return self.root.name or str(self.root)
+
+
+def read_model_dir(path: str | Path) -> ModelDir:
+    """Validate ``path`` and read its configs; raises :class:`ModelError` naming what is wrong."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise ModelError(str(path), "directory does not exist (models are loaded from local dirs only)")
+    if not root.is_dir():
+        raise ModelError(str(path), "is a file; expected a model directory with config.json")
+    root = root.resolve()
+    transformer_dir = root
+    pooling: Pooling | None = None
+    include_prompt = True
+    modules_file = root / "modules.json"
+    if modules_file.is_file():
+        for module in _read_json(modules_file, str(path)):
+            mtype = module.get("type", "")
+            mdir = root / module.get("path", "")
+            if mtype == _ST_TRANSFORMER:
+                transformer_dir = mdir
+            elif mtype == _ST_POOLING:
+                pooling, include_prompt = _read_st_pooling(mdir / "config.json", str(path))
+            elif mtype not in _ST_IGNORED:
+                raise UnsupportedModelError(
+                    str(path),
+                    f"sentence-transformers module {mtype!r} (in modules.json) is not supported; "
+                    f"supported: Transformer, Pooling, Normalize",
+                )
+    elif (root / "1_Pooling" / "config.json").is_file():
+        pooling, include_prompt = _read_st_pooling(root / "1_Pooling" / "config.json", str(path))
+    config_file = transformer_dir / "config.json"
+    if not config_file.is_file():
+        raise ModelError(str(path), f"no config.json in {transformer_dir}; is this a Hugging Face model dir?")
+    config = _read_json(config_file, str(path))
+    max_seq_length = None
+    do_lower_case = False
+    for where in (transformer_dir, root):
+        st_file = where / "sentence_bert_config.json"
+        if st_file.is_file():
+            st_cfg = _read_json(st_file, str(path))
+            max_seq_length = st_cfg.get("max_seq_length")
+            do_lower_case = bool(st_cfg.get("do_lower_case", False))
+            break
+    num_layers = _first_int(config, _DEPTH_KEYS)
+    hidden_size = _first_int(config, _WIDTH_KEYS)
+    if num_layers is None or hidden_size is None:
+        raise UnsupportedModelError(
+            str(path),
+            f"config.json names no layer count ({'/'.join(_DEPTH_KEYS)}) or hidden size ({'/'.join(_WIDTH_KEYS)})",
+        )
+    return ModelDir(
+        root=root,
+        transformer_dir=transformer_dir,
+        config=config,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        pooling=pooling,
+        include_prompt=include_prompt,
+        max_seq_length=int(max_seq_length) if max_seq_length else None,
+        do_lower_case=do_lower_case,
+    )
+
+
+def _read_json(file: Path, model: str) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(model, f"cannot read {file.name}: {exc}") from None
+
+
+def _first_int(config: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    text_config = config.get("text_config")
+    if isinstance(text_config, dict):
+        return _first_int(text_config, keys)
+    return None
+
+
+def _read_st_pooling(file: Path, model: str) -> tuple[Pooling, bool]:
+    cfg = _read_json(file, model)
+    modes = {
+        "pooling_mode_mean_tokens": Pooling.MEAN,
+        "pooling_mode_cls_token": Pooling.CLS,
+        "pooling_mode_max_tokens": Pooling.MAX,
+        "pooling_mode_lasttoken": Pooling.LAST_TOKEN,
+    }
+    if "pooling_mode" in cfg and isinstance(cfg["pooling_mode"], str):
+        return Pooling.parse(cfg["pooling_mode"]), bool(cfg.get("include_prompt", True))
+    chosen = [mode for key, mode in modes.items() if cfg.get(key)]
+    unsupported = [
+        key for key in ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens") if cfg.get(key)
+    ]
+    if unsupported or len(chosen) != 1:
+        enabled = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode") and v)
+        raise UnsupportedModelError(
+            model,
+            f"pooling config {file} enables {enabled}; "
+            f"exactly one of mean / cls / max / lasttoken is supported (pass pooling= to override)",
+        )
+    return chosen[0], bool(cfg.get("include_prompt", True))
+
+
+def find_blocks(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
+    """Find the transformer's block list: known paths first, then any ModuleList of the model's depth."""
+    for dotted in _KNOWN_BLOCK_PATHS:
+        module: Any = model
+        for part in dotted.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return dotted, module
+    candidates = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.ModuleList) and len(mod) == num_layers and name
+    ]
+    if not candidates:
+        raise UnsupportedModelError(
+            type(model).__name__,
+            f"cannot find its list of {num_layers} transformer blocks (looked at "
+            f"{', '.join(_KNOWN_BLOCK_PATHS)} and every nn.ModuleList)",
+        )
+    candidates.sort(key=lambda item: item[0].count("."))
+    return candidates[0]
+
+
+def set_submodule(model: nn.Module, dotted: str, value: nn.Module) -> None:
+    parent_path, _, attr = dotted.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, value)
+
+
+def weights_fingerprint(path: str | Path, *, chunk: int = 1 << 22) -> str:
+    """sha256 over the names, sizes and bytes of the model dir's weight files (first 16 hex digits)."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if not files:
+        raise ModelError(str(path), f"no weight files ({', '.join(_WEIGHT_SUFFIXES)}) found")
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(str(file.stat().st_size).encode())
+        with file.open("rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def torch_dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
