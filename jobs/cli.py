@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 
@@ -44,8 +45,7 @@ def model_info(
             granularities, num_layers=mdir.num_layers, hidden_size=mdir.hidden_size, model_name=mdir.name
         )
     except EmbedderError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _fail(exc)
     table = Table(title=f"{mdir.root}", show_header=False)
     table.add_row("model type", str(mdir.config.get("model_type", "?")))
     table.add_row("layers", f"1..{mdir.num_layers}")
@@ -54,6 +54,12 @@ def model_info(
     table.add_row("max_seq_length", str(mdir.max_seq_length or "model limit"))
     table.add_row("granularities", ", ".join(str(g) for g in grans))
     console.print(table)
+
+
+def _fail(exc: Exception, code: int = 2) -> NoReturn:
+    """Print a user error unwrapped and unstyled (paths may hold brackets), then exit."""
+    err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def main() -> None:

@@ -24,7 +24,15 @@ def minilm_path() -> Path:
 def _tiny_models(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> dict[str, Path]:
     """Tiny randomly initialised models, written once per session (with MiniLM's real tokenizer)."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel, DistilBertConfig, DistilBertModel
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+        ModernBertConfig,
+        ModernBertModel,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path), local_files_only=True)
     root = tmp_path_factory.mktemp("tiny-models")
@@ -49,8 +57,23 @@ def _tiny_models(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) ->
             max_position_embeddings=128,
         )
     )
+    modernbert = ModernBertModel(
+        ModernBertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+        )
+    )
     out = {}
-    for name, model in (("bert", bert), ("distilbert", distil)):
+    for name, model in (("bert", bert), ("distilbert", distil), ("modernbert", modernbert)):
         path = root / name
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
@@ -66,11 +89,12 @@ def tiny_bert_dir(_tiny_models: dict[str, Path], tmp_path: Path) -> Path:
     return dst
 
 
-@pytest.fixture
-def tiny_distilbert_dir(_tiny_models: dict[str, Path], tmp_path: Path) -> Path:
-    """A tiny random DistilBERT (3 layers, dim 32): its blocks live at ``transformer.layer``."""
-    dst = tmp_path / "tiny-distilbert"
-    shutil.copytree(_tiny_models["distilbert"], dst)
+@pytest.fixture(params=["distilbert", "modernbert"])
+def tiny_other_arch(request: pytest.FixtureRequest, _tiny_models: dict[str, Path], tmp_path: Path) -> Path:
+    """Tiny random models whose blocks live elsewhere than BERT's ``encoder.layer``:
+    DistilBERT (3 layers, dim 32) at ``transformer.layer``, ModernBERT (3 layers, hidden 64) at ``layers``."""
+    dst = tmp_path / f"tiny-{request.param}"
+    shutil.copytree(_tiny_models[request.param], dst)
     return dst
 
 

@@ -73,11 +73,13 @@ def test_full_depth_matches_sentence_transformers(minilm_path, lee_articles):
     assert row_cosines(out[Granularity(6, 384)], expected).min() >= 0.99999
 
 
-def test_finds_blocks_generically_on_distilbert(tiny_distilbert_dir):
+def test_finds_blocks_generically_on_other_architectures(tiny_other_arch):
     pairs = [(1, 32), (2, 16), (3, 32)]
-    enc = ElasticEncoder.from_pretrained(tiny_distilbert_dir, pairs, max_length=128)
-    assert enc._blocks_path == "transformer.layer"
-    _assert_matches(enc.encode(TEXTS), reference_vectors(tiny_distilbert_dir, TEXTS, pairs, max_length=128))
+    enc = ElasticEncoder.from_pretrained(tiny_other_arch, pairs, max_length=128)
+    expected_path = {"tiny-distilbert": "transformer.layer", "tiny-modernbert": "layers"}[tiny_other_arch.name]
+    assert enc._blocks_path == expected_path
+    assert len(enc._blocks) == 3
+    _assert_matches(enc.encode(TEXTS), reference_vectors(tiny_other_arch, TEXTS, pairs, max_length=128))
 
 
 def test_unknown_block_layout_is_a_clear_error():
