@@ -73,6 +73,7 @@ class EncodeStats:
 class EncodeResult:
     vectors: dict[Granularity, np.ndarray]
     stats: EncodeStats
+    token_counts: np.ndarray  # (n,) tokens per input text after truncation, specials included
 
 
 @dataclass
@@ -314,7 +315,7 @@ class ElasticEncoder:
             seconds_forward=t2 - t1,
             seconds_total=t2 - t0,
         )
-        return EncodeResult(vectors=out, stats=stats)
+        return EncodeResult(vectors=out, stats=stats, token_counts=tok.lengths)
 
     def _select(self, granularities: GranularitySpec | None) -> tuple[Granularity, ...]:
         if granularities is None:

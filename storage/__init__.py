@@ -1,7 +1,42 @@
-"""The Lance side: schema, staging, the one commit per run, queries. Knows nothing about Ray.
-
-Filled by the jobs issue (see DESIGN.md)."""
+"""The Lance side: output schema and provenance, fragment writes and the one
+commit per run, opening tables for queries. Knows nothing about Ray.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._lance_io import (
+    append_rows,
+    commit,
+    dataset_version,
+    read_provenance,
+    sibling_uri,
+    table_exists,
+    write_fragments,
+)
+from ._provenance import METADATA_KEY, Provenance
+from ._s3 import ObjectStore
+from ._schema import REJECTS_SCHEMA, VECTOR_DTYPES, content_hash, output_schema, vector_array, vector_column
+from ._table import EmbeddingTable, TableNotFoundError, open_table, split_table_uri
+
+__all__ = [
+    "METADATA_KEY",
+    "REJECTS_SCHEMA",
+    "VECTOR_DTYPES",
+    "EmbeddingTable",
+    "ObjectStore",
+    "Provenance",
+    "TableNotFoundError",
+    "append_rows",
+    "commit",
+    "content_hash",
+    "dataset_version",
+    "open_table",
+    "output_schema",
+    "read_provenance",
+    "sibling_uri",
+    "split_table_uri",
+    "table_exists",
+    "vector_array",
+    "vector_column",
+    "write_fragments",
+]

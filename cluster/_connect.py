@@ -1,0 +1,80 @@
+"""Connecting to Ray: an embedded local Ray by default, or an existing cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+from ._errors import ClusterError
+
+__all__ = ["ray_session"]
+
+logger = logging.getLogger("cluster")
+
+# Packages a remote cluster needs from this checkout (runtime_env py_modules).
+_PACKAGES = ("embedder", "storage", "cluster")
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, connect_timeout_s: float = 15.0) -> Iterator[bool]:
+    """Make sure Ray is up for the body; yields True when this call started it.
+
+    - Ray already initialised in this process (a notebook, a test fixture): used as is.
+    - ``address`` or ``RAY_ADDRESS``: join that cluster, shipping the project's
+      packages in the runtime env. A ``host:port`` that doesn't answer fails
+      within ``connect_timeout_s`` instead of retrying for minutes.
+    - neither: start an embedded local Ray for the job and stop it afterwards.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    addr = address or os.environ.get("RAY_ADDRESS") or None
+    if addr and addr not in ("auto", "local"):
+        _probe(addr, connect_timeout_s)
+    started = False
+    try:
+        if addr and addr != "local":
+            ray.init(
+                address=addr,
+                runtime_env={"py_modules": [_module_dir(m) for m in _PACKAGES]},
+                log_to_driver=True,
+                logging_level=logging.WARNING,
+            )
+        else:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        started = True
+    except ConnectionError as exc:
+        raise ClusterError(f"cannot connect to Ray at {addr!r}: {exc}") from None
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast on a host:port nobody listens on (ray.init would retry for a long time)."""
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if parsed.scheme not in ("tcp", "ray") or not parsed.hostname or not parsed.port:
+        return
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot reach a Ray cluster at {address!r} ({exc}); is `ray start --head` running there, "
+            f"and is the GCS port right (default 6379)?"
+        ) from None
+
+
+def _module_dir(name: str) -> str:
+    import importlib
+
+    module = importlib.import_module(name)
+    return os.path.dirname(module.__file__ or "")

@@ -1,0 +1,86 @@
+"""Sizing the encoder actor pool from the cluster's resources.
+
+GPUs: one actor per ``gpus_per_actor`` GPUs. CPUs only: few actors with
+several torch threads each (on 2 cores, 1 actor x 2 threads beat 2 x 1), and
+a CPU reservation that always leaves one CPU for Ray Data's read and write
+tasks — reserving every core for actors hangs the pipeline ("backpressured").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._errors import ClusterError
+
+__all__ = ["PoolPlan", "plan_pool"]
+
+MAX_THREADS_PER_CPU_ACTOR = 8
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    actors: int
+    num_cpus: float  # Ray reservation per actor
+    num_gpus: float
+    torch_threads: int  # threads each actor gives torch (CPU actors)
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.num_gpus > 0
+
+    def describe(self) -> str:
+        if self.uses_gpu:
+            return f"{self.actors} GPU actor(s) x {self.num_gpus:g} GPU"
+        return f"{self.actors} CPU actor(s) x {self.torch_threads} torch threads (reserving {self.num_cpus:g} CPU each)"
+
+
+def plan_pool(
+    resources: Mapping[str, float],
+    *,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
+    cpus_per_actor: float | None = None,
+) -> PoolPlan:
+    """Choose the pool for a cluster with ``resources`` (``ray.cluster_resources()``).
+
+    ``gpus_per_actor=0`` forces CPU actors on a GPU cluster. Asking for more
+    than the cluster has is an error that says what it has.
+    """
+    cpus = float(resources.get("CPU", 0))
+    gpus = float(resources.get("GPU", 0))
+    if cpus < 1:
+        raise ClusterError(f"the Ray cluster reports {cpus:g} CPUs; at least 1 is needed")
+    if actors is not None and actors < 1:
+        raise ClusterError(f"cluster.actors must be >= 1, got {actors}")
+    use_gpu = gpus > 0 and gpus_per_actor != 0
+    if gpus_per_actor and gpus_per_actor > 0 and gpus == 0:
+        raise ClusterError(
+            f"cluster.gpus_per_actor = {gpus_per_actor:g} but the Ray cluster has no GPUs; "
+            f"set gpus_per_actor = 0 to run on CPUs"
+        )
+    if use_gpu:
+        per = float(gpus_per_actor or 1)
+        fit = int(math.floor(gpus / per + 1e-9))
+        n = actors or max(1, fit)
+        if n * per > gpus + 1e-9:
+            raise ClusterError(
+                f"{n} actor(s) x {per:g} GPU need {n * per:g} GPUs; the Ray cluster has {gpus:g}"
+            )
+        spare = max(cpus - 1.0, 0.5)
+        reserve = min(1.0, spare / n)
+        return PoolPlan(actors=n, num_cpus=round(reserve, 3), num_gpus=per, torch_threads=1)
+    threads = int(cpus_per_actor) if cpus_per_actor else None
+    if actors is None:
+        threads = threads or int(min(cpus, MAX_THREADS_PER_CPU_ACTOR))
+        n = max(1, int(cpus // threads))
+    else:
+        n = actors
+        threads = threads or max(1, int(cpus // n))
+    spare = cpus - 1.0  # one CPU stays free for read/write tasks
+    if spare <= 0:
+        reserve = 0.5 / n
+    else:
+        reserve = min(float(threads), spare / n)
+    return PoolPlan(actors=n, num_cpus=round(max(reserve, 0.01), 3), num_gpus=0.0, torch_threads=max(1, threads))

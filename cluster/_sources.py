@@ -1,0 +1,180 @@
+"""Input corpora: resolve a URI (local path, glob, ``s3://``), infer the format,
+read the schema without reading the data, and build the Ray dataset.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from storage import ObjectStore
+
+from ._errors import SourceError
+
+__all__ = ["FORMATS", "Source", "resolve_source"]
+
+FORMATS = ("parquet", "jsonl", "csv", "lance")
+_SUFFIXES = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".lance": "lance",
+}
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Source:
+    uri: str
+    format: str
+    paths: tuple[str, ...]  # files to read (one entry, the dataset URI, for lance)
+    store: ObjectStore | None = field(default=None, repr=False)
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def filesystem(self) -> Any:
+        if not self.is_s3:
+            return None
+        return (self.store or ObjectStore.from_env()).filesystem()
+
+    def schema(self) -> pa.Schema:
+        """The columns and types, from file footers or the first lines: the data is not read."""
+        first = self.paths[0]
+        fs = self.filesystem()
+        try:
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                return pq.read_schema(_open(first, fs))
+            if self.format == "lance":
+                import lance
+
+                opts = self.store.lance_options() if (self.store and self.is_s3) else None
+                return lance.dataset(first, storage_options=opts).schema
+            if self.format == "csv":
+                import pyarrow.csv as pcsv
+
+                with _open(first, fs) as fh:
+                    return pcsv.open_csv(fh).schema
+            if self.format == "jsonl":
+                import pyarrow.json as pjson
+
+                with _open(first, fs) as fh:
+                    head = b"".join(fh.readline() for _ in range(200))
+                return pjson.read_json(pa.BufferReader(head)).schema
+        except (OSError, pa.ArrowInvalid, ValueError) as exc:
+            raise SourceError(f"cannot read the schema of {first!r} as {self.format}: {exc}") from None
+        raise SourceError(f"input format {self.format!r} is not supported; allowed: {', '.join(FORMATS)}")
+
+    def row_count(self) -> int | None:
+        """Rows in the input when the format says so cheaply (parquet footers, lance), else None."""
+        try:
+            if self.format == "parquet" and len(self.paths) <= 256:
+                import pyarrow.parquet as pq
+
+                fs = self.filesystem()
+                return sum(pq.ParquetFile(_open(p, fs)).metadata.num_rows for p in self.paths)
+            if self.format == "lance":
+                import lance
+
+                opts = self.store.lance_options() if (self.store and self.is_s3) else None
+                return lance.dataset(self.paths[0], storage_options=opts).count_rows()
+        except (OSError, pa.ArrowInvalid, ValueError):
+            return None
+        return None
+
+    def read(self, columns: Sequence[str], *, num_blocks: int | None = None) -> Any:
+        """A lazy Ray dataset of ``columns``."""
+        import ray.data
+
+        fs = self.filesystem()
+        cols = list(dict.fromkeys(columns))
+        paths = list(self.paths)
+        if self.format == "parquet":
+            return ray.data.read_parquet(paths, filesystem=fs, columns=cols, override_num_blocks=num_blocks)
+        if self.format == "lance":
+            opts = self.store.lance_options() if (self.store and self.is_s3) else None
+            return ray.data.read_lance(paths[0], columns=cols, storage_options=opts, override_num_blocks=num_blocks)
+        if self.format == "jsonl":
+            ds = ray.data.read_json(paths, lines=True, filesystem=fs, override_num_blocks=num_blocks)
+        else:
+            ds = ray.data.read_csv(paths, filesystem=fs, override_num_blocks=num_blocks)
+        return ds.select_columns(cols)
+
+
+def _open(path: str, fs: Any):
+    if fs is None:
+        return open(path, "rb")  # noqa: SIM115 - callers close it
+    return fs.open(path.removeprefix("s3://"), "rb")
+
+
+def infer_format(uri: str) -> str:
+    base = uri.rstrip("/")
+    for pattern_char in _GLOB_CHARS:
+        base = base.replace(pattern_char, "")
+    suffix = Path(base).suffix.lower()
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
+    raise SourceError(
+        f"cannot tell the format of input {uri!r} from its suffix; set input.format to one of "
+        f"{', '.join(FORMATS)} (suffixes: {', '.join(sorted(_SUFFIXES))})"
+    )
+
+
+def resolve_source(uri: str, fmt: str | None = None, *, store: ObjectStore | None = None) -> Source:
+    """Check that ``uri`` names something readable and list its files.
+
+    A directory means every file in it with the format's suffix; a glob is
+    expanded; ``s3://`` URIs are listed through s3fs.
+    """
+    fmt = (fmt or infer_format(uri)).lower()
+    if fmt == "json":
+        fmt = "jsonl"
+    if fmt not in FORMATS:
+        raise SourceError(f"input format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
+    is_s3 = uri.startswith("s3://")
+    if fmt == "lance":
+        return Source(uri=uri, format=fmt, paths=(uri,), store=store)
+    suffixes = tuple(s for s, f in _SUFFIXES.items() if f == fmt)
+    if is_s3:
+        fs = (store or ObjectStore.from_env()).filesystem()
+        key = uri.removeprefix("s3://")
+        try:
+            if _GLOB_CHARS & set(key):
+                found = sorted(fs.glob(key))
+            elif fs.isdir(key):
+                found = sorted(p for p in fs.find(key) if p.lower().endswith(suffixes))
+            elif fs.exists(key):
+                found = [key]
+            else:
+                found = []
+        except OSError as exc:
+            raise SourceError(f"cannot list input {uri!r}: {exc}") from None
+        paths = tuple(f"s3://{p}" for p in found)
+    else:
+        p = Path(uri).expanduser()
+        if _GLOB_CHARS & set(uri):
+            paths = tuple(sorted(globlib.glob(str(p), recursive=True)))
+        elif p.is_dir():
+            paths = tuple(sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes))
+        elif p.is_file():
+            paths = (str(p),)
+        else:
+            paths = ()
+    if not paths:
+        raise SourceError(f"input {uri!r} matches no {fmt} files")
+    return Source(uri=uri, format=fmt, paths=paths, store=store)
+
+
+def describe_columns(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} ({f.type})" for f in schema)

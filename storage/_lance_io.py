@@ -1,0 +1,130 @@
+"""Lance writes: fragments from workers, one commit from the driver.
+
+Workers call :func:`write_fragments` and hand back JSON; the driver calls
+:func:`commit` once with every fragment and the version it read at the start
+(Lance's distributed-write pattern). Until that commit, readers see the
+previous version; fragments of a run that never commits are orphan files that
+Lance's cleanup removes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lance
+import pyarrow as pa
+from lance.fragment import FragmentMetadata
+
+from ._provenance import METADATA_KEY, Provenance
+
+__all__ = [
+    "commit",
+    "dataset_version",
+    "read_provenance",
+    "sibling_uri",
+    "table_exists",
+    "write_fragments",
+]
+
+Mode = Literal["create", "overwrite", "append"]
+
+
+def sibling_uri(uri: str, suffix: str) -> str:
+    """``out/articles.lance`` -> ``out/articles_<suffix>.lance`` (rejects, runs)."""
+    stem = uri[: -len(".lance")] if uri.endswith(".lance") else uri
+    return f"{stem}_{suffix}.lance"
+
+
+def _open(uri: str, storage_options: Mapping[str, str] | None) -> lance.LanceDataset | None:
+    try:
+        return lance.dataset(uri, storage_options=dict(storage_options or {}) or None)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        text = str(exc).lower()
+        if "not found" in text or "does not exist" in text or "no such file" in text:
+            return None
+        raise
+
+
+def table_exists(uri: str, storage_options: Mapping[str, str] | None = None) -> bool:
+    return _open(uri, storage_options) is not None
+
+
+def dataset_version(uri: str, storage_options: Mapping[str, str] | None = None) -> int | None:
+    ds = _open(uri, storage_options)
+    return None if ds is None else int(ds.version)
+
+
+def read_provenance(uri: str, storage_options: Mapping[str, str] | None = None) -> Provenance | None:
+    """The provenance in a table's schema metadata; None when the table doesn't exist or has none."""
+    ds = _open(uri, storage_options)
+    if ds is None:
+        return None
+    raw = (ds.schema.metadata or {}).get(METADATA_KEY)
+    return Provenance.from_json(raw) if raw else None
+
+
+def write_fragments(
+    table: pa.Table,
+    uri: str,
+    schema: pa.Schema,
+    *,
+    storage_options: Mapping[str, str] | None = None,
+    max_rows_per_file: int = 1 << 20,
+) -> list[str]:
+    """Write ``table`` as uncommitted fragments of the dataset at ``uri``; returns their JSON."""
+    if table.num_rows == 0:
+        return []
+    table = table.select(schema.names).cast(schema)
+    frags = lance.fragment.write_fragments(
+        table,
+        uri,
+        schema=schema,
+        max_rows_per_file=max_rows_per_file,
+        storage_options=dict(storage_options or {}) or None,
+    )
+    return [json.dumps(f.to_json()) for f in frags]
+
+
+def commit(
+    uri: str,
+    fragments: Sequence[str],
+    *,
+    schema: pa.Schema,
+    mode: Mode,
+    read_version: int | None,
+    storage_options: Mapping[str, str] | None = None,
+    message: str | None = None,
+) -> int:
+    """One Lance commit of every staged fragment; returns the new version.
+
+    ``create`` and ``overwrite`` write a new version holding only these
+    fragments (old versions stay readable until cleaned up); ``append`` adds
+    them (``append`` to a table that doesn't exist yet, ``read_version``
+    None, creates it). ``read_version`` is the version the run planned against: a
+    conflicting concurrent commit makes Lance refuse instead of mixing.
+    """
+    frags = [FragmentMetadata.from_json(f) for f in fragments]
+    op: Any
+    if mode == "append" and read_version is not None:
+        op = lance.LanceOperation.Append(frags)
+    else:
+        op = lance.LanceOperation.Overwrite(schema, frags)
+    ds = lance.LanceDataset.commit(
+        uri,
+        op,
+        read_version=read_version,
+        storage_options=dict(storage_options or {}) or None,
+        commit_message=message,
+    )
+    return int(ds.version)
+
+
+def append_rows(
+    uri: str, table: pa.Table, *, storage_options: Mapping[str, str] | None = None
+) -> int:
+    """Small driver-side append (run records, rejects): creates the dataset on first use."""
+    mode = "append" if table_exists(uri, storage_options) else "create"
+    ds = lance.write_dataset(table, uri, mode=mode, storage_options=dict(storage_options or {}) or None)
+    return int(ds.version)

@@ -1,0 +1,64 @@
+"""How a table's vectors were made, kept in its schema metadata.
+
+A table never mixes vectors of two models or configs: a run compares its own
+provenance with the table's before it writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["METADATA_KEY", "Provenance"]
+
+METADATA_KEY = b"embedjob"
+
+# Fields whose change means the vectors are not comparable any more.
+_CONFIG_FIELDS = (
+    "weights_fingerprint",
+    "granularities",
+    "pooling",
+    "normalize",
+    "max_length",
+    "calibration",
+    "vector_dtype",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Provenance:
+    model_path: str
+    weights_fingerprint: str
+    granularities: tuple[str, ...]
+    pooling: str
+    normalize: bool
+    max_length: int
+    num_layers: int
+    hidden_size: int
+    vector_dtype: str
+    calibration: str | None = None
+    embedjob_version: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "granularities", tuple(self.granularities))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Provenance:
+        data: dict[str, Any] = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def differences(self, other: Provenance) -> list[str]:
+        """Human-readable list of config fields that differ, e.g. ``"pooling: mean -> cls"``."""
+        out = []
+        for name in _CONFIG_FIELDS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                if isinstance(mine, tuple):
+                    mine, theirs = ",".join(mine), ",".join(theirs)
+                out.append(f"{name}: {mine} -> {theirs}")
+        return out
