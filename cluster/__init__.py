@@ -1,7 +1,26 @@
-"""Ray: connect, size the actor pool, run read -> encode -> write.
-
-Filled by the jobs issue (see DESIGN.md)."""
+"""Ray: connect (embedded local Ray by default, ``address`` or ``RAY_ADDRESS``),
+size the encoder actor pool from the cluster's resources, and run the
+read -> encode -> write pipeline. Parses no job files.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._connect import ray_session
+from ._errors import ClusterError, SourceError
+from ._pipeline import EmbedPlan, PipelineResult, run_pipeline
+from ._pool import PoolPlan, plan_pool
+from ._sources import FORMATS, Source, resolve_source
+
+__all__ = [
+    "FORMATS",
+    "ClusterError",
+    "EmbedPlan",
+    "PipelineResult",
+    "PoolPlan",
+    "Source",
+    "SourceError",
+    "plan_pool",
+    "ray_session",
+    "resolve_source",
+    "run_pipeline",
+]

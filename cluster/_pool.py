@@ -62,12 +62,10 @@ def plan_pool(
         )
     if use_gpu:
         per = float(gpus_per_actor or 1)
-        fit = int(math.floor(gpus / per + 1e-9))
+        fit = math.floor(gpus / per + 1e-9)
         n = actors or max(1, fit)
         if n * per > gpus + 1e-9:
-            raise ClusterError(
-                f"{n} actor(s) x {per:g} GPU need {n * per:g} GPUs; the Ray cluster has {gpus:g}"
-            )
+            raise ClusterError(f"{n} actor(s) x {per:g} GPU need {n * per:g} GPUs; the Ray cluster has {gpus:g}")
         spare = max(cpus - 1.0, 0.5)
         reserve = min(1.0, spare / n)
         return PoolPlan(actors=n, num_cpus=round(reserve, 3), num_gpus=per, torch_threads=1)

@@ -101,7 +101,7 @@ class Source:
         cols = list(dict.fromkeys(columns))
         paths = list(self.paths)
         if self.format == "parquet":
-            return ray.data.read_parquet(paths, filesystem=fs, columns=cols, override_num_blocks=num_blocks)
+            return ray.data.read_parquet(paths, filesystem=fs, override_num_blocks=num_blocks).select_columns(cols)
         if self.format == "lance":
             opts = self.store.lance_options() if (self.store and self.is_s3) else None
             return ray.data.read_lance(paths[0], columns=cols, storage_options=opts, override_num_blocks=num_blocks)
@@ -114,14 +114,14 @@ class Source:
 
 def _open(path: str, fs: Any):
     if fs is None:
-        return open(path, "rb")  # noqa: SIM115 - callers close it
+        return open(path, "rb")
     return fs.open(path.removeprefix("s3://"), "rb")
 
 
 def infer_format(uri: str) -> str:
     base = uri.rstrip("/")
     for pattern_char in _GLOB_CHARS:
-        base = base.replace(pattern_char, "")
+        base = base.replace(pattern_char, "x")  # "parts/*.parquet" -> "parts/x.parquet"
     suffix = Path(base).suffix.lower()
     if suffix in _SUFFIXES:
         return _SUFFIXES[suffix]

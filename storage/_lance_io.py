@@ -20,7 +20,9 @@ from lance.fragment import FragmentMetadata
 from ._provenance import METADATA_KEY, Provenance
 
 __all__ = [
+    "append_rows",
     "commit",
+    "dataset_schema",
     "dataset_version",
     "read_provenance",
     "sibling_uri",
@@ -49,6 +51,11 @@ def _open(uri: str, storage_options: Mapping[str, str] | None) -> lance.LanceDat
 
 def table_exists(uri: str, storage_options: Mapping[str, str] | None = None) -> bool:
     return _open(uri, storage_options) is not None
+
+
+def dataset_schema(uri: str, storage_options: Mapping[str, str] | None = None) -> pa.Schema | None:
+    ds = _open(uri, storage_options)
+    return None if ds is None else ds.schema
 
 
 def dataset_version(uri: str, storage_options: Mapping[str, str] | None = None) -> int | None:
@@ -121,9 +128,7 @@ def commit(
     return int(ds.version)
 
 
-def append_rows(
-    uri: str, table: pa.Table, *, storage_options: Mapping[str, str] | None = None
-) -> int:
+def append_rows(uri: str, table: pa.Table, *, storage_options: Mapping[str, str] | None = None) -> int:
     """Small driver-side append (run records, rejects): creates the dataset on first use."""
     mode = "append" if table_exists(uri, storage_options) else "create"
     ds = lance.write_dataset(table, uri, mode=mode, storage_options=dict(storage_options or {}) or None)

@@ -58,8 +58,10 @@ class ObjectStore:
         if self.endpoint:
             opts["aws_endpoint"] = self.endpoint
         opts["aws_region"] = self.region or "us-east-1"
-        allow_http = self.allow_http if self.allow_http is not None else bool(
-            self.endpoint and self.endpoint.startswith("http://")
+        allow_http = (
+            self.allow_http
+            if self.allow_http is not None
+            else bool(self.endpoint and self.endpoint.startswith("http://"))
         )
         if allow_http:
             opts["allow_http"] = "true"

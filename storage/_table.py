@@ -144,8 +144,7 @@ class EmbeddingTable:
         g = Granularity.parse(granularity)
         if g not in self.granularities:
             raise GranularityError(
-                f"granularity {g} is not in this table; it has "
-                f"{', '.join(str(x) for x in self.granularities)}"
+                f"granularity {g} is not in this table; it has {', '.join(str(x) for x in self.granularities)}"
             )
         return g
 
@@ -193,7 +192,7 @@ class EmbeddingTable:
             self.lancedb_table.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_column(str(g)))
             .distance_type("cosine")
             .limit(k)
-            .select(list(columns))
+            .select([*columns, "_distance"])
         )
         if where:
             query = query.where(where)

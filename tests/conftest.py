@@ -103,3 +103,116 @@ def lee_articles() -> tuple[str, ...]:
     from bench.corpora import lee_background
 
     return lee_background()
+
+
+# ----------------------------------------------------------------- jobs / Ray / S3
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small real Ray runtime for the session (2 CPUs, no dashboard); jobs join it."""
+    ray = pytest.importorskip("ray")
+    from ray.data import DataContext
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1536 * 1024**2, log_to_driver=False)
+    ctx = DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.enable_operator_progress_bars)
+    try:
+        yield ray
+    finally:
+        ctx.enable_progress_bars, ctx.enable_operator_progress_bars = saved
+        ray.shutdown()
+
+
+def _lee_table(articles: tuple[str, ...]):
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "doc_id": [f"lee-{i:03d}" for i in range(len(articles))],
+            "body": list(articles),
+            "title": [a[:40] for a in articles],
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def lee_parquet(tmp_path_factory, lee_articles) -> Path:
+    """The 300 Lee articles as parquet: doc_id, body, title."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path_factory.mktemp("corpus") / "lee.parquet"
+    pq.write_table(_lee_table(lee_articles), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lee_jsonl(tmp_path_factory, lee_articles) -> Path:
+    """The same articles as JSON lines."""
+    import json
+
+    path = tmp_path_factory.mktemp("corpus") / "lee.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for row in _lee_table(lee_articles).to_pylist():
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_job(path: Path, *, granularities: object, **sections: dict) -> Path:
+    """Write a job TOML file from plain dicts (one per section)."""
+    import json
+
+    lines = [f"granularities = {json.dumps(granularities)}"]
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on loopback, for the session; stopped at teardown."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, **creds)
+        for _ in range(100):
+            try:
+                client.list_buckets()
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    raise RuntimeError("moto_server exited at start-up") from None
+                time.sleep(0.1)
+        yield {"endpoint": endpoint, "client": client}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """AWS credentials for the loopback server in this test's environment (restored after)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    return s3_server

@@ -1,0 +1,157 @@
+"""The Ray Data pipeline: read -> prepare -> encode (actor pool) -> write fragments.
+
+The driver only sees small per-batch records (fragment JSON and counts); the
+corpus streams through the cluster and is never collected here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from embedder import EncoderConfig
+
+from ._pool import PoolPlan, plan_pool
+from ._sources import Source
+from ._stages import EncodeActor, IdRegistry, prepare, write
+
+__all__ = ["EmbedPlan", "PipelineResult", "run_pipeline"]
+
+logger = logging.getLogger("cluster")
+
+WRITE_BATCH_ROWS = 16384
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedPlan:
+    """Everything one run needs, resolved and checked by the job layer."""
+
+    run_id: str
+    source: Source
+    id_column: str
+    text_column: str
+    passthrough: tuple[str, ...]
+    model_path: str
+    encoder: EncoderConfig
+    schema: pa.Schema
+    output_uri: str
+    rejects_uri: str
+    vector_dtype: str
+    storage_options: dict[str, str] | None = field(default=None, repr=False)
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float | None = None
+    rows_per_block: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class PipelineResult:
+    fragments: list[str]
+    reject_fragments: list[str]
+    rows_read: int
+    rows_embedded: int
+    rows_rejected: int
+    tokens: int
+    truncated: int
+    reject_reasons: dict[str, int]
+    pool: PoolPlan
+    seconds: float
+
+
+def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
+    if plan.rows_per_block:
+        return plan.rows_per_block
+    total = plan.source.row_count()
+    if total is None:
+        return 512
+    # enough blocks that every actor gets several, none so small that per-call overhead dominates
+    return int(min(2048, max(32, math.ceil(total / (pool.actors * 4)))))
+
+
+def run_pipeline(plan: EmbedPlan) -> PipelineResult:
+    """Run read -> prepare -> encode -> write on the connected Ray cluster; commit nothing."""
+    import ray
+    import ray.data
+    from ray.data import ActorPoolStrategy, DataContext
+
+    t0 = time.perf_counter()
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = plan.progress
+    ctx.enable_operator_progress_bars = plan.progress
+    pool = plan_pool(
+        ray.cluster_resources(),
+        actors=plan.actors,
+        gpus_per_actor=plan.gpus_per_actor,
+        cpus_per_actor=plan.cpus_per_actor,
+    )
+    rows = _rows_per_block(plan, pool)
+    logger.info("actor pool: %s; %d rows per block", pool.describe(), rows)
+    registry = ray.remote(num_cpus=0)(IdRegistry).remote()
+    columns = [plan.id_column, plan.text_column, *plan.passthrough]
+    ds = plan.source.read(columns)
+    ds = ds.repartition(target_num_rows_per_block=rows)
+    ds = ds.map_batches(
+        prepare,
+        batch_format="pyarrow",
+        batch_size=None,
+        zero_copy_batch=True,
+        fn_kwargs={
+            "id_column": plan.id_column,
+            "text_column": plan.text_column,
+            "passthrough": list(plan.passthrough),
+            "registry": registry,
+        },
+    )
+    ds = ds.map_batches(
+        EncodeActor,
+        batch_format="pyarrow",
+        batch_size=rows,
+        compute=ActorPoolStrategy(size=pool.actors),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
+        fn_constructor_kwargs={
+            "model_path": plan.model_path,
+            "config": plan.encoder,
+            "torch_threads": pool.torch_threads,
+            "use_gpu": pool.uses_gpu,
+            "vector_dtype": plan.vector_dtype,
+            "run_id": plan.run_id,
+        },
+    )
+    ds = ds.map_batches(
+        write,
+        batch_format="pyarrow",
+        batch_size=WRITE_BATCH_ROWS,
+        fn_kwargs={
+            "uri": plan.output_uri,
+            "rejects_uri": plan.rejects_uri,
+            "schema": plan.schema,
+            "run_id": plan.run_id,
+            "storage_options": plan.storage_options,
+        },
+    )
+    result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        _accumulate(result, batch)
+    ray.kill(registry)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _accumulate(result: PipelineResult, batch: pa.Table) -> None:
+    for rec in batch.to_pylist():
+        result.fragments.extend(rec["fragments"])
+        result.reject_fragments.extend(rec["reject_fragments"])
+        result.rows_read += rec["rows"]
+        result.rows_embedded += rec["embedded"]
+        result.rows_rejected += rec["rejected"]
+        result.tokens += rec["tokens"]
+        result.truncated += rec["truncated"]
+        for reason, n in json.loads(rec["reasons"]).items():
+            result.reject_reasons[reason] = result.reject_reasons.get(reason, 0) + n

@@ -1,0 +1,169 @@
+"""The job file: TOML, validated by pydantic. Unknown keys are errors.
+
+[input]
+uri = "data/articles.parquet"      # local path, directory, glob or s3://
+format = "parquet"                 # parquet | jsonl | csv | lance (default: from the suffix)
+id_column = "id"
+text_column = "text"
+columns = ["title"]                # passed through to the output
+
+[model]
+path = "/models/all-MiniLM-L6-v2"
+# pooling = "mean"; max_length = 256; dtype = "auto"
+
+granularities = ["l3_d64", "l6_d384"]   # or "starbucks", or [[3, 64], [6, 384]]
+
+[output]
+uri = "out/articles.lance"
+vector_dtype = "float32"           # or float16
+store_text = true
+mode = "create"                    # create | overwrite | append
+max_reject_fraction = 0.01
+
+[cluster]                          # all optional
+address = "ray://head:10001"       # default: RAY_ADDRESS, else an embedded local Ray
+actors = 2
+gpus_per_actor = 1
+batch_tokens = 4096
+
+[storage]                          # S3 and S3-compatible stores; keys come from AWS_* env vars
+endpoint = "http://127.0.0.1:9000"
+region = "us-east-1"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["JobSpec", "JobSpecError", "load_job"]
+
+
+class JobSpecError(ValueError):
+    """The job file is not valid; the message names each bad key or value and what is allowed."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        body = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{body}")
+
+    def __reduce__(self):
+        return (type(self), (self.source, self.problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    uri: str
+    format: Literal["parquet", "jsonl", "csv", "lance"] | None = None
+    id_column: str = "id"
+    text_column: str = "text"
+    columns: list[str] = Field(default_factory=list)
+
+
+class ModelSpec(_Strict):
+    path: str
+    pooling: Literal["mean", "cls", "max", "lasttoken"] | None = None
+    max_length: int | None = Field(default=None, ge=2)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    normalize: bool = True
+
+
+class OutputSpec(_Strict):
+    uri: str
+    vector_dtype: Literal["float16", "float32"] = "float32"
+    store_text: bool = True
+    mode: Literal["create", "overwrite", "append"] = "create"
+    max_reject_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
+
+    @field_validator("uri")
+    @classmethod
+    def _lance_suffix(cls, value: str) -> str:
+        value = value.rstrip("/")
+        return value if value.endswith(".lance") else value + ".lance"
+
+
+class ClusterSpec(_Strict):
+    address: str | None = None
+    actors: int | None = Field(default=None, ge=1)
+    gpus_per_actor: float | None = Field(default=None, ge=0)
+    cpus_per_actor: float | None = Field(default=None, gt=0)
+    batch_tokens: int | None = Field(default=None, ge=16)
+    rows_per_block: int | None = Field(default=None, ge=1)
+
+
+class StorageSpec(_Strict):
+    endpoint: str | None = None
+    region: str | None = None
+    allow_http: bool | None = None
+
+
+class JobSpec(_Strict):
+    name: str | None = None
+    input: InputSpec
+    model: ModelSpec
+    granularities: str | list[str | list[int]]
+    output: OutputSpec
+    cluster: ClusterSpec = ClusterSpec()
+    storage: StorageSpec = StorageSpec()
+
+
+def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read and validate a job file. Relative local paths are taken relative to the file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobSpecError(str(path), ["job file does not exist"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobSpecError(str(path), [f"not valid TOML: {exc}"]) from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.rpartition(".")
+        target = data.setdefault(section, {}) if section else data
+        target[key] = value
+    base = path.resolve().parent
+    for section, key in (("input", "uri"), ("output", "uri"), ("model", "path")):
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and "://" not in value and not Path(value).expanduser().is_absolute():
+            data[section][key] = str(base / value)
+    return parse_job(data, source=str(path))
+
+
+def parse_job(data: dict[str, Any], *, source: str = "job") -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise JobSpecError(source, [_describe(err) for err in exc.errors()]) from None
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "": JobSpec,
+    "input": InputSpec,
+    "model": ModelSpec,
+    "output": OutputSpec,
+    "cluster": ClusterSpec,
+    "storage": StorageSpec,
+}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err.get("loc", ())]
+    # pydantic adds the union member's type name to the location; drop it for readability
+    loc = [p for p in loc if not p.startswith(("list[", "str", "int"))]
+    where = ".".join(loc) or "(top level)"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        section = ".".join(loc[:-1])
+        model = _SECTION_MODELS.get(section)
+        allowed = ", ".join(model.model_fields) if model else "?"
+        return f"unknown key '{where}'; allowed in [{section or 'top level'}]: {allowed}"
+    if kind == "missing":
+        return f"missing required key '{where}'"
+    value = err.get("input")
+    return f"{where} = {value!r}: {err.get('msg', 'invalid')}"

@@ -1,0 +1,169 @@
+"""Every check a job gets before Ray starts, each error checked by its message."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from jobs import JobSpecError, check_job, load_job
+from jobs.cli import app
+from storage import Provenance, commit, output_schema
+
+from ..conftest import write_job
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "docs.parquet"
+    pq.write_table(
+        pa.table({"doc_id": ["a", "b"], "body": ["one text", "another"], "score": [1.0, 2.0], "n": [1, 2]}), path
+    )
+    return path
+
+
+@pytest.fixture
+def job(tmp_path, corpus, tiny_bert_dir):
+    def make(granularities=("l2_d32", "l4_d64"), input=None, model=None, output=None, **extra):
+        sections = {
+            "input": {"uri": str(corpus), "id_column": "doc_id", "text_column": "body", **(input or {})},
+            "model": {"path": str(tiny_bert_dir), **(model or {})},
+            "output": {"uri": str(tmp_path / "out" / "docs.lance"), **(output or {})},
+            **extra,
+        }
+        return write_job(tmp_path / "job.toml", granularities=list(granularities), **sections)
+
+    return make
+
+
+def _problems(path) -> list[str]:
+    with pytest.raises(JobSpecError) as info:
+        check_job(load_job(path), source_name=str(path))
+    return info.value.problems
+
+
+def test_a_valid_job_resolves(job, tiny_bert_dir):
+    resolved = check_job(load_job(job(input={"columns": ["score"]})))
+    assert [str(g) for g in resolved.granularities] == ["l2_d32", "l4_d64"]
+    assert resolved.schema.names == [
+        "id",
+        "content_hash",
+        "score",
+        "text",
+        "vec_l2_d32",
+        "vec_l4_d64",
+        "run_id",
+        "embedded_at",
+    ]
+    assert resolved.provenance.model_path == str(tiny_bert_dir.resolve())
+    assert resolved.rejects_uri.endswith("docs_rejects.lance")
+    assert not resolved.output_exists
+
+
+def test_unknown_keys_and_bad_values_are_all_reported(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text(
+        'granularities = "l2_d32"\n[input]\nuri = "x.parquet"\ntxt_column = "body"\n'
+        '[model]\npath = "m"\npooling = "avg"\n[output]\nuri = "o"\nmode = "upsert"\n[cluster]\nactors = 0\n'
+    )
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    text = str(info.value)
+    assert "unknown key 'input.txt_column'; allowed in [input]: uri, format, id_column, text_column, columns" in text
+    assert "model.pooling = 'avg': Input should be 'mean', 'cls', 'max' or 'lasttoken'" in text
+    assert "output.mode = 'upsert': Input should be 'create', 'overwrite' or 'append'" in text
+    assert "cluster.actors = 0: Input should be greater than or equal to 1" in text
+
+
+def test_missing_sections_and_bad_toml(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('granularities = "l2_d32"\n')
+    with pytest.raises(JobSpecError, match="missing required key 'input'"):
+        load_job(path)
+    path.write_text("granularities = [\n")
+    with pytest.raises(JobSpecError, match="not valid TOML"):
+        load_job(path)
+    with pytest.raises(JobSpecError, match="job file does not exist"):
+        load_job(tmp_path / "nope.toml")
+
+
+def test_missing_columns_are_found_from_the_schema(job):
+    problems = _problems(job(input={"text_column": "content", "columns": ["title"]}))
+    assert any(
+        p.startswith("input.text_column = 'content' is not a column of")
+        and p.endswith("columns: doc_id, body, score, n")
+        for p in problems
+    )
+    assert any(p.startswith("input.columns: 'title' is not a column of") for p in problems)
+
+
+def test_column_types_and_reserved_names(job):
+    problems = _problems(job(input={"text_column": "n", "id_column": "score", "columns": ["n"]}))
+    assert "input.text_column 'n' has type int64; expected a string or binary column" in problems
+    assert "input.id_column 'score' has type double; ids must be strings or integers" in problems
+    assert any(p.startswith("input.columns: 'n' clashes with an output column") for p in problems)
+
+
+def test_input_that_matches_nothing(job, tmp_path):
+    problems = _problems(job(input={"uri": str(tmp_path / "missing" / "*.parquet")}))
+    assert problems == [f"input.uri: input '{tmp_path / 'missing' / '*.parquet'}' matches no parquet files"]
+
+
+def test_model_and_granularity_errors_name_value_and_range(job, tmp_path):
+    assert _problems(job(granularities=["l5_d32"])) == [
+        "granularities: granularity l5_d32: layer 5 is out of range; tiny-bert has layers 1..4"
+    ]
+    assert _problems(job(granularities=[[2, 100]])) == [
+        "granularities: granularity l2_d100: dim 100 is out of range; tiny-bert has dims 1..64"
+    ]
+    missing = tmp_path / "no-model"
+    assert _problems(job(model={"path": str(missing)})) == [
+        f"model: model '{missing}': directory does not exist (models are loaded from local dirs only)"
+    ]
+    assert _problems(job(model={"max_length": 4096})) == [
+        "model.max_length = 4096 is out of range; tiny-bert allows 2..128"
+    ]
+
+
+def _make_table(resolved_job, granularities=None, fingerprint=None):
+    prov = resolved_job.provenance
+    if granularities or fingerprint:
+        prov = Provenance(
+            **{
+                **prov.__dict__,
+                "granularities": granularities or prov.granularities,
+                "weights_fingerprint": fingerprint or prov.weights_fingerprint,
+            }
+        )
+    schema = output_schema(prov, id_type=pa.string())
+    commit(resolved_job.output_uri, [], schema=schema, mode="create", read_version=None)
+
+
+def test_existing_output_in_create_mode_is_refused(job):
+    resolved = check_job(load_job(job()))
+    _make_table(resolved)
+    (problem,) = _problems(job())
+    assert "already exists and output.mode is 'create'; use mode = 'overwrite'" in problem
+    assert check_job(load_job(job(output={"mode": "overwrite"}))).output_exists
+    assert check_job(load_job(job(output={"mode": "append"}))).output_exists
+
+
+def test_append_to_a_table_made_by_another_config_is_refused(job):
+    resolved = check_job(load_job(job()))
+    _make_table(resolved, granularities=("l2_d32",), fingerprint="0123456789abcdef")
+    (problem,) = _problems(job(output={"mode": "append"}))
+    assert "was made with another config, so appending would mix vectors" in problem
+    assert f"weights_fingerprint: 0123456789abcdef -> {resolved.provenance.weights_fingerprint}" in problem
+    assert "granularities: l2_d32 -> l2_d32,l4_d64" in problem
+    assert "use mode = 'overwrite' or a new uri" in problem
+
+
+def test_validate_command(job):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate", str(job())])
+    assert ok.exit_code == 0, ok.output
+    assert "valid" in ok.output and "l2_d32, l4_d64" in ok.output
+    bad = runner.invoke(app, ["validate", str(job(granularities=["l9_d8"]))])
+    assert bad.exit_code == 2
+    assert "layer 9 is out of range" in bad.output
