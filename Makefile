@@ -42,6 +42,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.encoder
+	$(BIN)/python -m bench.pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -155,7 +155,7 @@ def query(
     if as_json:
         for row in rows:
             row.pop("_distance", None)
-            console.print_json(json.dumps(row, default=str))
+            typer.echo(json.dumps(row, default=str))
         return
     out = Table(title=f"top {k} for {text!r} at {granularity or 'the richest granularity'}")
     id_width = max([len(str(r["id"])) for r in rows] + [2])

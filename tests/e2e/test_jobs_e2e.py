@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import lance
 import lancedb
 import numpy as np
@@ -93,7 +95,9 @@ def test_parquet_job_end_to_end(ray_local, tmp_path, lee_parquet, lee_articles, 
     first = _unique_rows(lee_articles, 1)[0]
     out = runner.invoke(app, ["query", summary.table_uri, lee_articles[first], "-g", "l6_d128", "-k", "2", "--json"])
     assert out.exit_code == 0, out.output
-    assert f'"id": "lee-{first:03d}"' in out.output.splitlines()[1] or f"lee-{first:03d}" in out.output.split("}")[0]
+    hits = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(hits) == 2 and hits[0]["id"] == f"lee-{first:03d}"
+    assert hits[0]["score"] >= hits[1]["score"]
 
 
 def test_jsonl_job_end_to_end(ray_local, tmp_path, lee_jsonl, lee_articles, minilm_path):
@@ -108,12 +112,11 @@ def _bad_corpus(path, n_good=60):
     texts = [f"document number {i} about topic {i % 7}" for i in range(n_good)]
     texts += [None, "", "  \t ", "another row with id g3", f"document number 4 about topic {4 % 7}", "no id"]
     pq.write_table(pa.table({"doc_id": ids, "body": texts, "title": ["t"] * len(ids)}), path)
-    return ids, texts
 
 
 def test_rejects_are_counted_kept_and_limited(ray_local, tmp_path, tiny_bert_dir):
     corpus = tmp_path / "bad.parquet"
-    ids, _ = _bad_corpus(corpus)
+    _bad_corpus(corpus)
     # 6 of 66 rows are bad (9%): over the default 1% limit, nothing is committed
     job = _job(tmp_path, corpus, tiny_bert_dir, granularities=["l2_d32", "l4_d64"])
     with pytest.raises(RejectLimitExceeded) as info:
