@@ -77,7 +77,8 @@ def prepare(
             try:
                 text = value.decode("utf-8")
             except UnicodeDecodeError:
-                text, reason = None, "undecodable text (not UTF-8)"
+                # kept, escaped, in the rejects table: the bytes can be recovered from it
+                text, reason = value.decode("utf-8", "backslashreplace"), "undecodable text (not UTF-8)"
         if reason is None:
             if id_value is None:
                 reason = "null id"

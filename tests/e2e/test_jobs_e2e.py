@@ -108,26 +108,31 @@ def test_jsonl_job_end_to_end(ray_local, tmp_path, lee_jsonl, lee_articles, mini
 
 
 def _bad_corpus(path, n_good=60):
-    ids = [f"g{i}" for i in range(n_good)] + ["n1", "e1", "w1", "g3", "g4", None]
-    texts = [f"document number {i} about topic {i % 7}" for i in range(n_good)]
-    texts += [None, "", "  \t ", "another row with id g3", f"document number 4 about topic {4 % 7}", "no id"]
-    pq.write_table(pa.table({"doc_id": ids, "body": texts, "title": ["t"] * len(ids)}), path)
+    """A binary text column (as some exports have) with every kind of bad row."""
+    ids = [f"g{i}" for i in range(n_good)] + ["n1", "e1", "w1", "g3", "g4", None, "u1"]
+    texts = [f"document number {i} about topic {i % 7}".encode() for i in range(n_good)]
+    texts += [None, b"", b"  \t ", b"another row with id g3", f"document number 4 about topic {4 % 7}".encode()]
+    texts += [b"no id", b"caf\xe9 latin-1, not UTF-8"]
+    table = pa.table({"doc_id": ids, "body": pa.array(texts, pa.binary()), "title": ["t"] * len(ids)})
+    pq.write_table(table, path)
 
 
 def test_rejects_are_counted_kept_and_limited(ray_local, tmp_path, tiny_bert_dir):
     corpus = tmp_path / "bad.parquet"
     _bad_corpus(corpus)
-    # 6 of 66 rows are bad (9%): over the default 1% limit, nothing is committed
+    # 7 of 67 rows are bad (10%): over the default 1% limit, nothing is committed
     job = _job(tmp_path, corpus, tiny_bert_dir, granularities=["l2_d32", "l4_d64"])
     with pytest.raises(RejectLimitExceeded) as info:
         run_job(job, progress=False)
-    assert info.value.rejected == 6 and info.value.read == 66
+    assert info.value.rejected == 7 and info.value.read == 67
     assert "nothing was committed" in str(info.value)
     assert not (tmp_path / "tables" / "lee.lance" / "_versions").exists()
     # under a limit that allows them, the run commits and keeps them with their reasons
-    job = _job(tmp_path, corpus, tiny_bert_dir, granularities=["l2_d32", "l4_d64"], output={"max_reject_fraction": 0.1})
+    job = _job(
+        tmp_path, corpus, tiny_bert_dir, granularities=["l2_d32", "l4_d64"], output={"max_reject_fraction": 0.15}
+    )
     summary = run_job(job, progress=False)
-    assert (summary.rows_read, summary.rows_embedded, summary.rows_rejected) == (66, 60, 6)
+    assert (summary.rows_read, summary.rows_embedded, summary.rows_rejected) == (67, 60, 7)
     tbl = open_table(summary.table_uri)
     kept = tbl.to_arrow(["id"])["id"].to_pylist()
     assert sorted(kept) == sorted(f"g{i}" for i in range(60))  # each id once
@@ -136,6 +141,9 @@ def test_rejects_are_counted_kept_and_limited(ray_local, tmp_path, tiny_bert_dir
     assert ("e1", "empty text") in rejects
     assert ("w1", "whitespace-only text") in rejects
     assert (None, "null id") in rejects
+    assert ("u1", "undecodable text (not UTF-8)") in rejects
+    (undecodable,) = [r for r in tbl.rejects().to_pylist() if r["id"] == "u1"]
+    assert undecodable["text"] == "caf\\xe9 latin-1, not UTF-8"  # escaped, not lost
     assert sum(1 for _, reason in rejects if reason.startswith("duplicate id")) == 2
     assert {r["run_id"] for r in tbl.rejects().to_pylist()} == {summary.run_id}
     assert summary.reject_reasons["null text"] == 1
