@@ -38,6 +38,8 @@ def ray_session(address: str | None = None, *, connect_timeout_s: float = 15.0) 
     if addr and addr not in ("auto", "local"):
         _probe(addr, connect_timeout_s)
     started = False
+    if addr and addr != "local":
+        _use_token_auth_if_available()
     try:
         if addr and addr != "local":
             ray.init(
@@ -50,12 +52,37 @@ def ray_session(address: str | None = None, *, connect_timeout_s: float = 15.0) 
             ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
         started = True
     except ConnectionError as exc:
-        raise ClusterError(f"cannot connect to Ray at {addr!r}: {exc}") from None
+        raise ClusterError(
+            f"cannot connect to Ray at {addr!r}: {exc}. If the cluster uses token authentication "
+            f"(the default for clusters started by Ray >= 2.5x), make its token available here: "
+            f"~/.ray/auth_token or RAY_AUTH_TOKEN, with RAY_AUTH_MODE=token"
+        ) from None
     try:
         yield started
     finally:
         if started:
             ray.shutdown()
+
+
+def _use_token_auth_if_available() -> None:
+    """Ray 2.60 clients joining a cluster don't send its auth token unless token mode is on, even
+    when ~/.ray/auth_token holds it (seen with `ray start --head`); turn it on when a token is there.
+
+    Ray reads the mode into its config at import, so setting the variable alone is not enough;
+    Ray's own helper sets it and refreshes the config.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray version: the environment variable is the documented switch
+        token_file = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+        if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(token_file):
+            os.environ["RAY_AUTH_MODE"] = "token"
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _probe(address: str, timeout: float) -> None:
