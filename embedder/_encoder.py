@@ -189,15 +189,7 @@ class ElasticEncoder:
             hidden_size=mdir.hidden_size,
             model_name=mdir.name,
         )
-        pooling = config.pooling or mdir.pooling or Pooling.MEAN
-        max_positions = mdir.config.get("max_position_embeddings")
-        limit = int(max_positions) if isinstance(max_positions, int) and max_positions > 0 else None
-        if limit is not None and mdir.config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
-            limit -= 2  # RoBERTa offsets positions by padding_idx + 1
-        if config.max_length is not None and limit is not None and config.max_length > limit:
-            raise EncoderConfigError(
-                f"max_length {config.max_length} is out of range; {mdir.name} allows 2..{limit} tokens"
-            )
+        pooling, max_length = mdir.resolve(config.pooling, config.max_length)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         if device.type == "cpu":
@@ -212,9 +204,6 @@ class ElasticEncoder:
             if tokenizer.eos_token_id is None:
                 raise UnsupportedModelError(str(path), "its tokenizer has neither a pad nor an eos token")
             tokenizer.pad_token = tokenizer.eos_token
-        max_length = config.max_length or mdir.max_seq_length or _tokenizer_limit(tokenizer) or limit or 512
-        if limit is not None:
-            max_length = min(max_length, limit)
         try:
             model = AutoModel.from_pretrained(str(mdir.transformer_dir), local_files_only=True, dtype=dtype)
         except (OSError, ValueError, KeyError) as exc:
@@ -227,7 +216,7 @@ class ElasticEncoder:
             config=config,
             granularities=grans,
             pooling=pooling,
-            max_length=int(max_length),
+            max_length=max_length,
             device=device,
             dtype=dtype,
         )
@@ -393,8 +382,3 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
-
-
-def _tokenizer_limit(tokenizer: Any) -> int | None:
-    limit = getattr(tokenizer, "model_max_length", None)
-    return int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else None

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._config import Pooling
-from ._errors import ModelError, UnsupportedModelError
+from ._errors import EncoderConfigError, ModelError, UnsupportedModelError
 
 __all__ = ["ModelDir", "find_blocks", "read_model_dir", "weights_fingerprint"]
 
@@ -60,6 +60,30 @@ class ModelDir:
     @property
     def name(self) -> str:
         return self.root.name or str(self.root)
+
+    @property
+    def position_limit(self) -> int | None:
+        """Most tokens one text may have (RoBERTa-style models reserve two positions)."""
+        limit = self.config.get("max_position_embeddings")
+        if not isinstance(limit, int) or limit <= 0:
+            return None
+        if self.config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+            limit -= 2  # positions are offset by padding_idx + 1
+        return limit
+
+    def resolve(self, pooling: Pooling | None, max_length: int | None) -> tuple[Pooling, int]:
+        """The pooling and max_length an encoder on this dir uses, given the caller's overrides.
+
+        Pooling: the override, else the sentence-transformers config, else mean. max_length: the
+        override, else ``max_seq_length`` from sentence_bert_config.json, else the position limit.
+        """
+        limit = self.position_limit
+        if max_length is not None and limit is not None and max_length > limit:
+            raise EncoderConfigError(f"max_length {max_length} is out of range; {self.name} allows 2..{limit} tokens")
+        chosen = max_length or self.max_seq_length or limit or 512
+        if limit is not None:
+            chosen = min(chosen, limit)
+        return pooling or self.pooling or Pooling.MEAN, int(chosen)
 
 
 def read_model_dir(path: str | Path) -> ModelDir:

@@ -16,7 +16,6 @@ from embedder import (
     EncoderConfig,
     Granularity,
     GranularityError,
-    Pooling,
     read_model_dir,
     resolve_granularities,
     weights_fingerprint,
@@ -145,20 +144,14 @@ def check_job(spec: JobSpec, *, source_name: str = "job") -> ResolvedJob:
             dtype=spec.model.dtype,
             batch_tokens=spec.cluster.batch_tokens,
         )
-        limit = mdir.config.get("max_position_embeddings")
-        if spec.model.max_length and isinstance(limit, int) and spec.model.max_length > limit:
-            problems.append(
-                f"model.max_length = {spec.model.max_length} is out of range; {mdir.name} allows 2..{limit}"
-            )
-        pooling = encoder_cfg.pooling or mdir.pooling or Pooling.MEAN
-        max_length = spec.model.max_length or mdir.max_seq_length or (limit if isinstance(limit, int) else 512)
+        pooling, max_length = mdir.resolve(encoder_cfg.pooling, encoder_cfg.max_length)
         provenance = Provenance(
             model_path=str(mdir.root),
             weights_fingerprint=weights_fingerprint(mdir.root),
             granularities=tuple(str(g) for g in grans),
             pooling=pooling.value,
             normalize=spec.model.normalize,
-            max_length=int(max_length),
+            max_length=max_length,
             num_layers=mdir.num_layers,
             hidden_size=mdir.hidden_size,
             vector_dtype=spec.output.vector_dtype,

@@ -206,7 +206,7 @@ def test_validation_happens_up_front_and_names_the_value(tiny_bert_dir, tmp_path
         ElasticEncoder.from_pretrained(tiny_bert_dir, [(2, 65)])
     with pytest.raises(GranularityError, match="at least one granularity"):
         ElasticEncoder.from_pretrained(tiny_bert_dir, [])
-    with pytest.raises(EncoderConfigError, match="max_length 4096 is out of range; tiny-bert allows 2..128"):
+    with pytest.raises(EncoderConfigError, match="max_length 4096 is out of range; tiny-bert allows 2..128 tokens"):
         ElasticEncoder.from_pretrained(tiny_bert_dir, ["l1_d8"], max_length=4096)
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelError) as info:

@@ -122,7 +122,7 @@ def test_model_and_granularity_errors_name_value_and_range(job, tmp_path):
         f"model: model '{missing}': directory does not exist (models are loaded from local dirs only)"
     ]
     assert _problems(job(model={"max_length": 4096})) == [
-        "model.max_length = 4096 is out of range; tiny-bert allows 2..128"
+        "model: max_length 4096 is out of range; tiny-bert allows 2..128 tokens"
     ]
 
 
