@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -201,6 +200,5 @@ def write(
             "tokens": pa.array([int(pc.sum(good.column(TOKENS)).as_py() or 0)], pa.int64()),
             "truncated": pa.array([int(pc.sum(pc.cast(good.column(TRUNCATED), pa.int64())).as_py() or 0)]),
             "reasons": pa.array([json.dumps(counts)], pa.string()),
-            "written_at": pa.array([time.time()], pa.float64()),
         }
     )

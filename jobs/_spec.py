@@ -139,7 +139,16 @@ def parse_job(data: dict[str, Any], *, source: str = "job") -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise JobSpecError(source, [_describe(err) for err in exc.errors()]) from None
+        problems: list[str] = []
+        for err in exc.errors():
+            text = _describe(err)
+            head, sep, msg = text.partition(": ")
+            # a union (e.g. granularities: string or list) fails once per member: say it once
+            if sep and problems and problems[-1].startswith(head + ": "):
+                problems[-1] += f", or {msg[0].lower()}{msg[1:]}"
+            else:
+                problems.append(text)
+        raise JobSpecError(source, problems) from None
 
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {

@@ -14,7 +14,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from embedder import ElasticEncoder, Granularity, GranularityError
+from embedder import ElasticEncoder, Granularity, GranularityError, ModelError
 
 from ._lance_io import sibling_uri, table_exists
 from ._provenance import METADATA_KEY, Provenance
@@ -131,9 +131,10 @@ class EmbeddingTable:
                 max_length=prov.max_length,
             )
             if enc.fingerprint != prov.weights_fingerprint:
-                raise GranularityError(
-                    f"the model at {prov.model_path!r} has weights {enc.fingerprint}, but this table was "
-                    f"embedded with {prov.weights_fingerprint}; query vectors would not be comparable"
+                raise ModelError(
+                    prov.model_path,
+                    f"its weights are now {enc.fingerprint}, but this table was embedded with "
+                    f"{prov.weights_fingerprint}; query vectors would not be comparable",
                 )
             self._encoders[granularity.layer] = enc
         return enc

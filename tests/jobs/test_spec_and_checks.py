@@ -167,3 +167,11 @@ def test_validate_command(job):
     bad = runner.invoke(app, ["validate", str(job(granularities=["l9_d8"]))])
     assert bad.exit_code == 2
     assert "layer 9 is out of range" in bad.output
+
+
+def test_a_union_type_error_is_reported_once(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('granularities = 5\n[input]\nuri = "x.parquet"\n[model]\npath = "m"\n[output]\nuri = "o"\n')
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert info.value.problems == ["granularities = 5: Input should be a valid string, or input should be a valid list"]

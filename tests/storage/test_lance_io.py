@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from embedder import ModelError
 from storage import (
     Provenance,
     TableNotFoundError,
@@ -92,3 +93,11 @@ def test_open_table_refuses_what_embedjob_did_not_write(tmp_path):
     lance.write_dataset(pa.table({"x": [1]}), str(tmp_path / "plain.lance"))
     with pytest.raises(TableNotFoundError, match="was not written by embedjob"):
         open_table(str(tmp_path / "plain.lance"))
+
+
+def test_search_refuses_a_model_whose_weights_changed(tmp_path, tiny_bert_dir):
+    uri = str(tmp_path / "t.lance")
+    prov = _prov(model_path=str(tiny_bert_dir), granularities=("l1_d8",), hidden_size=64, num_layers=4)
+    commit(uri, [], schema=output_schema(prov, id_type=pa.string()), mode="create", read_version=None)
+    with pytest.raises(ModelError, match="this table was embedded with ffffffffffffffff; query vectors would not"):
+        open_table(uri).search("anything", "l1_d8")
