@@ -17,8 +17,9 @@ import pyarrow as pa
 from embedder import EncoderConfig
 
 from ._pool import PoolPlan, plan_pool
+from ._registry import IdRegistry
 from ._sources import Source
-from ._stages import EncodeActor, IdRegistry, prepare, write
+from ._stages import EncodeActor, prepare, write
 
 __all__ = ["EmbedPlan", "PipelineResult", "run_pipeline"]
 
