@@ -25,6 +25,7 @@ def test_probe_accepts_a_listening_port_and_skips_non_tcp_forms():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        _probe(f"127.0.0.1:{s.getsockname()[1]}", timeout=2.0)
-        _probe(f"ray://127.0.0.1:{s.getsockname()[1]}", timeout=2.0)
-    _probe("auto", timeout=0.1)  # nothing to probe: Ray resolves it
+        # a listening port passes (a closed one raises ClusterError, as above)
+        assert _probe(f"127.0.0.1:{s.getsockname()[1]}", timeout=2.0) is None
+        assert _probe(f"ray://127.0.0.1:{s.getsockname()[1]}", timeout=2.0) is None
+    assert _probe("auto", timeout=0.1) is None  # nothing to probe: Ray resolves it
