@@ -118,7 +118,7 @@ def inspect(
     for col in ("mode", "read", "embedded", "rejected"):
         runs.add_column(col, justify="right" if col != "mode" else "left")
     by_version = {r["table_version"]: r for r in tbl.runs()}
-    for v in tbl.versions():
+    for v in tbl.dataset.versions():  # run records are already in by_version; read them once
         r = by_version.get(v["version"], {})
         stamp = v["timestamp"]
         runs.add_row(
