@@ -6,9 +6,12 @@ Knows nothing about Ray, files or Lance.
 from __future__ import annotations
 
 from ._batching import find_invalid_texts
+from ._calibration import Calibration, CalibrationInfo, LayerFit
+from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, fit_calibration, heldout_mask
 from ._config import EncoderConfig, Pooling
 from ._encoder import ElasticEncoder, EncodeResult, EncodeStats
 from ._errors import (
+    CalibrationError,
     EmbedderError,
     EncoderConfigError,
     GranularityError,
@@ -20,7 +23,12 @@ from ._granularity import STARBUCKS, Granularity, parse_granularities, resolve_g
 from ._loading import read_model_dir, weights_fingerprint
 
 __all__ = [
+    "DEFAULT_ALPHAS",
     "STARBUCKS",
+    "Calibration",
+    "CalibrationError",
+    "CalibrationInfo",
+    "CalibrationStats",
     "ElasticEncoder",
     "EmbedderError",
     "EncodeResult",
@@ -30,10 +38,13 @@ __all__ = [
     "Granularity",
     "GranularityError",
     "InvalidTextError",
+    "LayerFit",
     "ModelError",
     "Pooling",
     "UnsupportedModelError",
     "find_invalid_texts",
+    "fit_calibration",
+    "heldout_mask",
     "parse_granularities",
     "read_model_dir",
     "resolve_granularities",

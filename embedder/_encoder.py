@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._batching import Batch, check_texts, plan_batches, tokenize
+from ._batching import Batch, Plan, check_texts, plan_batches, tokenize
+from ._calibration import Calibration
+from ._calibration_fit import CalibrationStats
 from ._config import (
     DEFAULT_BATCH_TOKENS,
     EncoderConfig,
@@ -31,7 +33,7 @@ from ._config import (
     resolve_dtype,
     resolve_num_threads,
 )
-from ._errors import EncoderConfigError, GranularityError, ModelError, UnsupportedModelError
+from ._errors import GranularityError, ModelError, UnsupportedModelError
 from ._granularity import Granularity, GranularitySpec, parse_granularities, resolve_granularities
 from ._loading import ModelDir, find_blocks, read_model_dir, set_submodule, torch_dtype_name, weights_fingerprint
 from ._pooling import pool
@@ -110,6 +112,7 @@ class ElasticEncoder:
         max_length: int,
         device: torch.device,
         dtype: torch.dtype,
+        calibration: Calibration | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -132,6 +135,45 @@ class ElasticEncoder:
         self._capture = _Capture()
         for layer in sorted({g.layer for g in granularities}):
             self._blocks[layer - 1].register_forward_hook(self._make_hook(layer))
+        self.calibration: Calibration | None = None
+        self._projections: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        if calibration is not None:
+            self._set_calibration(calibration)
+
+    def _set_calibration(self, calibration: Calibration) -> None:
+        """Check the calibration fits this model and keep each exit layer's projection on the device."""
+        calibration.check_compatible(
+            model_fingerprint=self.fingerprint,
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            pooling=self.pooling.value,
+            layers=tuple(sorted({g.layer for g in self.granularities})),
+            model_name=self.model_dir.name,
+        )
+        if calibration.info.max_length != self.max_length:
+            logger.warning(
+                "calibration %s was fitted with max_length %d; this encoder uses %d",
+                calibration.fingerprint,
+                calibration.info.max_length,
+                self.max_length,
+            )
+        h = self.hidden_size
+        widest: dict[int, int] = {}
+        for g in self.granularities:
+            if self._calibrated(g):
+                widest[g.layer] = max(widest.get(g.layer, 0), g.dim)
+        for layer, dim in widest.items():
+            if layer == self.num_layers:
+                weight, bias = calibration.rotation[:, :dim], None
+            else:
+                w = calibration.maps[layer]
+                weight, bias = w[:h, :dim], torch.from_numpy(w[h, :dim].copy()).to(self.device)
+            self._projections[layer] = (torch.from_numpy(weight.copy()).to(self.device), bias)
+        self.calibration = calibration
+
+    def _calibrated(self, g: Granularity) -> bool:
+        """Full depth at full width stays exactly the model's vector; everything else goes through the calibration."""
+        return not (g.layer == self.num_layers and g.dim == self.hidden_size)
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -148,7 +190,7 @@ class ElasticEncoder:
         batch_tokens: int | None = None,
         max_batch_size: int = 1024,
         num_threads: int | None = None,
-        calibration: Any = None,
+        calibration: Calibration | str | Path | None = None,
     ) -> ElasticEncoder:
         """Load a local Hugging Face or sentence-transformers model dir, offline.
 
@@ -159,9 +201,11 @@ class ElasticEncoder:
         ``device``/``dtype`` ``None``: CUDA with bf16 (fp16 where bf16 is not
         supported) when available, else CPU float32. Everything is validated
         before the weights are read.
+
+        ``calibration``: a :class:`Calibration` or the path of a saved one; it
+        is applied inside :meth:`encode` to every granularity except full depth
+        at full width (queries and documents alike).
         """
-        if calibration is not None:
-            raise EncoderConfigError("calibration is not available yet in this version of embedjob")
         config = EncoderConfig(
             granularities=parse_granularities(granularities),
             pooling=pooling,
@@ -173,14 +217,35 @@ class ElasticEncoder:
             max_batch_size=max_batch_size,
             num_threads=num_threads,
         )
-        return cls.from_config(path, config, granularity_spec=granularities)
+        return cls.from_config(path, config, granularity_spec=granularities, calibration=calibration)
+
+    @classmethod
+    def for_calibration(cls, path: str | Path, layers: Any = None, **options: Any) -> ElasticEncoder:
+        """An encoder that runs to full depth and pools ``layers`` (default: all below full depth), for fitting.
+
+        ``options`` are those of :meth:`from_pretrained` (pooling, max_length, device, ...).
+        """
+        mdir = read_model_dir(path)
+        wanted = range(1, mdir.num_layers) if layers is None else layers
+        grans = sorted(
+            {Granularity(int(k), mdir.hidden_size) for k in wanted} | {Granularity(mdir.num_layers, mdir.hidden_size)}
+        )
+        return cls.from_pretrained(path, grans, **options)
 
     @classmethod
     def from_config(
-        cls, path: str | Path, config: EncoderConfig, *, granularity_spec: GranularitySpec | None = None
+        cls,
+        path: str | Path,
+        config: EncoderConfig,
+        *,
+        granularity_spec: GranularitySpec | None = None,
+        calibration: Calibration | str | Path | None = None,
     ) -> ElasticEncoder:
         """Load with a ready :class:`EncoderConfig` (what the job layer builds)."""
         from transformers import AutoModel, AutoTokenizer
+
+        if calibration is not None and not isinstance(calibration, Calibration):
+            calibration = Calibration.load(calibration)
 
         mdir = read_model_dir(path)
         grans = resolve_granularities(
@@ -219,6 +284,7 @@ class ElasticEncoder:
             max_length=max_length,
             device=device,
             dtype=dtype,
+            calibration=calibration,
         )
 
     # ------------------------------------------------------------- properties
@@ -250,13 +316,15 @@ class ElasticEncoder:
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
             "dtype": torch_dtype_name(self.dtype),
+            "calibration": self.calibration.fingerprint if self.calibration else None,
         }
 
     def __repr__(self) -> str:
         grans = ", ".join(str(g) for g in self.granularities)
+        cal = f", calibration={self.calibration.fingerprint}" if self.calibration else ""
         return (
             f"ElasticEncoder({self.model_dir.name!r}, [{grans}], pooling={self.pooling.value}, "
-            f"depth={self.depth}/{self.num_layers}, device={self.device}, dtype={torch_dtype_name(self.dtype)})"
+            f"depth={self.depth}/{self.num_layers}, device={self.device}, dtype={torch_dtype_name(self.dtype)}{cal})"
         )
 
     # ---------------------------------------------------------------- encoding
@@ -275,15 +343,7 @@ class ElasticEncoder:
         """Like :meth:`encode`, also returning token, padding, truncation and timing figures."""
         t0 = time.perf_counter()
         grans = self._select(granularities)
-        check_texts(texts)
-        tok = tokenize(self.tokenizer, texts, self.max_length, lowercase=self.model_dir.do_lower_case)
-        plan = plan_batches(
-            tok,
-            batch_tokens=self.batch_tokens,
-            max_batch_size=self.config.max_batch_size,
-            pad_token_id=int(self.tokenizer.pad_token_id),
-            padding_side=getattr(self.tokenizer, "padding_side", "right"),
-        )
+        tok, plan = self._prepare(texts)
         t1 = time.perf_counter()
         out = {g: np.empty((len(texts), g.dim), dtype=np.float32) for g in grans}
         depth = max(g.layer for g in grans)
@@ -305,6 +365,61 @@ class ElasticEncoder:
             seconds_total=t2 - t0,
         )
         return EncodeResult(vectors=out, stats=stats, token_counts=tok.lengths)
+
+    def pooled_states(self, texts: Sequence[str], layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+        """Each exit layer's pooled states, (n, hidden_size) float32: no calibration, no cut, no normalization.
+
+        ``layers`` defaults to every layer this encoder's granularities exit at.
+        """
+        served = sorted({g.layer for g in self.granularities})
+        chosen = served if layers is None else sorted({int(k) for k in layers})
+        missing = [k for k in chosen if k not in served]
+        if missing:
+            raise GranularityError(
+                f"layer(s) {', '.join(map(str, missing))} are not exit layers of this encoder; it pools {served}"
+            )
+        _tok, plan = self._prepare(texts)
+        out = {k: np.empty((len(texts), self.hidden_size), dtype=np.float32) for k in chosen}
+        depth = max(chosen)
+        with torch.inference_mode(), self._run_to(depth):
+            for batch in plan.batches:
+                pooled = self._forward(batch, frozenset(chosen), depth)
+                for k in chosen:
+                    out[k][batch.positions] = pooled[k].to("cpu", torch.float32).numpy()
+        return out
+
+    def calibration_stats(self, layers: Sequence[int] | None = None) -> CalibrationStats:
+        """Empty statistics for fitting maps at ``layers`` (default: this encoder's exit layers below full depth)."""
+        if self.depth != self.num_layers:
+            raise GranularityError(
+                f"fitting a calibration needs full depth ({self.num_layers}); this encoder stops at layer {self.depth}"
+            )
+        served = sorted({g.layer for g in self.granularities if g.layer < self.num_layers})
+        return CalibrationStats.empty(
+            num_layers=self.num_layers, hidden_size=self.hidden_size, layers=served if layers is None else layers
+        )
+
+    def add_calibration_rows(
+        self, stats: CalibrationStats, texts: Sequence[str], heldout: np.ndarray | Sequence[bool] | None = None
+    ) -> None:
+        """Embed ``texts`` and add them to ``stats``: pooled states of its layers against normalized full depth."""
+        states = self.pooled_states(texts, [*stats.layers, self.num_layers])
+        full = states.pop(self.num_layers)
+        full /= np.clip(np.linalg.norm(full, axis=1, keepdims=True), 1e-12, None)
+        stats.add(states, full, heldout)
+
+    def _prepare(self, texts: Sequence[str]) -> tuple[Any, Plan]:
+        """CPU pre-processing: validate, tokenize once, plan token-budget batches."""
+        check_texts(texts)
+        tok = tokenize(self.tokenizer, texts, self.max_length, lowercase=self.model_dir.do_lower_case)
+        plan = plan_batches(
+            tok,
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.config.max_batch_size,
+            pad_token_id=int(self.tokenizer.pad_token_id),
+            padding_side=getattr(self.tokenizer, "padding_side", "right"),
+        )
+        return tok, plan
 
     def _select(self, granularities: GranularitySpec | None) -> tuple[Granularity, ...]:
         if granularities is None:
@@ -352,9 +467,14 @@ class ElasticEncoder:
         positions: np.ndarray,
         out: dict[Granularity, np.ndarray],
     ) -> None:
-        """Cut each prefix, re-normalize after cutting, and write rows back to their input positions."""
+        """Apply the calibration, cut each prefix, re-normalize after cutting, write rows back in input order."""
+        projected: dict[int, torch.Tensor] = {}
+        for layer, (weight, bias) in self._projections.items():
+            if layer in pooled:
+                projected[layer] = pooled[layer] @ weight if bias is None else torch.addmm(bias, pooled[layer], weight)
         for g in grans:
-            vec = pooled[g.layer][:, : g.dim]
+            source = projected[g.layer] if g.layer in projected and self._calibrated(g) else pooled[g.layer]
+            vec = source[:, : g.dim]
             if self.config.normalize:
                 vec = F.normalize(vec, p=2.0, dim=-1)
             out[g][positions] = vec.to("cpu", torch.float32).numpy()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "CalibrationError",
     "EmbedderError",
     "EncoderConfigError",
     "GranularityError",
@@ -30,6 +31,10 @@ class GranularityError(EmbedderError, ValueError):
 
 class EncoderConfigError(EmbedderError, ValueError):
     """An encoder setting (pooling, dtype, device, max_length, ...) that is not allowed."""
+
+
+class CalibrationError(EmbedderError, ValueError):
+    """A calibration that is malformed, too small to fit, or made for another model or layers."""
 
 
 class ModelError(EmbedderError, ValueError):

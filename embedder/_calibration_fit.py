@@ -1,0 +1,351 @@
+"""Fitting a calibration from sufficient statistics.
+
+Each shard of the sample (an actor's batch, a chunk of texts) adds its rows to
+a :class:`CalibrationStats`: row counts, sums and Gram matrices in float64,
+kept apart for the fitting part and the held-out part of the sample. Stats of
+shards add up (``a + b``, or ``sum(shards)``) to exactly what one pass gives;
+one :meth:`CalibrationStats.solve` on the driver turns the sum into a
+:class:`Calibration`. The sample is never in memory at once.
+
+The solve: the rotation is the eigenvectors of the target covariance (largest
+first). Each exit layer's map is a ridge regression ``[x, 1] @ W ~ y @ R``,
+solved from ``X'X`` and ``X'Y R``. The ridge strength is picked per layer from a
+grid by the squared error on the held-out part (computable from its Gram
+matrices alone), then the map is refitted on all rows with that strength.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from ._calibration import Calibration, CalibrationInfo, LayerFit
+from ._errors import CalibrationError
+
+if TYPE_CHECKING:
+    from ._encoder import ElasticEncoder
+
+__all__ = ["DEFAULT_ALPHAS", "CalibrationStats", "fit_calibration", "heldout_mask"]
+
+#: Relative ridge strengths tried on the held-out part: lambda = alpha x rows, on standardized features.
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-8.0, 2.01, 0.5))
+#: Fewest rows a solve accepts in each part of the sample.
+MIN_FIT_ROWS, MIN_HELDOUT_ROWS = 8, 4
+
+Penalty = Literal["standardized", "identity"]
+
+
+@dataclass(eq=False)
+class CalibrationStats:
+    """Summed second-order statistics of a calibration sample, split [fit, held-out].
+
+    ``input_gram[k]`` is ``[x, 1]' [x, 1]`` of layer ``k``'s pooled states,
+    ``cross[k]`` is ``[x, 1]' y`` against the normalized full-depth vectors ``y``,
+    ``target_gram`` is ``y' y``; each is stacked (2, ...): index 0 the fitting
+    rows, 1 the held-out rows.
+    """
+
+    num_layers: int
+    hidden_size: int
+    layers: tuple[int, ...]
+    count: np.ndarray
+    target_sum: np.ndarray
+    target_gram: np.ndarray
+    input_gram: dict[int, np.ndarray]
+    cross: dict[int, np.ndarray]
+
+    @classmethod
+    def empty(cls, *, num_layers: int, hidden_size: int, layers: Iterable[int]) -> CalibrationStats:
+        chosen = tuple(sorted({int(k) for k in layers}))
+        bad = [k for k in chosen if not 1 <= k < num_layers]
+        if bad:
+            raise CalibrationError(
+                f"calibration layer(s) {', '.join(map(str, bad))} out of range; maps exist for layers "
+                f"1..{num_layers - 1} (full depth {num_layers} needs none)"
+            )
+        h = hidden_size
+        return cls(
+            num_layers=num_layers,
+            hidden_size=h,
+            layers=chosen,
+            count=np.zeros(2, dtype=np.int64),
+            target_sum=np.zeros((2, h)),
+            target_gram=np.zeros((2, h, h)),
+            input_gram={k: np.zeros((2, h + 1, h + 1)) for k in chosen},
+            cross={k: np.zeros((2, h + 1, h)) for k in chosen},
+        )
+
+    @property
+    def fit_rows(self) -> int:
+        return int(self.count[0])
+
+    @property
+    def heldout_rows(self) -> int:
+        return int(self.count[1])
+
+    @property
+    def rows(self) -> int:
+        return int(self.count.sum())
+
+    def add(
+        self,
+        states: Mapping[int, np.ndarray],
+        target: np.ndarray,
+        heldout: np.ndarray | Sequence[bool] | None = None,
+    ) -> None:
+        """Add rows: ``states[k]`` (n, H) pooled layer-``k`` states, ``target`` (n, H) full-depth vectors.
+
+        ``target`` is used as given (callers pass normalized vectors).
+        ``heldout`` (n,) marks the rows that go to the held-out part.
+        """
+        y = np.asarray(target, dtype=np.float64)
+        h = self.hidden_size
+        if y.ndim != 2 or y.shape[1] != h:
+            raise CalibrationError(f"calibration targets have shape {y.shape}; expected (n, {h})")
+        n = y.shape[0]
+        mask = np.zeros(n, dtype=bool) if heldout is None else np.asarray(heldout, dtype=bool)
+        if mask.shape != (n,):
+            raise CalibrationError(f"held-out mask has shape {mask.shape}; expected ({n},)")
+        xs = {}
+        for k in self.layers:
+            if k not in states:
+                raise CalibrationError(f"no pooled states for layer {k}; the stats collect layers {list(self.layers)}")
+            x = np.asarray(states[k], dtype=np.float64)
+            if x.shape != (n, h):
+                raise CalibrationError(f"layer {k} states have shape {x.shape}; expected ({n}, {h})")
+            xs[k] = np.hstack([x, np.ones((n, 1))])
+        for part, rows in ((0, ~mask), (1, mask)):
+            if not rows.any():
+                continue
+            t = y[rows]
+            self.count[part] += t.shape[0]
+            self.target_sum[part] += t.sum(axis=0)
+            self.target_gram[part] += t.T @ t
+            for k, xa in xs.items():
+                xr = xa[rows]
+                self.input_gram[k][part] += xr.T @ xr
+                self.cross[k][part] += xr.T @ t
+
+    def __add__(self, other: CalibrationStats) -> CalibrationStats:
+        if not isinstance(other, CalibrationStats):
+            return NotImplemented
+        if (self.num_layers, self.hidden_size, self.layers) != (other.num_layers, other.hidden_size, other.layers):
+            raise CalibrationError(
+                f"cannot add statistics for layers {list(other.layers)} of a {other.num_layers}x{other.hidden_size} "
+                f"model to ones for layers {list(self.layers)} of a {self.num_layers}x{self.hidden_size} model"
+            )
+        return CalibrationStats(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            layers=self.layers,
+            count=self.count + other.count,
+            target_sum=self.target_sum + other.target_sum,
+            target_gram=self.target_gram + other.target_gram,
+            input_gram={k: self.input_gram[k] + other.input_gram[k] for k in self.layers},
+            cross={k: self.cross[k] + other.cross[k] for k in self.layers},
+        )
+
+    def __radd__(self, other: Any) -> CalibrationStats:
+        if other == 0:  # sum(shards) starts from 0
+            return self
+        return NotImplemented
+
+    # ----------------------------------------------------------- transport
+    def to_bytes(self) -> bytes:
+        """safetensors bytes, for shipping from an actor to the driver."""
+        import json
+
+        from safetensors.numpy import save
+
+        tensors = {"count": self.count, "target_sum": self.target_sum, "target_gram": self.target_gram}
+        for k in self.layers:
+            tensors[f"input_gram.{k}"] = self.input_gram[k]
+            tensors[f"cross.{k}"] = self.cross[k]
+        meta = {"num_layers": self.num_layers, "hidden_size": self.hidden_size, "layers": list(self.layers)}
+        return save(tensors, metadata={"stats": json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CalibrationStats:
+        import json
+
+        from safetensors.numpy import load
+
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["stats"])
+        t = load(data)
+        layers = tuple(meta["layers"])
+        return cls(
+            num_layers=meta["num_layers"],
+            hidden_size=meta["hidden_size"],
+            layers=layers,
+            count=t["count"],
+            target_sum=t["target_sum"],
+            target_gram=t["target_gram"],
+            input_gram={k: t[f"input_gram.{k}"] for k in layers},
+            cross={k: t[f"cross.{k}"] for k in layers},
+        )
+
+    # ----------------------------------------------------------- solving
+    def solve(
+        self,
+        *,
+        model_fingerprint: str,
+        pooling: str,
+        max_length: int,
+        model_path: str = "",
+        corpus: str = "",
+        seed: int | None = None,
+        center: bool = True,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        penalty: Penalty = "standardized",
+    ) -> Calibration:
+        """Rotation from the covariance of all rows; per layer, the ridge strength with the least
+        held-out error, then the map refitted on all rows."""
+        if self.fit_rows < MIN_FIT_ROWS or self.heldout_rows < MIN_HELDOUT_ROWS:
+            raise CalibrationError(
+                f"a calibration needs at least {MIN_FIT_ROWS} fitting rows and {MIN_HELDOUT_ROWS} held-out rows; "
+                f"the sample has {self.fit_rows} and {self.heldout_rows}: sample more rows"
+            )
+        if not alphas or any(not (a > 0 and math.isfinite(a)) for a in alphas):
+            raise CalibrationError(f"ridge alphas must be finite and > 0, got {list(alphas)}")
+        rotation, variance = self._rotation(center)
+        maps: dict[int, np.ndarray] = {}
+        fits: list[LayerFit] = []
+        for k in self.layers:
+            w, fit = self._fit_layer(k, rotation, alphas, penalty)
+            maps[k] = w
+            fits.append(fit)
+        info = CalibrationInfo(
+            model_fingerprint=model_fingerprint,
+            model_path=model_path,
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            pooling=str(pooling),
+            max_length=int(max_length),
+            sample_size=self.rows,
+            heldout_size=self.heldout_rows,
+            corpus=corpus,
+            seed=seed,
+            centered=center,
+            fits=tuple(fits),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        return Calibration(rotation=rotation, maps=maps, variance=variance, info=info)
+
+    def _rotation(self, center: bool) -> tuple[np.ndarray, np.ndarray]:
+        n = self.rows
+        gram = self.target_gram.sum(axis=0) / n
+        if center:
+            mean = self.target_sum.sum(axis=0) / n
+            gram = gram - np.outer(mean, mean)
+        evals, evecs = np.linalg.eigh((gram + gram.T) / 2)
+        order = np.argsort(evals)[::-1]
+        evals, evecs = np.clip(evals[order], 0.0, None), evecs[:, order]
+        # a fixed sign per axis (its largest entry positive), so equal data gives equal files
+        lead = evecs[np.argmax(np.abs(evecs), axis=0), np.arange(evecs.shape[1])]
+        evecs = evecs * np.where(lead < 0, -1.0, 1.0)
+        return evecs, evals
+
+    def _fit_layer(
+        self, k: int, rot: np.ndarray, alphas: Sequence[float], penalty: Penalty
+    ) -> tuple[np.ndarray, LayerFit]:
+        h = self.hidden_size
+        a_fit, a_held = self.input_gram[k]
+        b_fit, b_held = self.cross[k] @ rot
+        a_all, b_all = a_fit + a_held, b_fit + b_held
+        n_fit, n_held = self.fit_rows, self.heldout_rows
+        n = n_fit + n_held
+        # penalty on standardized features (each weight scaled by its feature's spread); the bias is free
+        mean_x = a_all[:h, h] / n
+        var_x = np.clip(np.diag(a_all)[:h] / n - mean_x**2, 1e-12, None)
+        scale = var_x if penalty == "standardized" else np.full(h, var_x.mean())
+        pen = np.diag(np.append(scale, 0.0))
+        gram_held = rot.T @ self.target_gram[1] @ rot
+        t_held = self.target_sum[1] @ rot
+        m_fit = (self.target_sum[0] @ rot) / n_fit
+        d64 = min(64, h)
+
+        def heldout_error(w: np.ndarray, cols: slice) -> float:
+            wc = w[:, cols]
+            return float(
+                np.sum(wc * (a_held @ wc)) - 2 * np.sum(wc * b_held[:, cols]) + np.trace(gram_held[cols, cols])
+            )
+
+        def baseline(cols: slice) -> float:  # predicting the fitting rows' mean
+            m = m_fit[cols]
+            return float(np.trace(gram_held[cols, cols]) - 2 * m @ t_held[cols] + n_held * m @ m)
+
+        best: tuple[float, float] | None = None
+        for alpha in alphas:
+            try:
+                w = np.linalg.solve(a_fit + alpha * n_fit * pen, b_fit)
+            except np.linalg.LinAlgError:
+                continue
+            err = heldout_error(w, slice(None))
+            if math.isfinite(err) and (best is None or err < best[1]):
+                best = (float(alpha), err)
+        if best is None:
+            raise CalibrationError(f"layer {k}: every ridge strength gave a singular system; sample more rows")
+        alpha = best[0]
+        w_fit = np.linalg.solve(a_fit + alpha * n_fit * pen, b_fit)
+        r2 = 1.0 - heldout_error(w_fit, slice(None)) / max(baseline(slice(None)), 1e-30)
+        r2_64 = 1.0 - heldout_error(w_fit, slice(0, d64)) / max(baseline(slice(0, d64)), 1e-30)
+        w = np.linalg.solve(a_all + alpha * n * pen, b_all)
+        fit = LayerFit(
+            layer=k,
+            alpha=alpha,
+            ridge=float(alpha * n),
+            heldout_r2=round(float(r2), 6),
+            heldout_r2_d64=round(float(r2_64), 6),
+        )
+        return w, fit
+
+
+def heldout_mask(keys: Sequence[Any], fraction: float, seed: int = 0) -> np.ndarray:
+    """Deterministic held-out assignment: the same key and seed always land in the same part."""
+    import hashlib
+
+    if not 0.0 < fraction < 1.0:
+        raise CalibrationError(f"held-out fraction must be in (0, 1), got {fraction!r}")
+    out = np.empty(len(keys), dtype=bool)
+    for i, key in enumerate(keys):
+        d = hashlib.blake2b(f"{seed}|heldout|{key!r}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(d, "little") / 2**64 < fraction
+    return out
+
+
+def fit_calibration(
+    encoder: ElasticEncoder,
+    texts: Sequence[str],
+    *,
+    layers: Iterable[int] | None = None,
+    heldout_fraction: float = 0.2,
+    seed: int = 0,
+    chunk_size: int = 1024,
+    corpus: str = "",
+    **solve_options: Any,
+) -> Calibration:
+    """Fit in-process on ``texts`` (the job layer does the same through Ray actors).
+
+    ``encoder`` must run to full depth and pool ``layers`` (default: every
+    layer below full depth); :meth:`ElasticEncoder.for_calibration` builds one.
+    """
+    stats = encoder.calibration_stats(layers)
+    mask = heldout_mask(range(len(texts)), heldout_fraction, seed)
+    for start in range(0, len(texts), chunk_size):
+        stop = start + chunk_size
+        encoder.add_calibration_rows(stats, texts[start:stop], mask[start:stop])
+    return stats.solve(
+        model_fingerprint=encoder.fingerprint,
+        model_path=str(encoder.model_dir.root),
+        pooling=encoder.pooling.value,
+        max_length=encoder.max_length,
+        corpus=corpus,
+        seed=seed,
+        **solve_options,
+    )
