@@ -5,6 +5,7 @@ read -> encode -> write pipeline. Parses no job files.
 
 from __future__ import annotations
 
+from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import ray_session
 from ._errors import ClusterError, SourceError
 from ._pipeline import EmbedPlan, PipelineResult, run_pipeline
@@ -13,6 +14,8 @@ from ._sources import FORMATS, Source, resolve_source
 
 __all__ = [
     "FORMATS",
+    "CalibrationPlan",
+    "CalibrationSample",
     "ClusterError",
     "EmbedPlan",
     "PipelineResult",
@@ -22,5 +25,6 @@ __all__ = [
     "plan_pool",
     "ray_session",
     "resolve_source",
+    "run_calibration",
     "run_pipeline",
 ]

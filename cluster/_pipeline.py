@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from embedder import EncoderConfig
+from embedder import Calibration, EncoderConfig
 
 from ._pool import PoolPlan, plan_pool
 from ._registry import IdRegistry
@@ -49,6 +49,7 @@ class EmbedPlan:
     cpus_per_actor: float | None = None
     rows_per_block: int | None = None
     progress: bool = True
+    calibration: Calibration | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -123,6 +124,7 @@ def run_pipeline(plan: EmbedPlan) -> PipelineResult:
             "use_gpu": pool.uses_gpu,
             "vector_dtype": plan.vector_dtype,
             "run_id": plan.run_id,
+            "calibration": plan.calibration,
         },
     )
     ds = ds.map_batches(

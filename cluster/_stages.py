@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedder import ElasticEncoder, EncoderConfig
+from embedder import Calibration, ElasticEncoder, EncoderConfig
 from storage import REJECTS_SCHEMA, content_hash, vector_array, vector_column, write_fragments
 
 REASON = "_reason"
@@ -107,10 +107,11 @@ class EncodeActor:
         use_gpu: bool,
         vector_dtype: str,
         run_id: str,
+        calibration: Calibration | None = None,
     ) -> None:
         if not use_gpu:
             config = dataclasses.replace(config, device="cpu", num_threads=torch_threads or config.num_threads)
-        self.encoder = ElasticEncoder.from_config(model_path, config)
+        self.encoder = ElasticEncoder.from_config(model_path, config, calibration=calibration)
         self.vector_dtype = vector_dtype
         self.run_id = run_id
 

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from ._calibrate import CalibrationReport, calibrate_job
 from ._checks import ResolvedJob, check_job
 from ._run import RejectLimitExceeded, RunSummary, run_job
 from ._spec import JobSpec, JobSpecError, load_job, parse_job
 
 __all__ = [
+    "CalibrationReport",
     "JobSpec",
     "JobSpecError",
     "RejectLimitExceeded",
     "ResolvedJob",
     "RunSummary",
     "__version__",
+    "calibrate_job",
     "check_job",
     "load_job",
     "parse_job",

@@ -6,12 +6,17 @@ weights' bytes are hashed once for the fingerprint).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pyarrow as pa
 
 from cluster import Source, SourceError, resolve_source
 from embedder import (
+    Calibration,
+    CalibrationError,
     EmbedderError,
     EncoderConfig,
     Granularity,
@@ -21,9 +26,13 @@ from embedder import (
     weights_fingerprint,
 )
 from storage import (
+    METADATA_KEY,
     ObjectStore,
     Provenance,
+    calibration_uri,
     dataset_schema,
+    list_calibrations,
+    load_calibration,
     output_schema,
     read_provenance,
     sibling_uri,
@@ -52,6 +61,11 @@ class ResolvedJob:
     runs_uri: str
     output_exists: bool
     store: ObjectStore | None = field(default=None, repr=False)
+    calibration: Calibration | None = field(default=None, repr=False)
+    #: "auto" found nothing to reuse: the run fits one on a sample first
+    calibration_pending: bool = False
+    #: where the calibration comes from, for people: "none", "file ...", "the table's own", ...
+    calibration_origin: str = "none"
 
     @property
     def storage_options(self) -> dict[str, str] | None:
@@ -59,9 +73,38 @@ class ResolvedJob:
             return None
         return self.store.lance_options()
 
+    def fit_layers(self) -> tuple[int, ...]:
+        """The exit layers a calibration for this job fits maps for (``[calibrate] layers``)."""
+        depth = self.provenance.num_layers
+        chosen = self.spec.calibrate.layers
+        if chosen == "all":
+            return tuple(range(1, depth))
+        if chosen == "job":
+            return tuple(sorted({g.layer for g in self.granularities if g.layer < depth}))
+        return tuple(sorted({k for k in chosen if k < depth}))
 
-def check_job(spec: JobSpec, *, source_name: str = "job") -> ResolvedJob:
-    """Run every pre-flight check; raise JobSpecError listing what is wrong."""
+    def with_calibration(self, calibration: Calibration, origin: str) -> ResolvedJob:
+        """The same job, its provenance and schema naming ``calibration``."""
+        provenance = dataclasses.replace(self.provenance, calibration=calibration.fingerprint)
+        schema = self.schema.with_metadata(
+            {**(self.schema.metadata or {}), METADATA_KEY: provenance.to_json().encode()}
+        )
+        return dataclasses.replace(
+            self,
+            provenance=provenance,
+            schema=schema,
+            calibration=calibration,
+            calibration_pending=False,
+            calibration_origin=origin,
+        )
+
+
+def check_job(spec: JobSpec, *, source_name: str = "job", purpose: Literal["run", "calibrate"] = "run") -> ResolvedJob:
+    """Run every pre-flight check; raise JobSpecError listing what is wrong.
+
+    ``purpose="calibrate"`` (``embedjob calibrate``) skips what only a run
+    needs: the output mode against an existing table, and finding a calibration.
+    """
     problems: list[str] = []
     uses_s3 = spec.input.uri.startswith("s3://") or spec.output.uri.startswith("s3://")
     store = (
@@ -160,6 +203,13 @@ def check_job(spec: JobSpec, *, source_name: str = "job") -> ResolvedJob:
     except EmbedderError as exc:
         where = "granularities" if isinstance(exc, GranularityError) else "model"
         problems.append(f"{where}: {exc}")
+    if isinstance(spec.calibrate.layers, list):
+        depth = provenance.num_layers if provenance else None
+        bad = [k for k in spec.calibrate.layers if k < 1 or (depth is not None and k > depth)]
+        if bad:
+            problems.append(
+                f"calibrate.layers: {bad} out of range; allowed: 1..{depth or 'the model depth'}, 'job' or 'all'"
+            )
 
     # --- output: mode against what is there
     out = spec.output.uri
@@ -171,28 +221,24 @@ def check_job(spec: JobSpec, *, source_name: str = "job") -> ResolvedJob:
     except Exception as exc:
         problems.append(f"output.uri = {out!r}: cannot check it: {exc}")
         existing = None
-    if output_exists and spec.output.mode == "create":
-        problems.append(
-            f"output.uri = {out!r} already exists and output.mode is 'create'; "
-            f"use mode = 'overwrite' to replace it, 'append' to add to it, or a new uri"
-        )
-    if output_exists and spec.output.mode == "append" and provenance is not None:
-        if existing is None:
-            problems.append(f"output.uri = {out!r} exists but was not written by embedjob; cannot append")
+    calibration, pending, origin = None, False, "none"
+    if purpose == "run" and spec.calibration is not None and provenance is not None:
+        try:
+            calibration, origin = _find_calibration(spec, provenance, grans, existing, out, opts, store)
+        except CalibrationError as exc:
+            problems.append(f"calibration: {exc}")
         else:
-            diffs = existing.differences(provenance)
-            if diffs:
+            pending = calibration is None
+            if calibration is not None:
+                provenance = dataclasses.replace(provenance, calibration=calibration.fingerprint)
+            elif spec.output.mode == "append" and output_exists:
                 problems.append(
-                    f"output.uri = {out!r} was made with another config, so appending would mix vectors "
-                    f"({'; '.join(diffs)}); use mode = 'overwrite' or a new uri"
+                    f"calibration = 'auto': no stored calibration fits this job, and one fitted now would differ "
+                    f"from the table's ({existing.calibration if existing else 'none'}), mixing vectors in "
+                    f"output.uri = {out!r}; use mode = 'overwrite', a new uri, or name a calibration file"
                 )
-            else:
-                table_schema = dataset_schema(out, opts)
-                if table_schema is not None and table_schema.field("id").type != id_type:
-                    problems.append(
-                        f"input.id_column type {id_type} differs from the table's id type "
-                        f"{table_schema.field('id').type}; cannot append"
-                    )
+    if purpose == "run":
+        problems.extend(_output_problems(spec, out, opts, output_exists, existing, provenance, id_type, pending))
     if problems:
         raise JobSpecError(source_name, problems)
     assert source is not None and encoder_cfg is not None and provenance is not None
@@ -211,4 +257,86 @@ def check_job(spec: JobSpec, *, source_name: str = "job") -> ResolvedJob:
         runs_uri=sibling_uri(out, "runs"),
         output_exists=output_exists,
         store=store,
+        calibration=calibration,
+        calibration_pending=pending,
+        calibration_origin=origin,
     )
+
+
+def _output_problems(
+    spec: JobSpec,
+    out: str,
+    opts: Mapping[str, str] | None,
+    output_exists: bool,
+    existing: Provenance | None,
+    provenance: Provenance | None,
+    id_type: pa.DataType,
+    calibration_pending: bool,
+) -> list[str]:
+    """The output mode against what is already at ``out``."""
+    if not output_exists:
+        return []
+    if spec.output.mode == "create":
+        return [
+            f"output.uri = {out!r} already exists and output.mode is 'create'; "
+            f"use mode = 'overwrite' to replace it, 'append' to add to it, or a new uri"
+        ]
+    if spec.output.mode != "append" or provenance is None or calibration_pending:
+        return []  # (a pending calibration in append mode is reported with the calibration)
+    if existing is None:
+        return [f"output.uri = {out!r} exists but was not written by embedjob; cannot append"]
+    diffs = existing.differences(provenance)
+    if diffs:
+        return [
+            f"output.uri = {out!r} was made with another config, so appending would mix vectors "
+            f"({'; '.join(diffs)}); use mode = 'overwrite' or a new uri"
+        ]
+    table_schema = dataset_schema(out, opts)
+    if table_schema is not None and table_schema.field("id").type != id_type:
+        return [
+            f"input.id_column type {id_type} differs from the table's id type "
+            f"{table_schema.field('id').type}; cannot append"
+        ]
+    return []
+
+
+def _find_calibration(
+    spec: JobSpec,
+    provenance: Provenance,
+    grans: tuple[Granularity, ...],
+    existing: Provenance | None,
+    out: str,
+    opts: Mapping[str, str] | None,
+    store: ObjectStore | None,
+) -> tuple[Calibration | None, str]:
+    """The calibration a run uses: the named file, or for "auto" the table's own, else the newest
+    compatible one stored next to the output; ``None`` when "auto" must fit one first."""
+
+    def check(cal: Calibration) -> Calibration:
+        cal.check_compatible(
+            model_fingerprint=provenance.weights_fingerprint,
+            num_layers=provenance.num_layers,
+            hidden_size=provenance.hidden_size,
+            pooling=provenance.pooling,
+            layers=tuple(sorted({g.layer for g in grans})),
+            model_name=provenance.model_path,
+        )
+        return cal
+
+    named = spec.calibration
+    assert named is not None
+    if named != "auto":
+        file_opts = store.lance_options() if (store is not None and named.startswith("s3://")) else None
+        return check(load_calibration(named, storage_options=file_opts)), f"file {named}"
+    if existing is not None and existing.calibration:
+        try:
+            own = load_calibration(calibration_uri(out, existing.calibration), storage_options=opts)
+            return check(own), "the table's own"
+        except CalibrationError:
+            pass  # gone, or made for another model / other layers: look further
+    for cal in list_calibrations(out, storage_options=opts):
+        try:
+            return check(cal), f"stored next to the output ({cal.info.created_at})"
+        except CalibrationError:
+            continue
+    return None, "to be fitted on a sample"

@@ -14,9 +14,10 @@ from typing import Any
 import pyarrow as pa
 
 from cluster import EmbedPlan, ray_session, run_pipeline
-from storage import REJECTS_SCHEMA, append_rows, commit, dataset_version
+from storage import REJECTS_SCHEMA, append_rows, commit, dataset_version, save_calibration
 
 from . import __version__
+from ._calibrate import fit_for_job
 from ._checks import ResolvedJob, check_job
 from ._spec import JobSpec, load_job
 
@@ -59,6 +60,9 @@ class RunSummary:
     finished_at: datetime
     pool: str
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    calibration: str | None = None  # the calibration's fingerprint (also in the table's provenance)
+    calibration_origin: str = "none"
+    seconds_calibration: float = 0.0  # fitting one first (calibration = "auto" with none to reuse)
 
     @property
     def rows_per_s(self) -> float:
@@ -69,7 +73,7 @@ class RunSummary:
         return self.tokens / self.seconds_pipeline if self.seconds_pipeline else 0.0
 
     def record(self) -> pa.Table:
-        row: dict[str, Any] = asdict(self)
+        row: dict[str, Any] = {k: v for k, v in asdict(self).items() if k in RUNS_SCHEMA.names}
         row["reject_reasons"] = json.dumps(self.reject_reasons)
         row["embedjob_version"] = __version__
         return pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
@@ -124,10 +128,17 @@ def run_job(
     run_id = new_run_id()
     opts = resolved.storage_options
     read_version = dataset_version(resolved.output_uri, opts) if resolved.output_exists else None
-    plan = _plan(resolved, run_id, progress)
     logger.info("run %s: %s -> %s", run_id, resolved.source.uri, resolved.output_uri)
+    seconds_calibration = 0.0
     with ray_session(spec.cluster.address):
-        result = run_pipeline(plan)
+        if resolved.calibration_pending:
+            report = fit_for_job(resolved, progress=progress)
+            resolved = resolved.with_calibration(report.calibration, f"fitted now on {report.rows_sampled:,} rows")
+            seconds_calibration = report.seconds
+        elif resolved.calibration is not None:
+            # kept next to the table (content-addressed), so its queries find the same maps later
+            save_calibration(resolved.output_uri, resolved.calibration, storage_options=opts)
+        result = run_pipeline(_plan(resolved, run_id, progress))
     limit = spec.output.max_reject_fraction
     if result.rows_read and result.rows_rejected / result.rows_read > limit:
         raise RejectLimitExceeded(result.rows_rejected, result.rows_read, limit, result.reject_reasons)
@@ -171,6 +182,9 @@ def run_job(
         finished_at=datetime.now(UTC),
         pool=result.pool.describe(),
         reject_reasons=result.reject_reasons,
+        calibration=resolved.calibration.fingerprint if resolved.calibration else None,
+        calibration_origin=resolved.calibration_origin,
+        seconds_calibration=seconds_calibration,
     )
     append_rows(resolved.runs_uri, summary.record(), storage_options=opts)
     return summary
@@ -196,4 +210,5 @@ def _plan(resolved: ResolvedJob, run_id: str, progress: bool) -> EmbedPlan:
         cpus_per_actor=spec.cluster.cpus_per_actor,
         rows_per_block=spec.cluster.rows_per_block,
         progress=progress,
+        calibration=resolved.calibration,
     )

@@ -12,6 +12,7 @@ path = "/models/all-MiniLM-L6-v2"
 # pooling = "mean"; max_length = 256; dtype = "auto"
 
 granularities = ["l3_d64", "l6_d384"]   # or "starbucks", or [[3, 64], [6, 384]]
+calibration = "auto"               # or a .safetensors file; default: none (the model's raw vectors)
 
 [output]
 uri = "out/articles.lance"
@@ -25,6 +26,12 @@ address = "ray://head:10001"       # default: RAY_ADDRESS, else an embedded loca
 actors = 2
 gpus_per_actor = 1
 batch_tokens = 4096
+
+[calibrate]                        # how calibrations are fitted (embedjob calibrate, calibration = "auto")
+sample = 5000
+heldout = 0.2
+seed = 0
+layers = "job"                     # "job": the granularities' exit layers; "all"; or a list [1, 2, 3]
 
 [storage]                          # S3 and S3-compatible stores; keys come from AWS_* env vars
 endpoint = "http://127.0.0.1:9000"
@@ -98,6 +105,13 @@ class ClusterSpec(_Strict):
     rows_per_block: int | None = Field(default=None, ge=1)
 
 
+class CalibrateSpec(_Strict):
+    sample: int = Field(default=5000, ge=16)
+    heldout: float = Field(default=0.2, gt=0.0, lt=0.9)
+    seed: int = 0
+    layers: Literal["job", "all"] | list[int] = "job"
+
+
 class StorageSpec(_Strict):
     endpoint: str | None = None
     region: str | None = None
@@ -109,9 +123,22 @@ class JobSpec(_Strict):
     input: InputSpec
     model: ModelSpec
     granularities: str | list[str | list[int]]
+    calibration: str | None = None
     output: OutputSpec
     cluster: ClusterSpec = ClusterSpec()
+    calibrate: CalibrateSpec = CalibrateSpec()
     storage: StorageSpec = StorageSpec()
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "none", "off"):
+            return None
+        if value.strip().lower() == "auto":
+            return "auto"
+        if not value.endswith(".safetensors"):
+            raise ValueError(f"must be 'auto', 'none' or a calibration file ending in .safetensors, got {value!r}")
+        return value
 
 
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
@@ -128,10 +155,14 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSp
         target = data.setdefault(section, {}) if section else data
         target[key] = value
     base = path.resolve().parent
-    for section, key in (("input", "uri"), ("output", "uri"), ("model", "path")):
-        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
-        if isinstance(value, str) and "://" not in value and not Path(value).expanduser().is_absolute():
-            data[section][key] = str(base / value)
+    for section, key in (("input", "uri"), ("output", "uri"), ("model", "path"), ("", "calibration")):
+        where = data if not section else data.get(section)
+        value = where.get(key) if isinstance(where, dict) else None
+        if not isinstance(value, str) or "://" in value or Path(value).expanduser().is_absolute():
+            continue
+        if key == "calibration" and not value.endswith(".safetensors"):
+            continue  # "auto" / "none", not a path
+        where[key] = str(base / value)
     return parse_job(data, source=str(path))
 
 
@@ -157,6 +188,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "model": ModelSpec,
     "output": OutputSpec,
     "cluster": ClusterSpec,
+    "calibrate": CalibrateSpec,
     "storage": StorageSpec,
 }
 
@@ -175,4 +207,5 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "missing":
         return f"missing required key '{where}'"
     value = err.get("input")
-    return f"{where} = {value!r}: {err.get('msg', 'invalid')}"
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where} = {value!r}: {msg}"

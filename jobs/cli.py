@@ -80,9 +80,86 @@ def run(
         table.add_row("reject reasons", ", ".join(f"{r}: {n}" for r, n in summary.reject_reasons.items()))
     table.add_row("tokens (truncated texts)", f"{summary.tokens:,} ({summary.truncated:,})")
     table.add_row("actor pool", summary.pool)
+    if summary.calibration:
+        fitted = f", fitting took {summary.seconds_calibration:.1f} s" if summary.seconds_calibration else ""
+        table.add_row("calibration", f"{summary.calibration} ({summary.calibration_origin}{fitted})")
     table.add_row("wall time", f"{summary.seconds:.1f} s (pipeline {summary.seconds_pipeline:.1f} s)")
     table.add_row("throughput", f"{summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s:,.0f} tokens/s")
     console.print(table)
+
+
+@app.command()
+def calibrate(
+    job: Annotated[str, typer.Argument(help="The job file (TOML).")],
+    sample: Annotated[
+        int | None,
+        typer.Option(help="About how many rows of the corpus to fit on (default: [calibrate] sample, 5000)."),
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Exit layers to fit maps for: 'job' (the granularities'), 'all', or e.g. '1,2,3'."),
+    ] = None,
+    heldout: Annotated[
+        float | None, typer.Option(help="Share of the sample held out to choose the ridge strength (default 0.2).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sample (by a hash of each row's id).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
+    address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
+) -> None:
+    """Fit a calibration (Matryoshka rotation + per-exit linear maps) on a sample of the job's corpus.
+
+    Stored next to the job's output, where `calibration = "auto"` finds it.
+    """
+    from embedder import EmbedderError
+
+    from ._calibrate import calibrate_job
+    from ._spec import JobSpecError
+
+    _logging()
+    overrides: dict[str, object] = {}
+    for key, value in (("sample", sample), ("heldout", heldout), ("seed", seed)):
+        if value is not None:
+            overrides[f"calibrate.{key}"] = value
+    if layers is not None:
+        overrides["calibrate.layers"] = _parse_layers(layers)
+    if address:
+        overrides["cluster.address"] = address
+    try:
+        report = calibrate_job(job, progress=progress, overrides=overrides)
+    except (JobSpecError, EmbedderError) as exc:
+        _fail(exc)
+    cal = report.calibration
+    info = cal.info
+    head = Table(title=f"calibration {cal.fingerprint}", show_header=False)
+    head.add_row("stored at", report.uri)
+    head.add_row("model", f"{info.model_path} (weights {info.model_fingerprint})")
+    head.add_row(
+        "sample",
+        f"{report.rows_sampled:,} of {report.rows_total:,} rows ({info.sample_size - info.heldout_size:,} to fit, "
+        f"{info.heldout_size:,} held out), seed {info.seed}",
+    )
+    kept = cal.describe()["variance_kept"]
+    head.add_row("variance kept by the first dims", ", ".join(f"{d}: {v:.1%}" for d, v in kept.items()))
+    head.add_row("took", f"{report.seconds:.1f} s on {report.pool}")
+    console.print(head)
+    fits = Table(title="per-exit maps (ridge strength chosen on the held-out rows)")
+    for col in ("layer", "alpha", "held-out R²", "held-out R², first 64 dims"):
+        fits.add_column(col, justify="right")
+    for f in info.fits:
+        fits.add_row(str(f.layer), f"{f.alpha:.3g}", f"{f.heldout_r2:.3f}", f"{f.heldout_r2_d64:.3f}")
+    if info.fits:
+        console.print(fits)
+    console.print(f'Use it: calibration = "auto" in the job file (or calibration = "{report.uri}").')
+
+
+def _parse_layers(text: str) -> str | list[int]:
+    key = text.strip().lower()
+    if key in ("job", "all"):
+        return key
+    try:
+        return [int(part) for part in key.split(",") if part.strip()]
+    except ValueError:
+        _fail(ValueError(f"--layers {text!r}: expected 'job', 'all' or comma-separated layer numbers like '1,2,3'"))
 
 
 @app.command()
@@ -101,7 +178,7 @@ def inspect(
     head.add_row("granularities", ", ".join(prov.granularities))
     head.add_row("pooling / normalize / max_length", f"{prov.pooling} / {prov.normalize} / {prov.max_length}")
     head.add_row("vector dtype", prov.vector_dtype)
-    head.add_row("calibration", prov.calibration or "none")
+    head.add_row("calibration", _describe_calibration(tbl))
     head.add_row("embedjob", prov.embedjob_version)
     head.add_row("rejects", f"{tbl.rejects().num_rows:,} rows")
     console.print(head)
@@ -196,6 +273,20 @@ def model_info(
     table.add_row("max_seq_length", str(mdir.max_seq_length or "model limit"))
     table.add_row("granularities", ", ".join(str(g) for g in grans))
     console.print(table)
+
+
+def _describe_calibration(tbl) -> str:
+    from embedder import CalibrationError
+
+    if not tbl.provenance.calibration:
+        return "none"
+    try:
+        cal = tbl.calibration
+    except CalibrationError as exc:
+        return f"{tbl.provenance.calibration} (cannot be loaded: {exc})"
+    info = cal.info
+    layers = ", ".join(map(str, cal.layers)) or "none"
+    return f"{cal.fingerprint} (maps for layers {layers}; fitted on {info.sample_size:,} rows of {info.corpus})"
 
 
 def _one_line(value: object, limit: int = 160) -> str:

@@ -4,6 +4,13 @@ commit per run, opening tables for queries. Knows nothing about Ray.
 
 from __future__ import annotations
 
+from ._calibrations import (
+    calibration_dir,
+    calibration_uri,
+    list_calibrations,
+    load_calibration,
+    save_calibration,
+)
 from ._lance_io import (
     append_rows,
     commit,
@@ -28,13 +35,18 @@ __all__ = [
     "Provenance",
     "TableNotFoundError",
     "append_rows",
+    "calibration_dir",
+    "calibration_uri",
     "commit",
     "content_hash",
     "dataset_schema",
     "dataset_version",
+    "list_calibrations",
+    "load_calibration",
     "open_table",
     "output_schema",
     "read_provenance",
+    "save_calibration",
     "sibling_uri",
     "split_table_uri",
     "table_exists",

@@ -14,8 +14,9 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from embedder import ElasticEncoder, Granularity, GranularityError, ModelError
+from embedder import Calibration, CalibrationError, ElasticEncoder, Granularity, GranularityError, ModelError
 
+from ._calibrations import calibration_uri, load_calibration
 from ._lance_io import sibling_uri, table_exists
 from ._provenance import METADATA_KEY, Provenance
 from ._schema import vector_column
@@ -116,9 +117,25 @@ class EmbeddingTable:
         db, name = split_table_uri(self.uri)
         return lancedb.connect(db, storage_options=self.storage_options).open_table(name)
 
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        """The calibration this table's vectors (and its queries) go through; None when it has none."""
+        fp = self.provenance.calibration
+        if not fp:
+            return None
+        uri = calibration_uri(self.uri, fp)
+        try:
+            return load_calibration(uri, storage_options=self.storage_options)
+        except CalibrationError as exc:
+            raise CalibrationError(
+                f"table {self.uri!r} was embedded with calibration {fp}, which cannot be loaded ({exc}); "
+                f"queries would not go through the same maps as its vectors"
+            ) from None
+
     # ----------------------------------------------------------------- search
     def encoder_for(self, granularity: Granularity) -> ElasticEncoder:
-        """An encoder that runs the table's model only up to ``granularity``'s layer (cached per layer)."""
+        """An encoder that runs the table's model only up to ``granularity``'s layer (cached per layer),
+        through the table's calibration when it has one."""
         enc = self._encoders.get(granularity.layer)
         if enc is None:
             prov = self.provenance
@@ -129,6 +146,7 @@ class EmbeddingTable:
                 pooling=prov.pooling,
                 normalize=prov.normalize,
                 max_length=prov.max_length,
+                calibration=self.calibration,
             )
             if enc.fingerprint != prov.weights_fingerprint:
                 raise ModelError(

@@ -57,3 +57,37 @@ def test_s3_in_and_out(ray_local, s3_env, tmp_path, lee_articles, minilm_path):
     )
     assert out.exit_code == 0, out.output
     assert "lee-007" in out.output
+
+
+def test_s3_calibration_auto_is_fitted_stored_and_reused(ray_local, s3_env, tmp_path, lee_articles, tiny_bert_dir):
+    """calibration = "auto" on S3: fitted on the first run, stored beside the table on S3, used by queries."""
+    client, endpoint = s3_env["client"], s3_env["endpoint"]
+    client.create_bucket(Bucket="calib")
+    articles = list(lee_articles[:120])
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"doc_id": [f"lee-{i:03d}" for i in range(120)], "body": articles}), buf)
+    client.put_object(Bucket="calib", Key="corpus/lee.parquet", Body=buf.getvalue())
+    job = write_job(
+        tmp_path / "job.toml",
+        granularities=["l2_d16", "l4_d64"],
+        input={"uri": "s3://calib/corpus/lee.parquet", "id_column": "doc_id", "text_column": "body"},
+        model={"path": str(tiny_bert_dir), "max_length": 64},
+        output={"uri": "s3://calib/tables/lee.lance", "mode": "overwrite"},
+        calibrate={"sample": 100},
+        storage={"endpoint": endpoint},
+    )
+    job.write_text('calibration = "auto"\n' + job.read_text())
+    first = run_job(job, progress=False)
+    assert first.calibration and first.calibration_origin.startswith("fitted now")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="calib", Prefix="tables/lee_calibration/")["Contents"]]
+    assert sorted(keys) == [f"tables/lee_calibration/{first.calibration}.{ext}" for ext in ("json", "safetensors")]
+    second = run_job(job, progress=False)
+    assert (second.calibration, second.calibration_origin) == (first.calibration, "the table's own")
+    opts = ObjectStore.from_env(endpoint=endpoint).lance_options()
+    tbl = open_table("s3://calib/tables/lee.lance", storage_options=opts)
+    assert tbl.calibration.fingerprint == first.calibration
+    hits = tbl.search(articles[7], "l2_d16", k=1)
+    assert hits["id"].to_pylist() == ["lee-007"]
+    from storage import list_calibrations
+
+    assert [c.fingerprint for c in list_calibrations(tbl.uri, storage_options=opts)] == [first.calibration]

@@ -1,0 +1,184 @@
+"""Fitting a calibration on a sample of the corpus, through the same Ray pipeline as a run.
+
+read -> sample (deterministic, by a hash of each row's id and the seed) ->
+actors embed the sampled rows to full depth and return summed statistics ->
+the driver adds them up. Only statistics reach the driver, never the sample's
+texts or vectors; the caller solves them into a :class:`embedder.Calibration`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from embedder import CalibrationStats, ElasticEncoder, EncoderConfig, Granularity, heldout_mask, read_model_dir
+
+from ._pool import PoolPlan, plan_pool
+from ._sources import Source
+
+__all__ = ["CalibrationPlan", "CalibrationSample", "run_calibration", "sample_fraction"]
+
+logger = logging.getLogger("cluster")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationPlan:
+    """A calibration fit: which corpus, which model and exit layers, how big a sample."""
+
+    source: Source
+    id_column: str
+    text_column: str
+    model_path: str
+    encoder: EncoderConfig
+    layers: tuple[int, ...]
+    sample: int
+    heldout_fraction: float = 0.2
+    seed: int = 0
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float | None = None
+    progress: bool = True
+
+
+@dataclass
+class CalibrationSample:
+    stats: CalibrationStats
+    rows_total: int
+    rows_sampled: int
+    pool: PoolPlan
+    seconds: float
+
+
+def sample_fraction(sample: int, total: int) -> float:
+    return 1.0 if total <= sample else sample / total
+
+
+def _unit(seed: int, salt: str, key: object) -> float:
+    digest = hashlib.blake2b(f"{seed}|{salt}|{key!r}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+def sample_rows(
+    batch: pa.Table, *, id_column: str, text_column: str, fraction: float, heldout_fraction: float, seed: int
+) -> pa.Table:
+    """The rows of ``batch`` in the sample (by id hash) that hold embeddable text: ``text, heldout``."""
+    texts: list[str] = []
+    ids: list[object] = []
+    for id_value, value in zip(batch.column(id_column).to_pylist(), batch.column(text_column).to_pylist(), strict=True):
+        if id_value is None or (fraction < 1.0 and _unit(seed, "sample", id_value) >= fraction):
+            continue
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+        if isinstance(value, str) and value and not value.isspace():
+            texts.append(value)
+            ids.append(id_value)
+    held = heldout_mask(ids, heldout_fraction, seed) if ids else []
+    return pa.table({"text": pa.array(texts, pa.string()), "heldout": pa.array(held, pa.bool_())})
+
+
+class CalibrateActor:
+    """Loads the model once at full depth; turns each batch of sampled rows into statistics."""
+
+    def __init__(
+        self,
+        *,
+        model_path: str,
+        config: EncoderConfig,
+        layers: Sequence[int],
+        torch_threads: int | None,
+        use_gpu: bool,
+    ) -> None:
+        mdir = read_model_dir(model_path)
+        grans = {Granularity(int(k), mdir.hidden_size) for k in layers}
+        grans.add(Granularity(mdir.num_layers, mdir.hidden_size))
+        config = dataclasses.replace(config, granularities=tuple(sorted(grans)))
+        if not use_gpu:
+            config = dataclasses.replace(config, device="cpu", num_threads=torch_threads or config.num_threads)
+        self.encoder = ElasticEncoder.from_config(model_path, config)
+        self.layers = tuple(layers)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        stats = self.encoder.calibration_stats(self.layers)
+        if batch.num_rows:
+            heldout = batch.column("heldout").to_numpy(zero_copy_only=False)
+            self.encoder.add_calibration_rows(stats, batch.column("text").to_pylist(), heldout)
+        return pa.table({"stats": pa.array([stats.to_bytes()], pa.large_binary()), "rows": [batch.num_rows]})
+
+
+def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
+    """Sample the corpus and sum the actors' statistics on the connected Ray cluster."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    t0 = time.perf_counter()
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = plan.progress
+    ctx.enable_operator_progress_bars = plan.progress
+    pool = plan_pool(
+        ray.cluster_resources(),
+        actors=plan.actors,
+        gpus_per_actor=plan.gpus_per_actor,
+        cpus_per_actor=plan.cpus_per_actor,
+    )
+    ds = plan.source.read([plan.id_column, plan.text_column])
+    total = plan.source.row_count()
+    if total is None:
+        total = ds.count()
+    fraction = sample_fraction(plan.sample, total)
+    # a few batches per actor: statistics are (H+1)^2 per layer, so fewer, larger batches move less
+    batch_rows = int(min(2048, max(64, math.ceil(min(plan.sample, total) / (pool.actors * 2)))))
+    logger.info(
+        "calibration: sampling %.4g of %d rows (about %d); actor pool: %s",
+        fraction,
+        total,
+        min(plan.sample, total),
+        pool.describe(),
+    )
+    ds = ds.map_batches(
+        sample_rows,
+        batch_format="pyarrow",
+        batch_size=None,
+        zero_copy_batch=True,
+        fn_kwargs={
+            "id_column": plan.id_column,
+            "text_column": plan.text_column,
+            "fraction": fraction,
+            "heldout_fraction": plan.heldout_fraction,
+            "seed": plan.seed,
+        },
+    )
+    ds = ds.map_batches(
+        CalibrateActor,
+        batch_format="pyarrow",
+        batch_size=batch_rows,
+        compute=ActorPoolStrategy(size=pool.actors),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
+        fn_constructor_kwargs={
+            "model_path": plan.model_path,
+            "config": plan.encoder,
+            "layers": plan.layers,
+            "torch_threads": pool.torch_threads,
+            "use_gpu": pool.uses_gpu,
+        },
+    )
+    mdir = read_model_dir(plan.model_path)
+    stats = CalibrationStats.empty(num_layers=mdir.num_layers, hidden_size=mdir.hidden_size, layers=plan.layers)
+    sampled = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for blob, rows in zip(batch.column("stats").to_pylist(), batch.column("rows").to_pylist(), strict=True):
+            stats = stats + CalibrationStats.from_bytes(blob)
+            sampled += rows
+    return CalibrationSample(
+        stats=stats, rows_total=total, rows_sampled=sampled, pool=pool, seconds=time.perf_counter() - t0
+    )

@@ -1,0 +1,94 @@
+"""``embedjob calibrate``: fit a calibration on a sample of a job's own corpus, through Ray.
+
+Actors embed the sampled rows to full depth and return summed statistics; the
+driver adds them, solves once, and stores the calibration next to the job's
+output (``<table>_calibration/<fingerprint>.safetensors``), where
+``calibration = "auto"`` finds it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster import CalibrationPlan, ray_session, run_calibration
+from embedder import Calibration
+from storage import save_calibration
+
+from ._checks import ResolvedJob, check_job
+from ._spec import JobSpec, load_job
+
+__all__ = ["CalibrationReport", "calibrate_job", "fit_for_job"]
+
+logger = logging.getLogger("embedjob")
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    calibration: Calibration
+    uri: str
+    rows_total: int
+    rows_sampled: int
+    seconds: float
+    pool: str
+
+
+def fit_for_job(resolved: ResolvedJob, *, progress: bool = True) -> CalibrationReport:
+    """Sample the job's corpus, fit, and store the calibration next to its output. Needs Ray up."""
+    spec, prov = resolved.spec, resolved.provenance
+    opts = spec.calibrate
+    layers = resolved.fit_layers()
+    plan = CalibrationPlan(
+        source=resolved.source,
+        id_column=spec.input.id_column,
+        text_column=spec.input.text_column,
+        model_path=prov.model_path,
+        encoder=resolved.encoder,
+        layers=layers,
+        sample=opts.sample,
+        heldout_fraction=opts.heldout,
+        seed=opts.seed,
+        actors=spec.cluster.actors,
+        gpus_per_actor=spec.cluster.gpus_per_actor,
+        cpus_per_actor=spec.cluster.cpus_per_actor,
+        progress=progress,
+    )
+    logger.info("calibration: fitting maps for layers %s on about %d rows of %s", layers, opts.sample, plan.source.uri)
+    sample = run_calibration(plan)
+    calibration = sample.stats.solve(
+        model_fingerprint=prov.weights_fingerprint,
+        model_path=prov.model_path,
+        pooling=prov.pooling,
+        max_length=prov.max_length,
+        corpus=f"{resolved.source.uri} (id {spec.input.id_column!r}, text {spec.input.text_column!r})",
+        seed=opts.seed,
+    )
+    uri = save_calibration(resolved.output_uri, calibration, storage_options=resolved.storage_options)
+    logger.info("calibration %s: %d rows sampled, stored at %s", calibration.fingerprint, sample.rows_sampled, uri)
+    return CalibrationReport(
+        calibration=calibration,
+        uri=uri,
+        rows_total=sample.rows_total,
+        rows_sampled=sample.rows_sampled,
+        seconds=sample.seconds,
+        pool=sample.pool.describe(),
+    )
+
+
+def calibrate_job(
+    job: str | Path | JobSpec,
+    *,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> CalibrationReport:
+    """Fit a calibration for ``job`` (its model, exit layers and corpus) and store it next to its output.
+
+    ``overrides`` are dotted job keys, e.g. ``{"calibrate.sample": 5000, "calibrate.layers": "all"}``.
+    """
+    source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
+    spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
+    resolved = check_job(spec, source_name=source_name, purpose="calibrate")
+    with ray_session(spec.cluster.address):
+        return fit_for_job(resolved, progress=progress)
