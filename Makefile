@@ -43,6 +43,7 @@ demo: setup
 bench: setup
 	$(BIN)/python -m bench.encoder
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.calibration
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

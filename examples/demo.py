@@ -3,6 +3,7 @@
 1. writes the 300 Lee news articles shipped by gensim to ``out/demo/lee.parquet``
    (plus a few bad rows: a null text, an empty one, a duplicate id),
 2. writes ``out/demo/job.toml`` for all-MiniLM-L6-v2 at l3_d64, l3_d128, l6_d128, l6_d384,
+   with ``calibration = "auto"`` (a rotation and a layer-3 map fitted on the corpus first),
 3. runs ``embedjob run`` (Ray actors -> one Lance commit), ``embedjob inspect`` and
    ``embedjob query``, exactly as a user would type them.
 
@@ -24,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 JOB = """\
 name = "lee-demo"
 granularities = ["l3_d64", "l3_d128", "l6_d128", "l6_d384"]
+calibration = "auto"   # fitted on the corpus on the first run (training-free), reused after
 
 [input]
 uri = "lee.parquet"

@@ -51,6 +51,10 @@ def validate(job: Annotated[str, typer.Argument(help="The job file (TOML).")]) -
     table.add_row("model", resolved.provenance.model_path)
     table.add_row("granularities", ", ".join(str(g) for g in resolved.granularities))
     table.add_row("output", f"{resolved.output_uri} (mode {resolved.spec.output.mode})")
+    cal = resolved.calibration
+    table.add_row(
+        "calibration", f"{cal.fingerprint} ({resolved.calibration_origin})" if cal else resolved.calibration_origin
+    )
     console.print(table)
 
 

@@ -140,5 +140,10 @@ def test_calibration_errors_are_named_before_ray_starts(tmp_path, lee_parquet, t
     with pytest.raises(JobSpecError, match="does not fit: it was fitted for weights .* has"):
         run_job(_job(tmp_path, lee_parquet, minilm_path, calibration="tiny.safetensors"))
     assert not (tmp_path / "tables").exists()  # nothing was written
+    # validate says what a run would use, without starting Ray
+    out = CliRunner().invoke(app, ["validate", str(_job(tmp_path, lee_parquet, tiny_bert_dir))])
+    assert out.exit_code == 0 and "to be fitted on a sample" in out.output, out.output
+    out = CliRunner().invoke(app, ["validate", str(_job(tmp_path, lee_parquet, tiny_bert_dir, calibration=None))])
+    assert out.exit_code == 0 and re.search(r"calibration\s+│\s+none", out.output), out.output
     assert isinstance(Calibration.load(tmp_path / "tiny.safetensors"), Calibration)
     assert calibration_dir(str(tmp_path / "t.lance")) == str(tmp_path / "t_calibration")

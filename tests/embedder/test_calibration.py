@@ -261,3 +261,32 @@ def test_fitting_needs_full_depth_and_known_layers(tiny_bert_dir):
     full = ElasticEncoder.for_calibration(tiny_bert_dir, layers=[1])
     with pytest.raises(Exception, match=r"layer\(s\) 3 are not exit layers"):
         full.pooled_states(["a text"], [3])
+
+
+def test_calibration_makes_real_minilm_early_layers_agree_with_full_depth(minilm_path, lee_articles):
+    """The real all-MiniLM-L6-v2: fitted on the Lee articles, evaluated on Wikipedia passages it never saw."""
+    from bench.corpora import wiki_passages
+
+    fit_texts = list(dict.fromkeys(lee_articles))
+    eval_texts = list(dict.fromkeys(wiki_passages()))[:400]
+    assert not set(fit_texts) & set(eval_texts)
+    cal = fit_calibration(ElasticEncoder.for_calibration(minilm_path, layers=[2]), fit_texts)
+    grans = ["l2_d64", "l6_d64", "l6_d384"]
+    raw = ElasticEncoder.from_pretrained(minilm_path, grans).encode(eval_texts)
+    got = ElasticEncoder.from_pretrained(minilm_path, grans, calibration=cal).encode(eval_texts)
+
+    def recall(vectors: np.ndarray, truth: np.ndarray) -> float:
+        sims = vectors @ vectors.T
+        np.fill_diagonal(sims, -np.inf)
+        found = np.argsort(-sims, axis=1)[:, :10]
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)]))
+
+    full = Granularity(6, 384)
+    truth_sims = raw[full] @ raw[full].T
+    np.fill_diagonal(truth_sims, -np.inf)
+    truth = np.argsort(-truth_sims, axis=1)[:, :10]
+    np.testing.assert_allclose(got[full], raw[full], atol=1e-6)
+    l2 = Granularity(2, 64)
+    assert recall(got[l2], truth) >= 1.3 * recall(raw[l2], truth)
+    l6 = Granularity(6, 64)
+    assert recall(got[l6], truth) > recall(raw[l6], truth)
