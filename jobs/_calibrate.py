@@ -55,7 +55,12 @@ def fit_for_job(resolved: ResolvedJob, *, progress: bool = True) -> CalibrationR
         cpus_per_actor=spec.cluster.cpus_per_actor,
         progress=progress,
     )
-    logger.info("calibration: fitting maps for layers %s on about %d rows of %s", layers, opts.sample, plan.source.uri)
+    logger.info(
+        "calibration: fitting maps for layers %s on a sample of up to ~%d rows of %s",
+        layers,
+        opts.sample,
+        plan.source.uri,
+    )
     sample = run_calibration(plan)
     calibration = sample.stats.solve(
         model_fingerprint=prov.weights_fingerprint,
