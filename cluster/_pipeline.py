@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from embedder import Calibration, EncoderConfig
+from embedder import EncoderConfig
 
 from ._pool import PoolPlan, plan_pool
 from ._registry import IdRegistry
@@ -49,7 +49,9 @@ class EmbedPlan:
     cpus_per_actor: float | None = None
     rows_per_block: int | None = None
     progress: bool = True
-    calibration: Calibration | None = field(default=None, repr=False)
+    #: where the run's calibration is stored (next to the table); each actor loads it, so the
+    #: actor's constructor arguments stay small (Ray restarts actors whose big args were evicted badly)
+    calibration_uri: str | None = None
 
 
 @dataclass
@@ -124,7 +126,8 @@ def run_pipeline(plan: EmbedPlan) -> PipelineResult:
             "use_gpu": pool.uses_gpu,
             "vector_dtype": plan.vector_dtype,
             "run_id": plan.run_id,
-            "calibration": plan.calibration,
+            "calibration_uri": plan.calibration_uri,
+            "storage_options": plan.storage_options,
         },
     )
     ds = ds.map_batches(

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedder import Calibration, ElasticEncoder, EncoderConfig
-from storage import REJECTS_SCHEMA, content_hash, vector_array, vector_column, write_fragments
+from embedder import ElasticEncoder, EncoderConfig
+from storage import REJECTS_SCHEMA, content_hash, load_calibration, vector_array, vector_column, write_fragments
 
 REASON = "_reason"
 TOKENS = "_tokens"
@@ -107,10 +107,12 @@ class EncodeActor:
         use_gpu: bool,
         vector_dtype: str,
         run_id: str,
-        calibration: Calibration | None = None,
+        calibration_uri: str | None = None,
+        storage_options: dict[str, str] | None = None,
     ) -> None:
         if not use_gpu:
             config = dataclasses.replace(config, device="cpu", num_threads=torch_threads or config.num_threads)
+        calibration = load_calibration(calibration_uri, storage_options=storage_options) if calibration_uri else None
         self.encoder = ElasticEncoder.from_config(model_path, config, calibration=calibration)
         self.vector_dtype = vector_dtype
         self.run_id = run_id

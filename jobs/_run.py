@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from cluster import EmbedPlan, ray_session, run_pipeline
-from storage import REJECTS_SCHEMA, append_rows, commit, dataset_version, save_calibration
+from storage import REJECTS_SCHEMA, append_rows, calibration_uri, commit, dataset_version, save_calibration
 
 from . import __version__
 from ._calibrate import fit_for_job
@@ -136,7 +136,8 @@ def run_job(
             resolved = resolved.with_calibration(report.calibration, f"fitted now on {report.rows_sampled:,} rows")
             seconds_calibration = report.seconds
         elif resolved.calibration is not None:
-            # kept next to the table (content-addressed), so its queries find the same maps later
+            # kept next to the table (content-addressed): the actors load it from there, and so do
+            # the table's queries later
             save_calibration(resolved.output_uri, resolved.calibration, storage_options=opts)
         result = run_pipeline(_plan(resolved, run_id, progress))
     limit = spec.output.max_reject_fraction
@@ -210,5 +211,7 @@ def _plan(resolved: ResolvedJob, run_id: str, progress: bool) -> EmbedPlan:
         cpus_per_actor=spec.cluster.cpus_per_actor,
         rows_per_block=spec.cluster.rows_per_block,
         progress=progress,
-        calibration=resolved.calibration,
+        calibration_uri=(
+            calibration_uri(resolved.output_uri, resolved.calibration.fingerprint) if resolved.calibration else None
+        ),
     )
