@@ -49,8 +49,9 @@ class EmbedPlan:
     cpus_per_actor: float | None = None
     rows_per_block: int | None = None
     progress: bool = True
-    #: where the run's calibration is stored (next to the table); each actor loads it, so the
-    #: actor's constructor arguments stay small (Ray restarts actors whose big args were evicted badly)
+    #: where the run's calibration is stored (next to the table). Each actor loads it from there, so
+    #: its constructor arguments stay small: a restarted actor whose large arguments were evicted from
+    #: the object store fails to start (ray#53727).
     calibration_uri: str | None = None
 
 
