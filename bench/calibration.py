@@ -22,30 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def lee_passages(words: int = 80) -> list[str]:
-    """The Lee background articles cut into passages of about ``words`` words."""
-    from bench.corpora import lee_background
-
-    out: list[str] = []
-    for article in lee_background():
-        chunk: list[str] = []
-        for sentence in re.split(r"(?<=[.!?])\s+", article):
-            chunk.append(sentence)
-            if sum(len(s.split()) for s in chunk) >= words:
-                out.append(" ".join(chunk))
-                chunk = []
-        if chunk:
-            out.append(" ".join(chunk))
-    return list(dict.fromkeys(out))
 
 
 def neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
@@ -82,7 +64,7 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.corpora import lee_scored, wiki_passages
+    from bench.corpora import lee_passages, lee_scored, wiki_passages
     from embedder import ElasticEncoder, Granularity, fit_calibration, read_model_dir
 
     console = Console(width=150)
@@ -97,7 +79,7 @@ def main() -> int:
 
     wiki = list(dict.fromkeys(wiki_passages()))
     fit_texts = wiki[: args.fit]
-    lee = lee_passages()
+    lee = list(dict.fromkeys(lee_passages()))
     eval_texts = (lee + wiki[args.fit :])[: args.eval]
     if len(fit_texts) < args.fit or len(eval_texts) < args.eval:
         raise SystemExit(f"not enough real text: {len(fit_texts)} to fit, {len(eval_texts)} to evaluate")

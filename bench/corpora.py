@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["data_dir", "lee_background", "lee_scored", "passages", "wiki_passages"]
+__all__ = ["data_dir", "lee_background", "lee_passages", "lee_scored", "passages", "wiki_passages"]
 
 _WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -76,20 +76,25 @@ def wiki_passages(words: int = 80) -> tuple[str, ...]:
     return tuple(out)
 
 
+def lee_passages(words: int = 80) -> list[str]:
+    """The Lee articles' sentences grouped into passages of about ``words`` words (in order, with repeats)."""
+    out: list[str] = []
+    for article in lee_background():
+        chunk: list[str] = []
+        for sentence in re.split(r"(?<=[.!?])\s+", article):
+            chunk.append(sentence)
+            if sum(len(s.split()) for s in chunk) >= words:
+                out.append(" ".join(chunk))
+                chunk = []
+        if chunk:
+            out.append(" ".join(chunk))
+    return out
+
+
 def passages(n: int, *, words: int = 80) -> list[str]:
     """``n`` distinct real passages: the Lee articles' sentences grouped to about ``words`` words,
     then Wikipedia passages. Raises when the corpora hold fewer than ``n``."""
-    pool: list[str] = []
-    for article in lee_background():
-        sentences = re.split(r"(?<=[.!?])\s+", article)
-        chunk: list[str] = []
-        for sentence in sentences:
-            chunk.append(sentence)
-            if sum(len(s.split()) for s in chunk) >= words:
-                pool.append(" ".join(chunk))
-                chunk = []
-        if chunk:
-            pool.append(" ".join(chunk))
+    pool = lee_passages(words)
     pool.extend(wiki_passages(words))
     unique = list(dict.fromkeys(pool))
     if len(unique) < n:

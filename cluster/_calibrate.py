@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from embedder import CalibrationStats, ElasticEncoder, EncoderConfig, Granularity, heldout_mask, read_model_dir
 
-from ._pool import PoolPlan, plan_pool
+from ._pipeline import start_pool
+from ._pool import PoolPlan
 from ._sources import Source
 
 __all__ = ["CalibrationPlan", "CalibrationSample", "run_calibration", "sample_fraction"]
@@ -117,15 +118,11 @@ class CalibrateActor:
 
 def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
     """Sample the corpus and sum the actors' statistics on the connected Ray cluster."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
     t0 = time.perf_counter()
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = plan.progress
-    ctx.enable_operator_progress_bars = plan.progress
-    pool = plan_pool(
-        ray.cluster_resources(),
+    pool = start_pool(
+        progress=plan.progress,
         actors=plan.actors,
         gpus_per_actor=plan.gpus_per_actor,
         cpus_per_actor=plan.cpus_per_actor,

@@ -79,18 +79,30 @@ def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
     return int(min(2048, max(32, math.ceil(total / (pool.actors * 4)))))
 
 
+def start_pool(
+    *, progress: bool, actors: int | None, gpus_per_actor: float | None, cpus_per_actor: float | None
+) -> PoolPlan:
+    """Set Ray Data's progress bars and size the actor pool from the connected cluster's resources."""
+    import ray
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.enable_operator_progress_bars = progress
+    return plan_pool(
+        ray.cluster_resources(), actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor
+    )
+
+
 def run_pipeline(plan: EmbedPlan) -> PipelineResult:
     """Run read -> prepare -> encode -> write on the connected Ray cluster; commit nothing."""
     import ray
     import ray.data
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
     t0 = time.perf_counter()
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = plan.progress
-    ctx.enable_operator_progress_bars = plan.progress
-    pool = plan_pool(
-        ray.cluster_resources(),
+    pool = start_pool(
+        progress=plan.progress,
         actors=plan.actors,
         gpus_per_actor=plan.gpus_per_actor,
         cpus_per_actor=plan.cpus_per_actor,

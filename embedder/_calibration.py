@@ -285,8 +285,8 @@ class Calibration:
         return cls.from_bytes(data, source=str(path))
 
 
-def _header_metadata(data: bytes, source: str) -> dict[str, Any]:
-    """The JSON metadata in a safetensors header (8-byte little-endian length, then JSON)."""
+def _header_metadata(data: bytes, source: str, key: str = _META_KEY) -> dict[str, Any]:
+    """The JSON stored under ``key`` in a safetensors header's metadata (8-byte little-endian length, then JSON)."""
     if len(data) < 8:
         raise CalibrationError(f"{source}: not a safetensors file ({len(data)} bytes)")
     (size,) = struct.unpack("<Q", data[:8])
@@ -294,7 +294,7 @@ def _header_metadata(data: bytes, source: str) -> dict[str, Any]:
         raise CalibrationError(f"{source}: not a safetensors file (header length {size} exceeds the file)")
     try:
         header = json.loads(data[8 : 8 + size])
-        return json.loads(header["__metadata__"][_META_KEY])
+        return json.loads(header["__metadata__"][key])
     except (ValueError, KeyError, TypeError):
         raise CalibrationError(f"{source}: a safetensors file, but not an embedjob calibration") from None
 

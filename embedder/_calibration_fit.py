@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ._calibration import Calibration, CalibrationInfo, LayerFit
+from ._calibration import Calibration, CalibrationInfo, LayerFit, _header_metadata
 from ._errors import CalibrationError
 
 if TYPE_CHECKING:
@@ -171,12 +171,9 @@ class CalibrationStats:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CalibrationStats:
-        import json
-
         from safetensors.numpy import load
 
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["stats"])
+        meta = _header_metadata(data, "calibration statistics", key="stats")
         t = load(data)
         layers = tuple(meta["layers"])
         return cls(
