@@ -11,17 +11,31 @@ from ._errors import ClusterError, SourceError
 from ._pipeline import EmbedPlan, PipelineResult, run_pipeline
 from ._pool import PoolPlan, plan_pool
 from ._sources import FORMATS, Source, resolve_source
+from ._submit import (
+    TERMINAL_STATUSES,
+    RayJobInfo,
+    RayJobNotFoundError,
+    RayJobsClient,
+    build_runtime_env,
+    jobs_api_address,
+)
 
 __all__ = [
     "FORMATS",
+    "TERMINAL_STATUSES",
     "CalibrationPlan",
     "CalibrationSample",
     "ClusterError",
     "EmbedPlan",
     "PipelineResult",
     "PoolPlan",
+    "RayJobInfo",
+    "RayJobNotFoundError",
+    "RayJobsClient",
     "Source",
     "SourceError",
+    "build_runtime_env",
+    "jobs_api_address",
     "plan_pool",
     "ray_session",
     "resolve_source",

@@ -44,7 +44,7 @@ def ray_session(address: str | None = None, *, connect_timeout_s: float = 15.0) 
         if addr and addr != "local":
             ray.init(
                 address=addr,
-                runtime_env={"py_modules": [_module_dir(m) for m in _PACKAGES]},
+                runtime_env=None if _in_submitted_job() else {"py_modules": [_module_dir(m) for m in _PACKAGES]},
                 log_to_driver=True,
                 logging_level=logging.WARNING,
             )
@@ -62,6 +62,18 @@ def ray_session(address: str | None = None, *, connect_timeout_s: float = 15.0) 
     finally:
         if started:
             ray.shutdown()
+
+
+def _in_submitted_job() -> bool:
+    """True in the driver of a job submitted through the Jobs API with the packages in its runtime env:
+    they are there already, and Ray refuses a driver's py_modules on top of the job's (a conflict)."""
+    import json
+
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return False
+    return bool((config.get("runtime_env") or {}).get("py_modules"))
 
 
 def _use_token_auth_if_available() -> None:
