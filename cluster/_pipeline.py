@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -53,6 +54,12 @@ class EmbedPlan:
     #: its constructor arguments stay small: a restarted actor whose large arguments were evicted from
     #: the object store fails to start (ray#53727).
     calibration_uri: str | None = None
+    #: how rows are compared with the table (IdRegistry): create / overwrite / append / incremental
+    mode: str = "create"
+    #: the table version the run planned against (None: no table yet)
+    read_version: int | None = None
+    #: a resumed run: ids its staging folder already holds are not embedded again
+    resume: bool = False
 
 
 @dataclass
@@ -67,6 +74,11 @@ class PipelineResult:
     reject_reasons: dict[str, int]
     pool: PoolPlan
     seconds: float
+    #: from the id registry: read, new, changed, unchanged, staged (by an earlier attempt)
+    counts: dict[str, int] = field(default_factory=dict)
+    #: table ids whose old rows the commit deletes: replaced by new vectors, and gone from the input
+    replaced_ids: list = field(default_factory=list)
+    missing_ids: list = field(default_factory=list)
 
 
 def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
@@ -94,8 +106,13 @@ def start_pool(
     )
 
 
-def run_pipeline(plan: EmbedPlan) -> PipelineResult:
-    """Run read -> prepare -> encode -> write on the connected Ray cluster; commit nothing."""
+def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineResult:
+    """Run read -> prepare -> encode -> write on the connected Ray cluster; commit nothing.
+
+    Every written batch is recorded as a part in the run's staging folder.
+    ``delete_missing`` (incremental runs): report the table's ids that are not
+    in the input, for the commit to delete.
+    """
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -109,7 +126,17 @@ def run_pipeline(plan: EmbedPlan) -> PipelineResult:
     )
     rows = _rows_per_block(plan, pool)
     logger.info("actor pool: %s; %d rows per block", pool.describe(), rows)
-    registry = ray.remote(num_cpus=0)(IdRegistry).remote()
+    registry = (
+        ray.remote(num_cpus=0)(IdRegistry)
+        .options(max_restarts=0)
+        .remote(
+            mode=plan.mode,
+            table_uri=plan.output_uri,
+            read_version=plan.read_version,
+            staging_uri=(plan.output_uri, plan.run_id) if plan.resume else None,
+            storage_options=plan.storage_options,
+        )
+    )
     columns = [plan.id_column, plan.text_column, *plan.passthrough]
     ds = plan.source.read(columns)
     ds = ds.repartition(target_num_rows_per_block=rows)
@@ -141,6 +168,7 @@ def run_pipeline(plan: EmbedPlan) -> PipelineResult:
             "run_id": plan.run_id,
             "calibration_uri": plan.calibration_uri,
             "storage_options": plan.storage_options,
+            "fault_marker": os.environ.get("EMBEDJOB_FAULT_KILL_ONCE") or None,
         },
     )
     ds = ds.map_batches(
@@ -158,6 +186,9 @@ def run_pipeline(plan: EmbedPlan) -> PipelineResult:
     result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         _accumulate(result, batch)
+    result.counts = ray.get(registry.counts.remote())
+    result.rows_read = result.counts["read"]  # (rows that needed no work never reach the writer)
+    result.replaced_ids, result.missing_ids = ray.get(registry.deletions.remote(delete_missing))
     ray.kill(registry)
     result.seconds = time.perf_counter() - t0
     return result

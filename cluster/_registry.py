@@ -1,30 +1,122 @@
-"""The run's id registry: which row keeps each id (duplicates go to rejects)."""
+"""The run's id registry: which row keeps each id, and what each id needs (embed, skip, reject).
+
+Runs as one Ray actor holding ids, 16-byte row keys and content hashes (not
+text), off the driver. Claims are idempotent: a retried task presents the same
+row keys and gets the same answers, so counts stay exact under retries.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["IdRegistry"]
+__all__ = ["EMBED", "SKIP", "IdRegistry"]
+
+#: statuses a claim answers with
+EMBED = ("new", "changed")
+SKIP = ("unchanged", "staged")
+DUPLICATE = "duplicate"
+EXISTS = "exists"  # append mode: the id is already in the table
 
 
 class IdRegistry:
-    """Remembers which row claimed each id in this run; the first claimant keeps the id.
+    """Per run: the first row to claim an id keeps it; ids are compared with the table and the staging.
 
-    Runs as one Ray actor holding ids and 16-byte row keys (not text), off the
-    driver. Claims are idempotent: a retried task presents the same row keys
-    and wins the same ids again.
+    - ``mode`` ``incremental``: an id whose content hash equals the table's is
+      ``unchanged`` (skipped); with another hash ``changed`` (embedded, its old
+      row deleted at commit); else ``new``.
+    - ``append``: an id already in the table is refused (``exists``).
+    - ``create`` / ``overwrite``: every id is ``new``.
+    - ids staged by an earlier attempt of this run (a resume) are ``staged``:
+      not embedded again.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        mode: str = "create",
+        table_uri: str | None = None,
+        read_version: int | None = None,
+        staging_uri: tuple[str, str] | None = None,
+        storage_options: Mapping[str, str] | None = None,
+    ) -> None:
+        self.mode = mode
         self._owner: dict[Any, bytes] = {}
+        self._status: dict[Any, str] = {}
+        self._seen: set[Any] = set()  # ids of rows rejected for their text: in the input, so not "missing"
+        self._batches: dict[bytes, int] = {}
+        self._existing: dict[Any, str] = {}
+        self._staged: set[Any] = set()
+        if mode in ("incremental", "append") and table_uri and read_version is not None:
+            from storage import read_hashes
 
-    def claim(self, ids: Sequence[Any], keys: Sequence[bytes]) -> list[bool]:
-        out = []
-        for i, key in zip(ids, keys, strict=True):
-            owner = self._owner.setdefault(i, key)
-            out.append(owner == key)
+            table = read_hashes(table_uri, read_version, storage_options)
+            self._existing = dict(
+                zip(table.column("id").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
+            )
+        if staging_uri is not None:
+            from storage import RunStaging
+
+            for part in RunStaging(staging_uri[0], staging_uri[1], storage_options).parts():
+                self._staged.update(part.ids)
+
+    def classify(
+        self,
+        batch_key: bytes,
+        rows: int,
+        ids: Sequence[Any],
+        keys: Sequence[bytes | None],
+        hashes: Sequence[str | None],
+    ) -> list[str | None]:
+        """One status per row; a row with key None was rejected for its text (it only marks its id as seen)."""
+        self._batches[batch_key] = rows
+        out: list[str | None] = []
+        for id_value, key, h in zip(ids, keys, hashes, strict=True):
+            if key is None:
+                if id_value is not None:
+                    self._seen.add(id_value)
+                out.append(None)
+                continue
+            owner = self._owner.setdefault(id_value, key)
+            if owner != key:
+                out.append(DUPLICATE)
+                continue
+            status = self._status.get(id_value)
+            if status is None:
+                status = self._decide(id_value, h)
+                self._status[id_value] = status
+            out.append(status)
         return out
+
+    def _decide(self, id_value: Any, h: str | None) -> str:
+        if id_value in self._staged:
+            return "staged"
+        old = self._existing.get(id_value)
+        if self.mode == "append":
+            return EXISTS if old is not None else "new"
+        if self.mode == "incremental" and old is not None:
+            return "unchanged" if old == h else "changed"
+        return "new"
+
+    def counts(self) -> dict[str, int]:
+        out = {"read": sum(self._batches.values()), "new": 0, "changed": 0, "unchanged": 0, "staged": 0}
+        for status in self._status.values():
+            if status in out:
+                out[status] += 1
+        return out
+
+    def deletions(self, delete_missing: bool) -> tuple[list[Any], list[Any]]:
+        """Table ids whose old rows go at commit: (replaced by a new vector, gone from the input).
+
+        The second list is empty unless ``delete_missing``.
+        """
+        if self.mode != "incremental":
+            return [], []
+        replaced = [i for i, s in self._status.items() if s in ("changed", "staged") and i in self._existing]
+        missing = []
+        if delete_missing:
+            missing = [i for i in self._existing if i not in self._status and i not in self._seen]
+        return replaced, missing
 
     def size(self) -> int:
         return len(self._owner)

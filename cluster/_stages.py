@@ -18,7 +18,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedder import ElasticEncoder, EncoderConfig
-from storage import REJECTS_SCHEMA, content_hash, load_calibration, vector_array, vector_column, write_fragments
+from storage import (
+    REJECTS_SCHEMA,
+    RunStaging,
+    StagedPart,
+    content_hash,
+    load_calibration,
+    vector_array,
+    vector_column,
+    write_fragments,
+)
+
+from ._registry import DUPLICATE, EXISTS, SKIP
 
 REASON = "_reason"
 TOKENS = "_tokens"
@@ -36,8 +47,9 @@ def prepare(
     """Normalise one input batch: ``id, text, content_hash, <passthrough>, _reason``.
 
     ``_reason`` is null for rows to embed, else why the row is rejected: a null
-    id, null / empty / whitespace-only / undecodable text, or an id already
-    claimed by an earlier row of this run.
+    id, null / empty / whitespace-only / undecodable text, an id already
+    claimed by an earlier row of this run, or (append) an id the table has.
+    Rows that need no work (unchanged, or already staged) are dropped here.
     """
     import ray
 
@@ -70,20 +82,30 @@ def prepare(
         texts.append(text)
         hashes.append(content_hash(text) if isinstance(text, str) else None)
         reasons.append(reason)
-    # Duplicates: the first row (in the order rows reach the registry) keeps the id. A row's key is
-    # the batch's digest plus its position, so a retried task re-claims its own ids.
-    candidates = [i for i, r in enumerate(reasons) if r is None]
-    if candidates:
-        digest = hashlib.blake2b(digest_size=8)
-        for id_value, h in zip(id_values, hashes, strict=True):
-            digest.update(repr(id_value).encode())
-            digest.update((h or "").encode())
-        prefix = digest.digest()
-        keys = [prefix + i.to_bytes(8, "little") for i in candidates]
-        won = ray.get(registry.claim.remote([id_values[i] for i in candidates], keys))
-        for i, ok in zip(candidates, won, strict=True):
-            if not ok:
-                reasons[i] = "duplicate id (an earlier row with this id was kept)"
+    # Each valid row claims its id; the registry answers new / changed (embed), unchanged / staged
+    # (skip), or a reason to reject (a duplicate, or in append mode an id the table has). A row's key
+    # is the batch's digest plus its position, so a retried task re-claims its own ids and gets the
+    # same answers.
+    digest = hashlib.blake2b(digest_size=8)
+    for id_value, h in zip(id_values, hashes, strict=True):
+        digest.update(repr(id_value).encode())
+        digest.update((h or "").encode())
+    prefix = digest.digest()
+    keys = [prefix + i.to_bytes(8, "little") if r is None else None for i, r in enumerate(reasons)]
+    statuses = ray.get(registry.classify.remote(prefix, len(id_values), id_values, keys, hashes))
+    keep = []
+    for i, status in enumerate(statuses):
+        if status in SKIP:
+            continue  # unchanged since the table's version, or staged by an earlier attempt of this run
+        if status == DUPLICATE:
+            reasons[i] = "duplicate id (an earlier row with this id was kept)"
+        elif status == EXISTS:
+            reasons[i] = "id already in the table (append adds new ids only; mode = 'incremental' updates rows)"
+        keep.append(i)
+    if len(keep) < len(id_values):
+        take = pa.array(keep, pa.int64())
+        batch, ids = batch.take(take), ids.take(take)
+        texts, hashes, reasons = [texts[i] for i in keep], [hashes[i] for i in keep], [reasons[i] for i in keep]
     columns = {
         "id": ids,
         "text": pa.array(texts, pa.string()),
@@ -109,6 +131,7 @@ class EncodeActor:
         run_id: str,
         calibration_uri: str | None = None,
         storage_options: dict[str, str] | None = None,
+        fault_marker: str | None = None,
     ) -> None:
         if not use_gpu:
             config = dataclasses.replace(config, device="cpu", num_threads=torch_threads or config.num_threads)
@@ -116,21 +139,30 @@ class EncodeActor:
         self.encoder = ElasticEncoder.from_config(model_path, config, calibration=calibration)
         self.vector_dtype = vector_dtype
         self.run_id = run_id
+        self.fault_marker = fault_marker
+        self.calls = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(ok)
         texts = batch.column("text").take(pa.array(rows, pa.int64())).to_pylist()
-        result = self.encoder.encode_with_stats(texts)
+        self.calls += 1
+        if self.fault_marker:
+            _maybe_die_once(self.fault_marker, self.calls)
         tokens = np.zeros(n, dtype=np.int32)
-        tokens[rows] = result.token_counts
         truncated = np.zeros(n, dtype=bool)
-        truncated[rows[list(result.stats.truncated_positions)]] = True
+        vectors: dict[Any, np.ndarray] = {}
+        if texts:
+            result = self.encoder.encode_with_stats(texts)
+            tokens[rows] = result.token_counts
+            truncated[rows[list(result.stats.truncated_positions)]] = True
+            vectors = result.vectors
         out = batch
-        for g, vecs in result.vectors.items():
+        for g in self.encoder.granularities:
             full = np.zeros((n, g.dim), dtype=np.float32)  # rejected rows: zeros, dropped by the writer
-            full[rows] = vecs
+            if g in vectors:
+                full[rows] = vectors[g]
             out = out.append_column(vector_column(str(g)), vector_array(full, self.vector_dtype))
         now = pa.array([datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC"))
         out = out.append_column("run_id", pa.array([self.run_id] * n, pa.string()))
@@ -148,7 +180,8 @@ def write(
     run_id: str,
     storage_options: dict[str, str] | None,
 ) -> pa.Table:
-    """Stage one batch as uncommitted Lance fragments (output and rejects); return their JSON and counts."""
+    """Stage one batch as uncommitted Lance fragments (output and rejects), record them as a part in the
+    run's staging folder, and return their JSON and counts."""
     reasons = batch.column(REASON)
     ok = pc.is_null(reasons)
     good = batch.filter(ok)
@@ -171,6 +204,25 @@ def write(
             schema=REJECTS_SCHEMA,
         )
         rejected = write_fragments(rejects, rejects_uri, REJECTS_SCHEMA, storage_options=storage_options)
+    tokens = int(pc.sum(good.column(TOKENS)).as_py() or 0)
+    truncated = int(pc.sum(pc.cast(good.column(TRUNCATED), pa.int64())).as_py() or 0)
+    if batch.num_rows:
+        # the part's name is a digest of its rows: a retried task overwrites its own part
+        digest = hashlib.blake2b(digest_size=16)
+        for id_value, h in zip(batch.column("id").to_pylist(), batch.column("content_hash").to_pylist(), strict=True):
+            digest.update(repr(id_value).encode() + b"\0" + (h or "").encode() + b"\0")
+        RunStaging(uri, run_id, storage_options).add_part(
+            StagedPart(
+                key=digest.hexdigest(),
+                fragments=main,
+                ids=good.column("id").to_pylist(),
+                tokens=tokens,
+                truncated=truncated,
+                reject_fragments=rejected,
+                rejected=bad.num_rows,
+                reasons=counts,
+            )
+        )
     return pa.table(
         {
             "fragments": pa.array([main], pa.list_(pa.string())),
@@ -178,8 +230,28 @@ def write(
             "rows": pa.array([batch.num_rows], pa.int64()),
             "embedded": pa.array([good.num_rows], pa.int64()),
             "rejected": pa.array([bad.num_rows], pa.int64()),
-            "tokens": pa.array([int(pc.sum(good.column(TOKENS)).as_py() or 0)], pa.int64()),
-            "truncated": pa.array([int(pc.sum(pc.cast(good.column(TRUNCATED), pa.int64())).as_py() or 0)]),
+            "tokens": pa.array([tokens], pa.int64()),
+            "truncated": pa.array([truncated], pa.int64()),
             "reasons": pa.array([json.dumps(counts)], pa.string()),
         }
     )
+
+
+def _maybe_die_once(marker: str, calls: int) -> None:
+    """Fault injection for the kill tests: while the file ``marker`` exists and holds N (default 1), the
+    actor handling its N-th batch claims the file (one rename: only one actor wins) and SIGKILLs itself."""
+    import os
+    import signal
+
+    try:
+        with open(marker) as fh:
+            nth = int(fh.read().strip() or 1)
+    except (FileNotFoundError, ValueError):
+        return
+    if calls < nth:
+        return
+    try:
+        os.rename(marker, f"{marker}.fired")
+    except FileNotFoundError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

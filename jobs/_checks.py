@@ -68,6 +68,16 @@ class ResolvedJob:
     calibration_origin: str = "none"
 
     @property
+    def mode(self) -> str:
+        """The output mode this run uses: the spec's, where unset "incremental" once the table exists."""
+        mode = self.spec.output.mode
+        if mode is None:
+            return "incremental" if self.output_exists else "create"
+        if mode in ("incremental", "append") and not self.output_exists:
+            return "create"
+        return mode
+
+    @property
     def storage_options(self) -> dict[str, str] | None:
         if self.store is None or not self.output_uri.startswith("s3://"):
             return None
@@ -231,7 +241,7 @@ def check_job(spec: JobSpec, *, source_name: str = "job", purpose: Literal["run"
             pending = calibration is None
             if calibration is not None:
                 provenance = dataclasses.replace(provenance, calibration=calibration.fingerprint)
-            elif spec.output.mode == "append" and output_exists:
+            elif spec.output.mode in ("append", "incremental", None) and output_exists:
                 problems.append(
                     f"calibration = 'auto': no stored calibration fits this job, and one fitted now would differ "
                     f"from the table's ({existing.calibration if existing else 'none'}), mixing vectors in "
@@ -278,24 +288,27 @@ def _output_problems(
         return []
     if spec.output.mode == "create":
         return [
-            f"output.uri = {out!r} already exists and output.mode is 'create'; "
-            f"use mode = 'overwrite' to replace it, 'append' to add to it, or a new uri"
+            f"output.uri = {out!r} already exists and output.mode is 'create'; use mode = 'incremental' "
+            f"(or leave mode unset) to update it, 'overwrite' to replace it, 'append' to add new ids, or a new uri"
         ]
-    if spec.output.mode != "append" or provenance is None or calibration_pending:
-        return []  # (a pending calibration in append mode is reported with the calibration)
+    mode = spec.output.mode or "incremental"
+    if mode == "overwrite" or provenance is None or calibration_pending:
+        return []  # (a pending calibration is reported with the calibration)
+    verb = "append to it" if mode == "append" else "update it incrementally"
     if existing is None:
-        return [f"output.uri = {out!r} exists but was not written by embedjob; cannot append"]
+        return [f"output.uri = {out!r} exists but was not written by embedjob; cannot {verb}"]
     diffs = existing.differences(provenance)
     if diffs:
         return [
-            f"output.uri = {out!r} was made with another config, so appending would mix vectors "
-            f"({'; '.join(diffs)}); use mode = 'overwrite' or a new uri"
+            f"output.uri = {out!r} was made with another config ({'; '.join(diffs)}), so the run cannot "
+            f"{verb} without mixing vectors; use mode = 'overwrite' (one new version, old ones stay readable) "
+            f"or a new output.uri"
         ]
     table_schema = dataset_schema(out, opts)
     if table_schema is not None and table_schema.field("id").type != id_type:
         return [
             f"input.id_column type {id_type} differs from the table's id type "
-            f"{table_schema.field('id').type}; cannot append"
+            f"{table_schema.field('id').type}; cannot {verb}"
         ]
     return []
 

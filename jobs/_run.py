@@ -14,14 +14,28 @@ from typing import Any
 import pyarrow as pa
 
 from cluster import EmbedPlan, ray_session, run_pipeline
-from storage import REJECTS_SCHEMA, append_rows, calibration_uri, commit, dataset_version, save_calibration
+from storage import (
+    REJECTS_SCHEMA,
+    RunStaging,
+    StagedPart,
+    TableLock,
+    TableMovedError,
+    append_rows,
+    calibration_uri,
+    commit,
+    commit_changes,
+    dataset_version,
+    save_calibration,
+    staged_runs,
+)
 
 from . import __version__
 from ._calibrate import fit_for_job
 from ._checks import ResolvedJob, check_job
 from ._spec import JobSpec, load_job
+from ._state import remember_run
 
-__all__ = ["RejectLimitExceeded", "RunSummary", "new_run_id", "run_job"]
+__all__ = ["RejectLimitExceeded", "RunNotResumable", "RunSummary", "new_run_id", "run_job"]
 
 logger = logging.getLogger("embedjob")
 
@@ -63,6 +77,13 @@ class RunSummary:
     calibration: str | None = None  # the calibration's fingerprint (also in the table's provenance)
     calibration_origin: str = "none"
     seconds_calibration: float = 0.0  # fitting one first (calibration = "auto" with none to reuse)
+    rows_new: int = 0
+    rows_changed: int = 0
+    rows_unchanged: int = 0  # incremental: same content hash as the table's row; not touched
+    rows_deleted: int = 0  # incremental with delete_missing: ids that left the input
+    rows_resumed: int = 0  # staged by an earlier attempt of this run and committed now, not embedded again
+    read_version: int | None = None  # the table version the run planned against
+    error: str | None = None
 
     @property
     def rows_per_s(self) -> float:
@@ -99,8 +120,19 @@ RUNS_SCHEMA = pa.schema(
         ("pool", pa.string()),
         ("reject_reasons", pa.string()),
         ("embedjob_version", pa.string()),
+        ("rows_new", pa.int64()),
+        ("rows_changed", pa.int64()),
+        ("rows_unchanged", pa.int64()),
+        ("rows_deleted", pa.int64()),
+        ("rows_resumed", pa.int64()),
+        ("read_version", pa.int64()),
+        ("error", pa.string()),
     ]
 )
+
+
+class RunNotResumable(ValueError):
+    """``resume`` named a run that cannot be finished; the message says why and what to do."""
 
 
 def new_run_id() -> str:
@@ -113,22 +145,81 @@ def run_job(
     *,
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
+    resume: str | None = None,
+    wait_s: float = 0.0,
 ) -> RunSummary:
     """Run one embedding job end to end and return its summary.
 
-    Everything checkable is checked before Ray starts. The output table gets
-    exactly one new version, committed after every row was staged; a run that
-    fails or is killed before that leaves it at its previous version.
+    Everything checkable is checked before Ray starts. The run holds the
+    table's lock (waiting up to ``wait_s`` for another run), stages every batch
+    in its staging folder, and makes exactly one commit: the table gets one new
+    version, or none when an incremental run finds nothing changed. A run that
+    fails or is killed leaves the table at its previous version; running the
+    job again (or ``resume=RUN_ID``) finishes it without embedding the rows it
+    already staged.
     """
     t0 = time.perf_counter()
     started = datetime.now(UTC)
     source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
     spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
     resolved = check_job(spec, source_name=source_name)
-    run_id = new_run_id()
     opts = resolved.storage_options
-    read_version = dataset_version(resolved.output_uri, opts) if resolved.output_exists else None
-    logger.info("run %s: %s -> %s", run_id, resolved.source.uri, resolved.output_uri)
+    uri = resolved.output_uri
+    lock = TableLock(uri, run_id=resume or new_run_id(), storage_options=opts)
+    lock.acquire(wait_s=wait_s)
+    staging: RunStaging | None = None
+    summary: RunSummary | None = None
+    try:
+        read_version = dataset_version(uri, opts) if resolved.output_exists else None
+        mode = resolved.mode
+        staging = _resumable(resolved, read_version, resume)
+        resumed = staging is not None
+        if staging is None:
+            staging = RunStaging(uri, lock.run_id, opts)
+            staging.write_record(
+                {
+                    "run_id": staging.run_id,
+                    "status": "running",
+                    "job": source_name,
+                    "spec": spec.model_dump(mode="json"),
+                    "mode": mode,
+                    "read_version": read_version,
+                    "provenance": resolved.provenance.to_json(),
+                    "started_at": started.isoformat(),
+                    "attempts": 1,
+                }
+            )
+        else:
+            lock.run_id = staging.run_id
+            record = staging.read_record() or {}
+            staging.update_record(status="running", attempts=int(record.get("attempts", 1)) + 1)
+            logger.info("resuming run %s: its staged rows are kept, the rest is embedded now", staging.run_id)
+        run_id = staging.run_id
+        remember_run(run_id, uri, source_name)
+        logger.info("run %s (%s): %s -> %s", run_id, mode, resolved.source.uri, uri)
+        summary = _execute(resolved, staging, lock, mode, read_version, resumed, progress, source_name, started, t0)
+        return summary
+    except BaseException as exc:
+        if staging is not None and summary is None:
+            _record_failure(resolved, staging, exc, source_name, started, t0)
+        raise
+    finally:
+        lock.release()
+
+
+def _execute(
+    resolved: ResolvedJob,
+    staging: RunStaging,
+    lock: TableLock,
+    mode: str,
+    read_version: int | None,
+    resumed: bool,
+    progress: bool,
+    source_name: str,
+    started: datetime,
+    t0: float,
+) -> RunSummary:
+    spec, opts, uri, run_id = resolved.spec, resolved.storage_options, resolved.output_uri, staging.run_id
     seconds_calibration = 0.0
     with ray_session(spec.cluster.address):
         if resolved.calibration_pending:
@@ -138,24 +229,42 @@ def run_job(
         elif resolved.calibration is not None:
             # kept next to the table (content-addressed): the actors load it from there, and so do
             # the table's queries later
-            save_calibration(resolved.output_uri, resolved.calibration, storage_options=opts)
-        result = run_pipeline(_plan(resolved, run_id, progress))
+            save_calibration(uri, resolved.calibration, storage_options=opts)
+        plan = _plan(resolved, run_id, progress, mode=mode, read_version=read_version, resume=resumed)
+        result = run_pipeline(plan, delete_missing=spec.output.delete_missing)
     limit = spec.output.max_reject_fraction
     if result.rows_read and result.rows_rejected / result.rows_read > limit:
         raise RejectLimitExceeded(result.rows_rejected, result.rows_read, limit, result.reject_reasons)
-    mode = spec.output.mode
-    if mode == "append" and read_version is None:
-        mode = "create"
-    version = commit(
-        resolved.output_uri,
-        result.fragments,
-        schema=resolved.schema,
-        mode=mode,
-        read_version=read_version,
-        storage_options=opts,
-        message=f"embedjob run {run_id}",
-    )
-    if result.reject_fragments:
+    parts = staging.parts()
+    fragments = [f for p in parts for f in p.fragments]
+    _check_exactly_once(parts, run_id)
+    lock.check()  # still ours: no other run can have committed since read_version
+    message = f"embedjob run {run_id}"
+    if mode == "incremental":
+        assert read_version is not None
+        version = commit_changes(
+            uri,
+            new_fragments=fragments,
+            delete_ids=[*result.replaced_ids, *result.missing_ids],
+            read_version=read_version,
+            storage_options=opts,
+            message=message,
+        )
+        version = read_version if version is None else version  # nothing changed: no new version
+    else:
+        current = dataset_version(uri, opts)
+        if current != read_version:
+            raise TableMovedError(uri, read_version if read_version is not None else -1, current or -1)
+        version = commit(
+            uri,
+            fragments,
+            schema=resolved.schema,
+            mode="append" if mode == "append" else ("overwrite" if read_version is not None else "create"),
+            read_version=read_version,
+            storage_options=opts,
+            message=message,
+        )
+    if result.reject_fragments:  # this attempt's only: a resumed run re-checks every row it reads
         commit(
             resolved.rejects_uri,
             result.reject_fragments,
@@ -163,20 +272,22 @@ def run_job(
             mode="append",
             read_version=dataset_version(resolved.rejects_uri, opts),
             storage_options=opts,
-            message=f"embedjob run {run_id}",
+            message=message,
         )
+    counts = result.counts
     summary = RunSummary(
         run_id=run_id,
         job_name=spec.name or Path(source_name).stem,
-        table_uri=resolved.output_uri,
-        mode=spec.output.mode,
+        table_uri=uri,
+        mode=mode,
         status="committed",
         table_version=version,
         rows_read=result.rows_read,
-        rows_embedded=result.rows_embedded,
+        # what the commit added, including rows an earlier attempt of this run staged (rows_resumed)
+        rows_embedded=sum(len(p.ids) for p in parts),
         rows_rejected=result.rows_rejected,
-        tokens=result.tokens,
-        truncated=result.truncated,
+        tokens=sum(p.tokens for p in parts),
+        truncated=sum(p.truncated for p in parts),
         seconds=time.perf_counter() - t0,
         seconds_pipeline=result.seconds,
         started_at=started,
@@ -186,12 +297,105 @@ def run_job(
         calibration=resolved.calibration.fingerprint if resolved.calibration else None,
         calibration_origin=resolved.calibration_origin,
         seconds_calibration=seconds_calibration,
+        rows_new=counts.get("new", 0),
+        rows_changed=counts.get("changed", 0),
+        rows_unchanged=counts.get("unchanged", 0),
+        rows_deleted=len(result.missing_ids),
+        rows_resumed=counts.get("staged", 0),
+        read_version=read_version,
     )
     append_rows(resolved.runs_uri, summary.record(), storage_options=opts)
+    staging.remove()  # committed: its parts are in the table now
     return summary
 
 
-def _plan(resolved: ResolvedJob, run_id: str, progress: bool) -> EmbedPlan:
+def _check_exactly_once(parts: list[StagedPart], run_id: str) -> None:
+    """Never commit an id twice: the staged parts must hold disjoint ids."""
+    seen: set[Any] = set()
+    dup: list[Any] = []
+    for part in parts:
+        for i in part.ids:
+            if i in seen:
+                dup.append(i)
+            seen.add(i)
+    if dup:
+        raise RuntimeError(
+            f"run {run_id}: {len(dup)} id(s) were staged twice (e.g. {dup[:5]}); nothing was committed. "
+            f"This is a bug; the staging folder is kept for inspection"
+        )
+
+
+def _resumable(resolved: ResolvedJob, read_version: int | None, resume: str | None) -> RunStaging | None:
+    """The unfinished run of this job to finish: the one named, else the newest that planned against the
+    table's current version with the same config; None to start a new run."""
+    opts, uri = resolved.storage_options, resolved.output_uri
+    candidates = staged_runs(uri, opts)
+    if resume is not None:
+        named = [s for s in candidates if s.run_id == resume]
+        if not named or named[0].read_record() is None:
+            raise RunNotResumable(
+                f"run {resume} has no staging folder next to {uri!r}: it committed already, was cleaned up, "
+                f"or belongs to another table"
+            )
+        candidates = named
+    for staging in reversed(candidates):
+        record = staging.read_record()
+        if record is None or record.get("status") == "committed":
+            continue
+        why = None
+        if record.get("read_version") != read_version:
+            why = (
+                f"it planned against table version {record.get('read_version')}, the table is at {read_version} "
+                f"now (another run committed meanwhile)"
+            )
+        elif record.get("provenance") != resolved.provenance.to_json():
+            why = "the job's model or granularities differ from the run's"
+        elif record.get("mode") != resolved.mode:
+            why = f"the run used mode {record.get('mode')!r}, this job {resolved.mode!r}"
+        if why is None:
+            return staging
+        if resume is not None:
+            raise RunNotResumable(f"run {resume} cannot be resumed: {why}; run the job again for a new run")
+        logger.info("not resuming run %s: %s", staging.run_id, why)
+    return None
+
+
+def _record_failure(
+    resolved: ResolvedJob, staging: RunStaging, exc: BaseException, source_name: str, started: datetime, t0: float
+) -> None:
+    """Best effort (the store may be what failed): the staging record and the runs table say it failed."""
+    error = f"{type(exc).__name__}: {exc}"
+    try:
+        staging.update_record(status="failed", error=error, failed_at=datetime.now(UTC).isoformat())
+        record = staging.read_record() or {}
+        summary = RunSummary(
+            run_id=staging.run_id,
+            job_name=resolved.spec.name or Path(source_name).stem,
+            table_uri=resolved.output_uri,
+            mode=str(record.get("mode", "")),
+            status="failed",
+            table_version=None,
+            rows_read=0,
+            rows_embedded=0,
+            rows_rejected=0,
+            tokens=0,
+            truncated=0,
+            seconds=time.perf_counter() - t0,
+            seconds_pipeline=0.0,
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            pool="",
+            read_version=record.get("read_version"),
+            error=error[:2000],
+        )
+        append_rows(resolved.runs_uri, summary.record(), storage_options=resolved.storage_options)
+    except Exception as inner:
+        logger.warning("could not record the failure of run %s: %s", staging.run_id, inner)
+
+
+def _plan(
+    resolved: ResolvedJob, run_id: str, progress: bool, *, mode: str, read_version: int | None, resume: bool
+) -> EmbedPlan:
     spec = resolved.spec
     return EmbedPlan(
         run_id=run_id,
@@ -214,4 +418,7 @@ def _plan(resolved: ResolvedJob, run_id: str, progress: bool) -> EmbedPlan:
         calibration_uri=(
             calibration_uri(resolved.output_uri, resolved.calibration.fingerprint) if resolved.calibration else None
         ),
+        mode=mode,
+        read_version=read_version,
+        resume=resume,
     )

@@ -18,7 +18,9 @@ calibration = "auto"               # or a .safetensors file; default: none (the 
 uri = "out/articles.lance"
 vector_dtype = "float32"           # or float16
 store_text = true
-mode = "create"                    # create | overwrite | append
+mode = "incremental"               # default: incremental once the table exists, else create
+                                   # create | overwrite | append | incremental
+delete_missing = true              # incremental: delete rows whose ids left the input
 max_reject_fraction = 0.01
 
 [cluster]                          # all optional
@@ -86,7 +88,9 @@ class OutputSpec(_Strict):
     uri: str
     vector_dtype: Literal["float16", "float32"] = "float32"
     store_text: bool = True
-    mode: Literal["create", "overwrite", "append"] = "create"
+    #: None: "incremental" once the table exists, else "create"
+    mode: Literal["create", "overwrite", "append", "incremental"] | None = None
+    delete_missing: bool = True
     max_reject_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
 
     @field_validator("uri")
@@ -119,6 +123,8 @@ class StorageSpec(_Strict):
 
 
 class JobSpec(_Strict):
+    """A validated job file; ``model_dump()`` round-trips through ``parse_job`` (run records keep it)."""
+
     name: str | None = None
     input: InputSpec
     model: ModelSpec

@@ -11,6 +11,8 @@ from ._calibrations import (
     load_calibration,
     save_calibration,
 )
+from ._changes import TableMovedError, commit_changes, read_hashes
+from ._gc import GcReport, collect_garbage
 from ._lance_io import (
     append_rows,
     commit,
@@ -21,9 +23,11 @@ from ._lance_io import (
     table_exists,
     write_fragments,
 )
+from ._lock import TableLock, TableLocked
 from ._provenance import METADATA_KEY, Provenance
 from ._s3 import ObjectStore
 from ._schema import REJECTS_SCHEMA, VECTOR_DTYPES, content_hash, output_schema, vector_array, vector_column
+from ._staging import RunStaging, StagedPart, staged_runs, staging_dir
 from ._table import EmbeddingTable, TableNotFoundError, open_table, split_table_uri
 
 __all__ = [
@@ -31,13 +35,21 @@ __all__ = [
     "REJECTS_SCHEMA",
     "VECTOR_DTYPES",
     "EmbeddingTable",
+    "GcReport",
     "ObjectStore",
     "Provenance",
+    "RunStaging",
+    "StagedPart",
+    "TableLock",
+    "TableLocked",
+    "TableMovedError",
     "TableNotFoundError",
     "append_rows",
     "calibration_dir",
     "calibration_uri",
+    "collect_garbage",
     "commit",
+    "commit_changes",
     "content_hash",
     "dataset_schema",
     "dataset_version",
@@ -45,10 +57,13 @@ __all__ = [
     "load_calibration",
     "open_table",
     "output_schema",
+    "read_hashes",
     "read_provenance",
     "save_calibration",
     "sibling_uri",
     "split_table_uri",
+    "staged_runs",
+    "staging_dir",
     "table_exists",
     "vector_array",
     "vector_column",

@@ -17,6 +17,7 @@ import lance
 import pyarrow as pa
 from lance.fragment import FragmentMetadata
 
+from ._files import table_stem
 from ._provenance import METADATA_KEY, Provenance
 
 __all__ = [
@@ -35,8 +36,7 @@ Mode = Literal["create", "overwrite", "append"]
 
 def sibling_uri(uri: str, suffix: str) -> str:
     """``out/articles.lance`` -> ``out/articles_<suffix>.lance`` (rejects, runs)."""
-    stem = uri[: -len(".lance")] if uri.endswith(".lance") else uri
-    return f"{stem}_{suffix}.lance"
+    return f"{table_stem(uri)}_{suffix}.lance"
 
 
 def _open(uri: str, storage_options: Mapping[str, str] | None) -> lance.LanceDataset | None:

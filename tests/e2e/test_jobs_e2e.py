@@ -156,7 +156,7 @@ def test_modes_create_overwrite_append(ray_local, tmp_path, tiny_bert_dir):
     first = run_job(_job(tmp_path, corpus, tiny_bert_dir, granularities=grans), progress=False)
     assert first.table_version == 1
     with pytest.raises(JobSpecError, match="already exists and output.mode is 'create'"):
-        run_job(_job(tmp_path, corpus, tiny_bert_dir, granularities=grans), progress=False)
+        run_job(_job(tmp_path, corpus, tiny_bert_dir, granularities=grans, output={"mode": "create"}), progress=False)
     more = tmp_path / "more.parquet"
     pq.write_table(pa.table({"doc_id": ["c"], "body": ["gamma text"], "title": ["C"]}), more)
     appended = run_job(

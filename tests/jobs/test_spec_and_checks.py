@@ -72,7 +72,7 @@ def test_unknown_keys_and_bad_values_are_all_reported(tmp_path):
     text = str(info.value)
     assert "unknown key 'input.txt_column'; allowed in [input]: uri, format, id_column, text_column, columns" in text
     assert "model.pooling = 'avg': Input should be 'mean', 'cls', 'max' or 'lasttoken'" in text
-    assert "output.mode = 'upsert': Input should be 'create', 'overwrite' or 'append'" in text
+    assert "output.mode = 'upsert': Input should be 'create', 'overwrite', 'append' or 'incremental'" in text
     assert "cluster.actors = 0: Input should be greater than or equal to 1" in text
 
 
@@ -143,20 +143,23 @@ def _make_table(resolved_job, granularities=None, fingerprint=None):
 def test_existing_output_in_create_mode_is_refused(job):
     resolved = check_job(load_job(job()))
     _make_table(resolved)
-    (problem,) = _problems(job())
-    assert "already exists and output.mode is 'create'; use mode = 'overwrite'" in problem
+    (problem,) = _problems(job(output={"mode": "create"}))
+    assert "already exists and output.mode is 'create'; use mode = 'incremental'" in problem
+    assert check_job(load_job(job())).mode == "incremental"  # the default once the table exists
     assert check_job(load_job(job(output={"mode": "overwrite"}))).output_exists
     assert check_job(load_job(job(output={"mode": "append"}))).output_exists
 
 
-def test_append_to_a_table_made_by_another_config_is_refused(job):
+@pytest.mark.parametrize("mode", ["append", "incremental", None])
+def test_append_or_incremental_to_a_table_made_by_another_config_is_refused(job, mode):
     resolved = check_job(load_job(job()))
     _make_table(resolved, granularities=("l2_d32",), fingerprint="0123456789abcdef")
-    (problem,) = _problems(job(output={"mode": "append"}))
-    assert "was made with another config, so appending would mix vectors" in problem
+    (problem,) = _problems(job(output={"mode": mode} if mode else {}))
+    verb = "append to it" if mode == "append" else "update it incrementally"
+    assert "was made with another config (" in problem and f"so the run cannot {verb} without mixing" in problem
     assert f"weights_fingerprint: 0123456789abcdef -> {resolved.provenance.weights_fingerprint}" in problem
     assert "granularities: l2_d32 -> l2_d32,l4_d64" in problem
-    assert "use mode = 'overwrite' or a new uri" in problem
+    assert "use mode = 'overwrite' (one new version, old ones stay readable) or a new output.uri" in problem
 
 
 def test_validate_command(job):

@@ -1,0 +1,101 @@
+"""``embedjob gc``: staging folders of finished or abandoned runs, old Lance versions, unused calibrations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import lance
+
+from ._calibrations import calibration_uri, list_calibrations
+from ._files import filesystem
+from ._lance_io import sibling_uri, table_exists
+from ._lock import TableLock
+from ._provenance import METADATA_KEY, Provenance
+from ._staging import staged_runs
+
+__all__ = ["GcReport", "collect_garbage"]
+
+logger = logging.getLogger("storage")
+
+
+@dataclass
+class GcReport:
+    staging_removed: list[str] = field(default_factory=list)
+    staging_kept: list[str] = field(default_factory=list)  # resumable runs younger than the retention
+    versions_removed: dict[str, int] = field(default_factory=dict)  # per dataset (table, runs, rejects)
+    bytes_removed: int = 0
+    calibrations_removed: list[str] = field(default_factory=list)
+
+
+def collect_garbage(
+    table_uri: str,
+    *,
+    older_than: timedelta = timedelta(days=7),
+    storage_options: Mapping[str, str] | None = None,
+    wait_s: float = 0.0,
+) -> GcReport:
+    """Clean up around a table while holding its lock (no run can be staging meanwhile).
+
+    - staging folders: removed when their run committed, can no longer be
+      resumed (the table moved past the version it planned against), or is
+      older than ``older_than``; kept otherwise (``embedjob resume`` can
+      still finish them).
+    - Lance versions older than ``older_than`` of the table, its runs and its
+      rejects are removed (the newest version always stays). Files no version
+      references (fragments of abandoned runs) go too when no staged run is kept.
+    - calibration files no remaining version uses and older than ``older_than``.
+    """
+    opts = dict(storage_options or {}) or None
+    report = GcReport()
+    lock = TableLock(table_uri, run_id="gc", storage_options=opts)
+    lock.acquire(wait_s=wait_s)
+    try:
+        ds = lance.dataset(table_uri, storage_options=opts)
+        now = datetime.now(UTC)
+        for staging in staged_runs(table_uri, opts):
+            record = staging.read_record() or {}
+            started = record.get("started_at")
+            age = now - datetime.fromisoformat(started) if started else timedelta.max
+            resumable = record.get("status") != "committed" and record.get("read_version") == int(ds.version)
+            if resumable and age < older_than:
+                report.staging_kept.append(staging.run_id)
+            else:
+                staging.remove()
+                report.staging_removed.append(staging.run_id)
+        unverified = not report.staging_kept
+        for suffix in ("", "runs", "rejects"):
+            uri = sibling_uri(table_uri, suffix) if suffix else table_uri
+            if suffix and not table_exists(uri, opts):
+                continue
+            stats = lance.dataset(uri, storage_options=opts).cleanup_old_versions(
+                older_than=older_than, delete_unverified=unverified, error_if_tagged_old_versions=False
+            )
+            report.versions_removed[suffix or "table"] = int(stats.old_versions)
+            report.bytes_removed += int(stats.bytes_removed)
+        used = set()
+        ds = lance.dataset(table_uri, storage_options=opts)
+        for v in ds.versions():
+            raw = (lance.dataset(table_uri, version=v["version"], storage_options=opts).schema.metadata or {}).get(
+                METADATA_KEY
+            )
+            if raw:
+                used.add(Provenance.from_json(raw).calibration)
+        for cal in list_calibrations(table_uri, storage_options=opts):
+            created = datetime.fromisoformat(cal.info.created_at)
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=UTC)
+            if cal.fingerprint not in used and now - created >= older_than:
+                uri = calibration_uri(table_uri, cal.fingerprint)
+                fs, path = filesystem(uri, opts)
+                for p in (path, path[: -len(".safetensors")] + ".json"):
+                    try:
+                        fs.delete_file(p)
+                    except FileNotFoundError:
+                        pass
+                report.calibrations_removed.append(cal.fingerprint)
+    finally:
+        lock.release()
+    return report
