@@ -181,6 +181,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             "schema": plan.schema,
             "run_id": plan.run_id,
             "storage_options": plan.storage_options,
+            "overwrite": plan.mode in ("create", "overwrite"),
         },
     )
     result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0)

@@ -179,6 +179,7 @@ def write(
     schema: pa.Schema,
     run_id: str,
     storage_options: dict[str, str] | None,
+    overwrite: bool = False,
 ) -> pa.Table:
     """Stage one batch as uncommitted Lance fragments (output and rejects), record them as a part in the
     run's staging folder, and return their JSON and counts."""
@@ -186,7 +187,7 @@ def write(
     ok = pc.is_null(reasons)
     good = batch.filter(ok)
     bad = batch.filter(pc.invert(ok))
-    main = write_fragments(good, uri, schema, storage_options=storage_options)
+    main = write_fragments(good, uri, schema, storage_options=storage_options, overwrite=overwrite)
     rejected: list[str] = []
     counts: dict[str, int] = {}
     if bad.num_rows:

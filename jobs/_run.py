@@ -16,6 +16,7 @@ import pyarrow as pa
 from cluster import EmbedPlan, ray_session, run_pipeline
 from storage import (
     REJECTS_SCHEMA,
+    ObjectStore,
     RunStaging,
     StagedPart,
     TableLock,
@@ -32,10 +33,10 @@ from storage import (
 from . import __version__
 from ._calibrate import fit_for_job
 from ._checks import ResolvedJob, check_job
-from ._spec import JobSpec, load_job
-from ._state import remember_run
+from ._spec import JobSpec, load_job, parse_job
+from ._state import lookup_run, remember_run, state_dir
 
-__all__ = ["RejectLimitExceeded", "RunNotResumable", "RunSummary", "new_run_id", "run_job"]
+__all__ = ["RejectLimitExceeded", "RunNotResumable", "RunSummary", "new_run_id", "resume_run", "run_job"]
 
 logger = logging.getLogger("embedjob")
 
@@ -147,6 +148,7 @@ def run_job(
     overrides: dict[str, Any] | None = None,
     resume: str | None = None,
     wait_s: float = 0.0,
+    source_name: str | None = None,
 ) -> RunSummary:
     """Run one embedding job end to end and return its summary.
 
@@ -160,7 +162,8 @@ def run_job(
     """
     t0 = time.perf_counter()
     started = datetime.now(UTC)
-    source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
+    if source_name is None:
+        source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
     spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
     resolved = check_job(spec, source_name=source_name)
     opts = resolved.storage_options
@@ -195,7 +198,7 @@ def run_job(
             staging.update_record(status="running", attempts=int(record.get("attempts", 1)) + 1)
             logger.info("resuming run %s: its staged rows are kept, the rest is embedded now", staging.run_id)
         run_id = staging.run_id
-        remember_run(run_id, uri, source_name)
+        remember_run(run_id, uri, source_name, spec.storage.model_dump(exclude_none=True))
         logger.info("run %s (%s): %s -> %s", run_id, mode, resolved.source.uri, uri)
         summary = _execute(resolved, staging, lock, mode, read_version, resumed, progress, source_name, started, t0)
         return summary
@@ -205,6 +208,36 @@ def run_job(
         raise
     finally:
         lock.release()
+
+
+def resume_run(
+    run_id: str,
+    *,
+    table_uri: str | None = None,
+    progress: bool = True,
+    address: str | None = None,
+    wait_s: float = 0.0,
+) -> RunSummary:
+    """Finish run ``run_id`` with the job config it started with (kept in its staging record)."""
+    known = lookup_run(run_id) or {}
+    uri = table_uri or known.get("table_uri")
+    if not uri:
+        raise RunNotResumable(
+            f"run {run_id} was not started on this machine (nothing under {state_dir() / 'runs'}); "
+            f"name its output table: embedjob resume {run_id} --table URI"
+        )
+    storage = known.get("storage") or {}
+    store = ObjectStore.from_env(**storage) if uri.startswith("s3://") else None
+    record = RunStaging(uri, run_id, store.lance_options() if store else None).read_record()
+    if record is None:
+        raise RunNotResumable(
+            f"run {run_id} has no staging record next to {uri!r}: it committed already, was cleaned up "
+            f"by embedjob gc, or belongs to another table"
+        )
+    spec = parse_job(record["spec"], source=str(record.get("job", run_id)))
+    if address:
+        spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"address": address})})
+    return run_job(spec, progress=progress, resume=run_id, wait_s=wait_s, source_name=record.get("job"))
 
 
 def _execute(

@@ -1,7 +1,7 @@
 """This machine's embedjob state: ``$EMBEDJOB_STATE_DIR`` (default ``~/.embedjob``).
 
 ``runs/<run_id>.json`` remembers which table and job file each run started
-here belongs to, so ``embedjob resume RUN_ID`` needs nothing else. The run's
+here belongs to (and the S3 endpoint, never keys), so ``embedjob resume RUN_ID`` needs nothing else. The run's
 own durable record lives next to its table (the staging folder and the runs
 table); this index is only a pointer to it.
 """
@@ -20,13 +20,13 @@ def state_dir() -> Path:
     return Path(os.environ.get("EMBEDJOB_STATE_DIR") or Path.home() / ".embedjob").expanduser()
 
 
-def remember_run(run_id: str, table_uri: str, job: str) -> None:
+def remember_run(run_id: str, table_uri: str, job: str, storage: dict[str, Any] | None = None) -> None:
     """Best effort: a read-only home must not stop a run."""
     folder = state_dir() / "runs"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{run_id}.json.tmp"
-        tmp.write_text(json.dumps({"run_id": run_id, "table_uri": table_uri, "job": job}))
+        tmp.write_text(json.dumps({"run_id": run_id, "table_uri": table_uri, "job": job, "storage": storage or {}}))
         tmp.replace(folder / f"{run_id}.json")
     except OSError:
         pass

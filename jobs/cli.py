@@ -63,23 +63,65 @@ def run(
     job: Annotated[str, typer.Argument(help="The job file (TOML).")],
     progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
     address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for another run that holds the table's lock (default: refuse).")
+    ] = 0.0,
 ) -> None:
-    """Embed the corpus a job names and commit one new version of its output table."""
-    from ._run import RejectLimitExceeded, run_job
-    from ._spec import JobSpecError
+    """Embed what changed in the corpus a job names and commit one new version of its output table.
+
+    Once the table exists the default mode is incremental: only new and changed
+    rows are embedded. An unfinished earlier run of the same job is resumed.
+    """
+    from ._run import run_job
 
     _logging()
     overrides = {"cluster.address": address} if address else None
     try:
-        summary = run_job(job, progress=progress, overrides=overrides)
-    except (JobSpecError, RejectLimitExceeded) as exc:
+        summary = run_job(job, progress=progress, overrides=overrides, wait_s=wait)
+    except _run_errors() as exc:
         _fail(exc)
+    _print_summary(summary)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The id of an unfinished run.")],
+    table: Annotated[
+        str | None, typer.Option(help="The run's output table, when this machine did not start the run.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
+    address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the table's lock.")] = 0.0,
+) -> None:
+    """Finish a run whose driver died: rows it staged are committed, not embedded again."""
+    from ._run import resume_run
+
+    _logging()
+    try:
+        summary = resume_run(run_id, table_uri=table, progress=progress, address=address, wait_s=wait)
+    except _run_errors() as exc:
+        _fail(exc)
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
     table = Table(title=f"run {summary.run_id}: {summary.status}", show_header=False)
-    table.add_row("table", f"{summary.table_uri} (version {summary.table_version}, mode {summary.mode})")
+    version = (
+        f"version {summary.table_version}"
+        if summary.table_version != summary.read_version
+        else f"still version {summary.table_version}: nothing changed"
+    )
+    table.add_row("table", f"{summary.table_uri} ({version}, mode {summary.mode})")
     table.add_row(
         "rows read / embedded / rejected",
         f"{summary.rows_read:,} / {summary.rows_embedded:,} / {summary.rows_rejected:,}",
     )
+    table.add_row(
+        "new / changed / unchanged / deleted",
+        f"{summary.rows_new:,} / {summary.rows_changed:,} / {summary.rows_unchanged:,} / {summary.rows_deleted:,}",
+    )
+    if summary.rows_resumed:
+        table.add_row("resumed", f"{summary.rows_resumed:,} rows staged by an earlier attempt, not embedded again")
     if summary.reject_reasons:
         table.add_row("reject reasons", ", ".join(f"{r}: {n}" for r, n in summary.reject_reasons.items()))
     table.add_row("tokens (truncated texts)", f"{summary.tokens:,} ({summary.truncated:,})")
@@ -90,6 +132,48 @@ def run(
     table.add_row("wall time", f"{summary.seconds:.1f} s (pipeline {summary.seconds_pipeline:.1f} s)")
     table.add_row("throughput", f"{summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s:,.0f} tokens/s")
     console.print(table)
+
+
+@app.command()
+def gc(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    older_than: Annotated[
+        str, typer.Option(help="Retention: keep versions (and resumable runs) younger than this, e.g. 7d, 12h, 0s.")
+    ] = "7d",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a run that holds the table's lock.")] = 0.0,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Remove staging folders of finished or abandoned runs, old table versions, and unused calibrations."""
+    from storage import TableLocked, collect_garbage
+
+    tbl = _open(table_uri, endpoint, region)
+    try:
+        report = collect_garbage(
+            table_uri, older_than=_duration(older_than), storage_options=tbl.storage_options, wait_s=wait
+        )
+    except TableLocked as exc:
+        _fail(exc)
+    out = Table(title=f"gc {table_uri}", show_header=False)
+    out.add_row("staging removed", ", ".join(report.staging_removed) or "-")
+    out.add_row("staging kept (resumable)", ", ".join(report.staging_kept) or "-")
+    out.add_row("versions removed", ", ".join(f"{k}: {v}" for k, v in report.versions_removed.items()))
+    out.add_row("bytes removed", f"{report.bytes_removed:,}")
+    out.add_row("calibrations removed", ", ".join(report.calibrations_removed) or "-")
+    console.print(out)
+
+
+def _duration(text: str):
+    from datetime import timedelta
+
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    value, unit = text[:-1], text[-1:]
+    try:
+        if unit not in units:
+            raise ValueError
+        return timedelta(**{units[unit]: float(value)})
+    except ValueError:
+        _fail(ValueError(f"--older-than {text!r}: expected a number and a unit (s, m, h, d, w), e.g. 7d"))
 
 
 @app.command()
@@ -293,6 +377,15 @@ def _describe_calibration(tbl) -> str:
     return f"{cal.fingerprint} (maps for layers {layers}; fitted on {info.sample_size:,} rows of {info.corpus})"
 
 
+def _run_errors() -> tuple[type[Exception], ...]:
+    from storage import TableLocked, TableMovedError
+
+    from ._run import RejectLimitExceeded, RunNotResumable
+    from ._spec import JobSpecError
+
+    return (JobSpecError, RejectLimitExceeded, RunNotResumable, TableLocked, TableMovedError)
+
+
 def _one_line(value: object, limit: int = 160) -> str:
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -320,6 +413,11 @@ def _fail(exc: Exception, code: int = 2) -> NoReturn:
     """Print a user error unwrapped and unstyled (paths may hold brackets), then exit."""
     err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
     raise typer.Exit(code) from None
+
+
+from ._cli_ops import register  # noqa: E402  (submit/status/logs/stop and the schedule group)
+
+register(app)
 
 
 def main() -> None:

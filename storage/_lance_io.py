@@ -79,8 +79,12 @@ def write_fragments(
     *,
     storage_options: Mapping[str, str] | None = None,
     max_rows_per_file: int = 1 << 20,
+    overwrite: bool = False,
 ) -> list[str]:
-    """Write ``table`` as uncommitted fragments of the dataset at ``uri``; returns their JSON."""
+    """Write ``table`` as uncommitted fragments of the dataset at ``uri``; returns their JSON.
+
+    ``overwrite``: for an Overwrite commit, so ``schema`` may differ from the dataset's current one.
+    """
     if table.num_rows == 0:
         return []
     table = table.select(schema.names).cast(schema)
@@ -90,6 +94,7 @@ def write_fragments(
         schema=schema,
         max_rows_per_file=max_rows_per_file,
         storage_options=dict(storage_options or {}) or None,
+        mode="overwrite" if overwrite else "append",
     )
     return [json.dumps(f.to_json()) for f in frags]
 
@@ -129,7 +134,16 @@ def commit(
 
 
 def append_rows(uri: str, table: pa.Table, *, storage_options: Mapping[str, str] | None = None) -> int:
-    """Small driver-side append (run records, rejects): creates the dataset on first use."""
-    mode = "append" if table_exists(uri, storage_options) else "create"
+    """Small driver-side append (run records, rejects): creates the dataset on first use.
+
+    A table made by an older embedjob keeps its columns: new ones are left out of its rows.
+    """
+    existing = dataset_schema(uri, storage_options)
+    mode = "create"
+    if existing is not None:
+        mode = "append"
+        table = table.select([n for n in existing.names if n in table.schema.names]).cast(
+            pa.schema([existing.field(n) for n in existing.names if n in table.schema.names])
+        )
     ds = lance.write_dataset(table, uri, mode=mode, storage_options=dict(storage_options or {}) or None)
     return int(ds.version)

@@ -1,0 +1,146 @@
+"""Incremental runs, exactly-once under an actor kill, the table lock: real Ray, real Lance, tiny BERT."""
+
+from __future__ import annotations
+
+import lance
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench.corpora import passages
+from jobs import JobSpecError, run_job
+from storage import TableLock, TableLocked, open_table, staged_runs
+
+from ..conftest import write_job
+from .audit import audit_table
+
+GRANS = ["l2_d32", "l4_d64"]
+
+
+def _corpus(path, rows: dict) -> None:
+    pq.write_table(pa.table({"doc_id": list(rows), "body": list(rows.values())}), path)
+
+
+def _job(tmp_path, corpus, model, **output):
+    return write_job(
+        tmp_path / "job.toml",
+        granularities=GRANS,
+        input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
+        model={"path": str(model)},
+        output={"uri": str(tmp_path / "out" / "docs.lance"), **output},
+        cluster={"rows_per_block": 50},
+    )
+
+
+def test_incremental_run_touches_exactly_the_changed_rows(ray_local, tmp_path, tiny_bert_dir):
+    """Fault test 3: 1% changed, 0.5% added, 0.5% removed; untouched rows keep their run_id and time."""
+    texts = passages(400, words=40)
+    rows = {f"d{i:04d}": t for i, t in enumerate(texts)}
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, rows)
+    job = _job(tmp_path, corpus, tiny_bert_dir)
+    first = run_job(job, progress=False)
+    assert (first.mode, first.rows_new, first.table_version) == ("create", 400, 1)
+    before = {r["id"]: r for r in open_table(first.table_uri).to_arrow(["id", "run_id", "embedded_at"]).to_pylist()}
+
+    changed = [f"d{i:04d}" for i in (3, 50, 150, 399)]
+    removed = ["d0010", "d0200"]
+    added = {"n0001": "A completely new passage about river boats.", "n0002": "Another new one, on glaciers."}
+    for i in changed:
+        rows[i] = rows[i] + " (revised)"
+    for i in removed:
+        del rows[i]
+    rows.update(added)
+    _corpus(corpus, rows)
+    second = run_job(job, progress=False)
+    assert second.mode == "incremental"
+    assert (second.rows_new, second.rows_changed, second.rows_unchanged, second.rows_deleted) == (2, 4, 394, 2)
+    assert second.rows_embedded == 6 and second.table_version == 2 and second.read_version == 1
+
+    tbl = open_table(second.table_uri)
+    after = {r["id"]: r for r in tbl.to_arrow(["id", "run_id", "embedded_at"]).to_pylist()}
+    touched = {i for i, r in after.items() if r["run_id"] == second.run_id}
+    assert touched == set(changed) | set(added)
+    for i, r in after.items():
+        if i not in touched:
+            assert (r["run_id"], r["embedded_at"]) == (before[i]["run_id"], before[i]["embedded_at"])
+    audit = audit_table(second.table_uri, rows, tiny_bert_dir)
+    assert audit.clean, audit
+    assert lance.dataset(second.table_uri, version=1).count_rows() == 400  # the old version stays readable
+
+    # nothing changed: no new version, every row unchanged
+    third = run_job(job, progress=False)
+    assert (third.rows_unchanged, third.rows_embedded, third.table_version) == (400, 0, 2)
+    assert [r["status"] for r in tbl.runs()] == ["committed"] * 3
+    assert staged_runs(second.table_uri) == []  # committed runs leave no staging behind
+
+    # delete_missing = false keeps rows whose ids left the input
+    del rows["d0001"]
+    _corpus(corpus, rows)
+    kept = run_job(_job(tmp_path, corpus, tiny_bert_dir, delete_missing=False), progress=False)
+    assert kept.rows_deleted == 0 and kept.table_version == 2  # nothing to do at all
+    assert "d0001" in set(open_table(kept.table_uri).to_arrow(["id"])["id"].to_pylist())
+
+
+def test_a_config_change_is_not_incremental(ray_local, tmp_path, tiny_bert_dir):
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, {"a": "alpha text", "b": "beta text"})
+    run_job(_job(tmp_path, corpus, tiny_bert_dir), progress=False)
+    job = write_job(
+        tmp_path / "other.toml",
+        granularities=["l3_d32"],
+        input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
+        model={"path": str(tiny_bert_dir)},
+        output={"uri": str(tmp_path / "out" / "docs.lance")},
+    )
+    with pytest.raises(JobSpecError, match=r"granularities: l2_d32,l4_d64 -> l3_d32.*use mode = 'overwrite'"):
+        run_job(job, progress=False)
+    rebuilt = run_job(job, progress=False, overrides={"output.mode": "overwrite"})
+    assert rebuilt.table_version == 2 and open_table(rebuilt.table_uri).provenance.granularities == ("l3_d32",)
+    assert lance.dataset(rebuilt.table_uri, version=1).count_rows() == 2
+
+
+def test_append_refuses_ids_the_table_has(ray_local, tmp_path, tiny_bert_dir):
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, {"a": "alpha text", "b": "beta text"})
+    run_job(_job(tmp_path, corpus, tiny_bert_dir), progress=False)
+    _corpus(corpus, {"b": "beta again", "c": "gamma text"})
+    out = run_job(_job(tmp_path, corpus, tiny_bert_dir, mode="append", max_reject_fraction=0.5), progress=False)
+    assert (out.rows_embedded, out.rows_rejected) == (1, 1)
+    assert sorted(open_table(out.table_uri).to_arrow(["id"])["id"].to_pylist()) == ["a", "b", "c"]
+    (reject,) = open_table(out.table_uri).rejects().to_pylist()
+    assert reject["id"] == "b" and reject["reason"].startswith("id already in the table")
+
+
+def test_actor_killed_mid_batch_still_commits_every_id_once(ray_local, tmp_path, tiny_bert_dir, monkeypatch):
+    """Fault test 1: an encoder actor SIGKILLs itself on its 3rd batch; Ray restarts it and retries."""
+    rows = {f"d{i:04d}": t for i, t in enumerate(passages(600, words=40))}
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, rows)
+    marker = tmp_path / "kill-once"
+    marker.write_text("3")
+    monkeypatch.setenv("EMBEDJOB_FAULT_KILL_ONCE", str(marker))
+    summary = run_job(_job(tmp_path, corpus, tiny_bert_dir), progress=False)
+    assert not marker.exists() and (tmp_path / "kill-once.fired").exists()  # the kill happened
+    assert summary.rows_embedded == 600
+    audit = audit_table(summary.table_uri, rows, tiny_bert_dir)
+    print("actor kill:", audit)
+    assert audit.clean, audit
+
+
+def test_a_second_run_on_a_locked_table_is_refused_or_waits(ray_local, tmp_path, tiny_bert_dir):
+    """Fault test 4 (in one process): a live holder refuses a second run with who holds it."""
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, {"a": "alpha text"})
+    job = _job(tmp_path, corpus, tiny_bert_dir)
+    uri = str(tmp_path / "out" / "docs.lance")
+    holder = TableLock(uri, run_id="other-run")
+    holder.acquire()
+    try:
+        with pytest.raises(TableLocked, match=r"is being written by run other-run \(host .*, pid \d+"):
+            run_job(job, progress=False)
+        with pytest.raises(TableLocked):
+            run_job(job, progress=False, wait_s=1.5)
+    finally:
+        holder.release()
+    assert run_job(job, progress=False).rows_embedded == 1
