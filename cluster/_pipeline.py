@@ -26,8 +26,6 @@ __all__ = ["EmbedPlan", "PipelineResult", "run_pipeline"]
 
 logger = logging.getLogger("cluster")
 
-WRITE_BATCH_ROWS = 16384
-
 
 @dataclass(frozen=True, kw_only=True)
 class EmbedPlan:
@@ -49,6 +47,7 @@ class EmbedPlan:
     gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None
     rows_per_block: int | None = None
+    rows_per_part: int = 16384
     progress: bool = True
     #: where the run's calibration is stored (next to the table). Each actor loads it from there, so
     #: its constructor arguments stay small: a restarted actor whose large arguments were evicted from
@@ -174,7 +173,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
     ds = ds.map_batches(
         write,
         batch_format="pyarrow",
-        batch_size=WRITE_BATCH_ROWS,
+        batch_size=plan.rows_per_part,
         fn_kwargs={
             "uri": plan.output_uri,
             "rejects_uri": plan.rejects_uri,

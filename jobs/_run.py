@@ -447,6 +447,7 @@ def _plan(
         gpus_per_actor=spec.cluster.gpus_per_actor,
         cpus_per_actor=spec.cluster.cpus_per_actor,
         rows_per_block=spec.cluster.rows_per_block,
+        rows_per_part=spec.cluster.rows_per_part,
         progress=progress,
         calibration_uri=(
             calibration_uri(resolved.output_uri, resolved.calibration.fingerprint) if resolved.calibration else None

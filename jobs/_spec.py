@@ -28,6 +28,7 @@ address = "ray://head:10001"       # default: RAY_ADDRESS, else an embedded loca
 actors = 2
 gpus_per_actor = 1
 batch_tokens = 4096
+rows_per_part = 16384              # rows per staged part: what a killed run may have to redo
 
 [calibrate]                        # how calibrations are fitted (embedjob calibrate, calibration = "auto")
 sample = 5000
@@ -107,6 +108,9 @@ class ClusterSpec(_Strict):
     cpus_per_actor: float | None = Field(default=None, gt=0)
     batch_tokens: int | None = Field(default=None, ge=16)
     rows_per_block: int | None = Field(default=None, ge=1)
+    #: rows per staged part (one write task, one set of fragments); a killed run redoes at most the parts
+    #: in flight. Larger parts make fewer, larger fragments.
+    rows_per_part: int = Field(default=16384, ge=1)
 
 
 class CalibrateSpec(_Strict):

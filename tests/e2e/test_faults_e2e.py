@@ -1,0 +1,133 @@
+"""Real process kills: the driver SIGKILLed mid-run and resumed, and a second run against a live one.
+
+The run under test is a separate ``embedjob run`` process with its own
+embedded Ray (own temp dir), killed as a whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lance
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from bench.corpora import passages
+from jobs import run_job
+from jobs.cli import app
+from storage import TableLocked, open_table, staged_runs, staging_dir
+
+from ..conftest import write_job
+from .audit import audit_table
+
+
+@pytest.fixture
+def driver(tmp_path):
+    """Start ``embedjob run`` in its own process group; teardown kills whatever is left of it."""
+    procs: list[subprocess.Popen] = []
+    ray_tmp = tempfile.mkdtemp(prefix="rd", dir="/tmp")  # Ray's sockets need a short path
+
+    def start(job: Path) -> subprocess.Popen:
+        env = {
+            **os.environ,
+            "RAY_TMPDIR": ray_tmp,
+            "EMBEDJOB_STATE_DIR": str(tmp_path / "state"),
+            "HF_HUB_OFFLINE": "1",
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        }
+        env.pop("RAY_ADDRESS", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", "run", str(job), "--no-progress"],
+            stdout=(tmp_path / "driver.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+    subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the driver exited ({proc.returncode}) before {what}: {log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_driver_killed_mid_run_then_resumed(ray_local, tmp_path, minilm_path, driver, monkeypatch):
+    """Fault test 2, and fault test 4 against a live driver in another process."""
+    monkeypatch.setenv("EMBEDJOB_STATE_DIR", str(tmp_path / "state"))
+    texts = passages(1250, words=40)
+    rows = {f"p{i:05d}": t for i, t in enumerate(texts)}
+    corpus = tmp_path / "docs.parquet"
+    out = tmp_path / "out" / "docs.lance"
+    job = write_job(
+        tmp_path / "job.toml",
+        granularities=["l2_d32", "l6_d384"],
+        input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
+        model={"path": str(minilm_path)},
+        output={"uri": str(out)},
+        cluster={"rows_per_block": 25, "rows_per_part": 50},
+    )
+    first = dict(list(rows.items())[:50])
+    pq.write_table(pa.table({"doc_id": list(first), "body": list(first.values())}), corpus)
+    assert run_job(job, progress=False).table_version == 1
+    pq.write_table(pa.table({"doc_id": list(rows), "body": list(rows.values())}), corpus)
+
+    proc = driver(job)
+    log = tmp_path / "driver.log"
+    lock_file = Path(staging_dir(str(out))) / "LOCK.json"
+    _wait_for(lock_file.exists, 120, "the driver took the table's lock", proc, log)
+    # a second run while the first is alive: refused, naming the holder
+    with pytest.raises(TableLocked, match=rf"pid {proc.pid}\b"):
+        run_job(job, progress=False)
+
+    def parts() -> list[Path]:
+        return list(Path(staging_dir(str(out))).glob("*/parts/*.json"))
+
+    _wait_for(lambda: len(parts()) >= 4, 240, "4 staged parts", proc, log)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+
+    # killed: the table did not move, the staged work is on disk
+    assert lance.dataset(str(out)).version == 1 and lance.dataset(str(out)).count_rows() == 50
+    (staging,) = staged_runs(str(out))
+    staged = sum(len(p.ids) for p in staging.parts())
+    assert staging.read_record()["status"] == "running"
+    assert 0 < staged < 1200, staged
+
+    result = CliRunner().invoke(app, ["resume", staging.run_id, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    tbl = open_table(str(out))
+    (last,) = [r for r in tbl.runs() if r["run_id"] == staging.run_id]
+    print(f"driver kill: {staged} rows staged before the kill, {last['rows_embedded'] - staged} embedded on resume")
+    assert last["rows_resumed"] == staged
+    assert last["rows_embedded"] == 1200 and last["rows_unchanged"] == 50
+    assert tbl.version == 2
+    audit = audit_table(str(out), rows, minilm_path)
+    print("driver kill:", audit)
+    assert audit.clean, audit
+    assert staged_runs(str(out)) == []
+    assert not lock_file.exists()
