@@ -456,9 +456,6 @@ class Scheduler:
         )
 
     def _launch_ray(self, schedule: Schedule, fire: Fire) -> Fire:
-        from cluster import ClusterError
-
-        from ._spec import JobSpecError
         from ._submit import submit_job
 
         stamp = datetime.fromtimestamp(fire.slot, _zone(schedule.timezone)).strftime("%Y%m%dT%H%M")
@@ -473,7 +470,7 @@ class Scheduler:
                 submission_id=sid,
                 metadata={"embedjob_schedule": schedule.name, "embedjob_fire": str(fire.id)},
             )
-        except (ClusterError, JobSpecError, OSError) as exc:
+        except Exception as exc:  # an unreachable cluster, a job file gone bad: this fire failed, the others go on
             return self._update(fire.id, state="failed", finished_at=self.clock(), message=f"not submitted: {exc}")
         logger.info("schedule %s: fired #%d on %s as %s", schedule.name, fire.id, schedule.address, sid)
         return self._update(fire.id, state="running")
