@@ -15,7 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["data_dir", "lee_background", "lee_passages", "lee_scored", "passages", "wiki_passages"]
+__all__ = [
+    "data_dir",
+    "docstring_passages",
+    "large_corpus",
+    "lee_background",
+    "lee_passages",
+    "lee_scored",
+    "passages",
+    "wiki_passages",
+]
 
 _WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -100,3 +109,49 @@ def passages(n: int, *, words: int = 80) -> list[str]:
     if len(unique) < n:
         raise ValueError(f"asked for {n} passages; the bundled real corpora hold {len(unique)}")
     return unique[:n]
+
+
+@cache
+def docstring_passages(
+    words: int = 80, packages: tuple[str, ...] = ("torch", "transformers", "ray", "numpy")
+) -> tuple[str, ...]:
+    """Passages of about ``words`` words from the docstrings of installed packages (real technical English).
+
+    Read with ``ast`` from the installed sources, in a fixed order, so the same
+    machine gives the same passages.
+    """
+    import ast
+
+    out: list[str] = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(next(iter(spec.submodule_search_locations)))
+        for path in sorted(root.rglob("*.py")):
+            if "test" in path.parts or "tests" in path.parts:
+                continue
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                doc = ast.get_docstring(node)
+                if not doc:
+                    continue
+                tokens = re.sub(r"\s+", " ", doc).strip().split(" ")
+                for i in range(0, len(tokens), words):
+                    chunk = tokens[i : i + words]
+                    if len(chunk) >= words // 2:
+                        out.append(" ".join(chunk))
+    return tuple(dict.fromkeys(out))
+
+
+def large_corpus(n: int, *, words: int = 80) -> list[str]:
+    """``n`` distinct real passages: :func:`passages` (news, Wikipedia), then installed packages' docstrings."""
+    pool = list(dict.fromkeys([*lee_passages(words), *wiki_passages(words), *docstring_passages(words)]))
+    if len(pool) < n:
+        raise ValueError(f"asked for {n} passages, the corpora hold {len(pool)} distinct ones of ~{words} words")
+    return pool[:n]
