@@ -129,3 +129,35 @@ def test_commit_changes_with_integer_ids(tmp_path):
     lance.write_dataset(pa.table({"id": [1, 2, 3], "content_hash": ["h"] * 3}), uri)
     assert commit_changes(uri, new_fragments=[], delete_ids=[2], read_version=1) == 2
     assert sorted(lance.dataset(uri).to_table()["id"].to_pylist()) == [1, 3]
+
+
+def test_gc_removes_abandoned_staging_orphan_files_and_old_versions(tmp_path):
+    from datetime import timedelta
+
+    from storage import collect_garbage, staging_dir
+
+    uri = str(tmp_path / "t.lance")
+    ds = _table(uri, ["a", "b", "c"], ["h"] * 3)
+    lance.write_dataset(pa.table({"id": ["d"], "content_hash": ["h"], "v": [3]}), uri, mode="append")  # v2
+    # a run that planned against version 1 and died: the table moved on, so it can't be resumed
+    dead = RunStaging(uri, "20261101T000000Z-dead")
+    orphan = write_fragments(pa.table({"id": ["x"], "content_hash": ["h"], "v": [9]}), uri, ds.schema)
+    dead.write_record({"status": "running", "read_version": 1, "started_at": "2026-11-01T00:00:00+00:00"})
+    dead.add_part(StagedPart(key="k", fragments=orphan, ids=["x"]))
+    # a run against the current version that can still be resumed
+    live = RunStaging(uri, "20261123T000000Z-live")
+    live.write_record({"status": "failed", "read_version": 2, "started_at": "2099-01-01T00:00:00+00:00"})
+    files_before = len(list((tmp_path / "t.lance" / "data").iterdir()))
+
+    report = collect_garbage(uri, older_than=timedelta(days=1))
+    assert report.staging_removed == ["20261101T000000Z-dead"] and report.staging_kept == ["20261123T000000Z-live"]
+    assert len(list((tmp_path / "t.lance" / "data").iterdir())) == files_before  # a kept run: files stay
+
+    live.remove()
+    report = collect_garbage(uri, older_than=timedelta(0))
+    assert report.versions_removed["table"] == 1  # version 1 (the newest always stays)
+    assert len(list((tmp_path / "t.lance" / "data").iterdir())) == files_before - 1  # the orphan fragment
+    assert [v["version"] for v in lance.dataset(uri).versions()] == [2]
+    assert lance.dataset(uri).count_rows() == 4
+    assert staged_runs(uri) == [] and not (tmp_path / "t_staging" / "LOCK.json").exists()
+    assert staging_dir(uri) == str(tmp_path / "t_staging")
