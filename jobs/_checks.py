@@ -109,11 +109,19 @@ class ResolvedJob:
         )
 
 
-def check_job(spec: JobSpec, *, source_name: str = "job", purpose: Literal["run", "calibrate"] = "run") -> ResolvedJob:
+def check_job(
+    spec: JobSpec,
+    *,
+    source_name: str = "job",
+    purpose: Literal["run", "calibrate"] = "run",
+    backfill: tuple[str, ...] = (),
+) -> ResolvedJob:
     """Run every pre-flight check; raise JobSpecError listing what is wrong.
 
     ``purpose="calibrate"`` (``embedjob calibrate``) skips what only a run
     needs: the output mode against an existing table, and finding a calibration.
+    ``backfill``: granularities to add to the existing table as new columns
+    (the job lists the table's granularities plus these).
     """
     problems: list[str] = []
     uses_s3 = spec.input.uri.startswith("s3://") or spec.output.uri.startswith("s3://")
@@ -247,7 +255,9 @@ def check_job(spec: JobSpec, *, source_name: str = "job", purpose: Literal["run"
                     f"from the table's ({existing.calibration if existing else 'none'}), mixing vectors in "
                     f"output.uri = {out!r}; use mode = 'overwrite', a new uri, or name a calibration file"
                 )
-    if purpose == "run":
+    if purpose == "run" and backfill:
+        problems.extend(_backfill_problems(backfill, out, opts, existing, provenance, pending))
+    elif purpose == "run":
         problems.extend(_output_problems(spec, out, opts, output_exists, existing, provenance, id_type, pending))
     if problems:
         raise JobSpecError(source_name, problems)
@@ -299,10 +309,18 @@ def _output_problems(
         return [f"output.uri = {out!r} exists but was not written by embedjob; cannot {verb}"]
     diffs = existing.differences(provenance)
     if diffs:
+        added = [g for g in provenance.granularities if g not in existing.granularities]
+        hint = ""
+        if (
+            len(diffs) == 1
+            and diffs[0].startswith("granularities:")
+            and set(existing.granularities) < set(provenance.granularities)
+        ):
+            hint = f"; to add only the new column(s), backfill: embedjob run JOB --add-granularity {','.join(added)}"
         return [
             f"output.uri = {out!r} was made with another config ({'; '.join(diffs)}), so the run cannot "
             f"{verb} without mixing vectors; use mode = 'overwrite' (one new version, old ones stay readable) "
-            f"or a new output.uri"
+            f"or a new output.uri{hint}"
         ]
     table_schema = dataset_schema(out, opts)
     if table_schema is not None and table_schema.field("id").type != id_type:
@@ -311,6 +329,54 @@ def _output_problems(
             f"{table_schema.field('id').type}; cannot {verb}"
         ]
     return []
+
+
+def _backfill_problems(
+    backfill: tuple[str, ...],
+    out: str,
+    opts: Mapping[str, str] | None,
+    existing: Provenance | None,
+    provenance: Provenance | None,
+    calibration_pending: bool,
+) -> list[str]:
+    """``--add-granularity``: the table exists, stores its text, and differs from the job only by these."""
+    if existing is None:
+        return [f"--add-granularity: output.uri = {out!r} is not an embedjob table yet; run the job first"]
+    if provenance is None:
+        return []
+    problems = []
+    try:
+        wanted = [str(Granularity.parse(g)) for g in backfill]
+    except GranularityError as exc:
+        return [f"--add-granularity: {exc}"]
+    have = [g for g in wanted if g in existing.granularities]
+    if have:
+        problems.append(f"--add-granularity: the table already has {', '.join(have)}")
+    expected = set(existing.granularities) | set(wanted)
+    if set(provenance.granularities) != expected:
+        problems.append(
+            f"--add-granularity {','.join(wanted)}: the job's granularities ({', '.join(provenance.granularities)}) "
+            f"must be the table's ({', '.join(existing.granularities)}) plus the added ones; "
+            f"list granularities = {sorted(expected, key=lambda g: Granularity.parse(g))} in the job file"
+        )
+    if calibration_pending:
+        problems.append(
+            "--add-granularity: calibration = 'auto' found no stored calibration with maps for the new layers "
+            "that matches the table's; a backfill cannot change the calibration (use mode = 'overwrite')"
+        )
+    others = [d for d in existing.differences(provenance) if not d.startswith("granularities:")]
+    if others:
+        problems.append(
+            f"--add-granularity: the table was made with another config ({'; '.join(others)}); "
+            f"a backfill adds columns from the same model only (use mode = 'overwrite')"
+        )
+    schema = dataset_schema(out, opts)
+    if schema is not None and "text" not in schema.names:
+        problems.append(
+            f"--add-granularity: {out!r} does not store its text (store_text = false), which a backfill embeds; "
+            f"rebuild with mode = 'overwrite'"
+        )
+    return problems
 
 
 def _find_calibration(

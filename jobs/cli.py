@@ -66,6 +66,14 @@ def run(
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for another run that holds the table's lock (default: refuse).")
     ] = 0.0,
+    add_granularity: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--add-granularity",
+            help="Backfill: embed the table's stored text for these new granularities (e.g. l4_d64) and add "
+            "them as columns in one commit; the job lists the table's granularities plus these.",
+        ),
+    ] = None,
 ) -> None:
     """Embed what changed in the corpus a job names and commit one new version of its output table.
 
@@ -77,7 +85,13 @@ def run(
     _logging()
     overrides = {"cluster.address": address} if address else None
     try:
-        summary = run_job(job, progress=progress, overrides=overrides, wait_s=wait)
+        if add_granularity:
+            from ._backfill import backfill_job
+
+            grans = [g.strip() for item in add_granularity for g in item.split(",") if g.strip()]
+            summary = backfill_job(job, grans, progress=progress, overrides=overrides, wait_s=wait)
+        else:
+            summary = run_job(job, progress=progress, overrides=overrides, wait_s=wait)
     except _run_errors() as exc:
         _fail(exc)
     _print_summary(summary)

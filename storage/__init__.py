@@ -4,6 +4,7 @@ commit per run, opening tables for queries. Knows nothing about Ray.
 
 from __future__ import annotations
 
+from ._backfill import backfill_fragment, commit_new_columns, fragment_ids
 from ._calibrations import (
     calibration_dir,
     calibration_uri,
@@ -45,14 +46,17 @@ __all__ = [
     "TableMovedError",
     "TableNotFoundError",
     "append_rows",
+    "backfill_fragment",
     "calibration_dir",
     "calibration_uri",
     "collect_garbage",
     "commit",
     "commit_changes",
+    "commit_new_columns",
     "content_hash",
     "dataset_schema",
     "dataset_version",
+    "fragment_ids",
     "list_calibrations",
     "load_calibration",
     "open_table",

@@ -144,3 +144,46 @@ def test_a_second_run_on_a_locked_table_is_refused_or_waits(ray_local, tmp_path,
     finally:
         holder.release()
     assert run_job(job, progress=False).rows_embedded == 1
+
+
+def test_add_granularity_backfills_only_the_new_column(ray_local, tmp_path, tiny_bert_dir):
+    from typer.testing import CliRunner
+
+    from embedder import ElasticEncoder, Granularity
+    from jobs.cli import app
+
+    rows = {f"d{i:03d}": t for i, t in enumerate(passages(120, words=30))}
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, rows)
+    first = run_job(_job(tmp_path, corpus, tiny_bert_dir), progress=False)
+    before = open_table(first.table_uri).to_arrow(["id", "vec_l2_d32", "run_id"])
+    # a plain run with one more granularity is refused, with the backfill as the hint
+    grown = write_job(
+        tmp_path / "grown.toml",
+        granularities=[*GRANS, "l3_d16"],
+        input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
+        model={"path": str(tiny_bert_dir)},
+        output={"uri": first.table_uri},
+        cluster={"rows_per_block": 50},
+    )
+    with pytest.raises(JobSpecError, match=r"backfill: embedjob run JOB --add-granularity l3_d16"):
+        run_job(grown, progress=False)
+    bad = CliRunner().invoke(app, ["run", str(grown), "--add-granularity", "l2_d32", "--no-progress"])
+    assert bad.exit_code == 2 and "the table already has l2_d32" in bad.output
+
+    result = CliRunner().invoke(app, ["run", str(grown), "--add-granularity", "l3_d16", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    tbl = open_table(first.table_uri)
+    assert tbl.version == 2 and tbl.provenance.granularities == ("l2_d32", "l3_d16", "l4_d64")
+    after = tbl.to_arrow(["id", "vec_l2_d32", "vec_l3_d16", "run_id"])
+    assert after.select(["id", "vec_l2_d32", "run_id"]).equals(before)  # old columns and rows untouched
+    enc = ElasticEncoder.from_pretrained(tiny_bert_dir, ["l3_d16"], device="cpu")
+    fresh = enc.encode([rows[i] for i in after["id"].to_pylist()])[Granularity(3, 16)]
+    import numpy as np
+
+    stored = np.asarray(after["vec_l3_d16"].to_pylist(), dtype=np.float32)
+    assert float(np.min(np.sum(fresh * stored, axis=1))) > 0.999
+    assert tbl.search(rows["d007"], "l3_d16", k=1)["id"].to_pylist() == ["d007"]
+    assert tbl.runs()[-1]["mode"] == "backfill l3_d16"
+    # the grown job now runs incrementally with nothing to do
+    assert run_job(grown, progress=False).rows_unchanged == 120

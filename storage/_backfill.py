@@ -1,0 +1,64 @@
+"""Adding vector columns to an existing table: one new data file per fragment, one ``Merge`` commit.
+
+Workers call :func:`backfill_fragment` for a fragment of the table at the
+version the run read; the new column's values come from a function of the
+fragment's ``text`` batches, in the fragment's row order. The driver commits
+every fragment at once with :func:`commit_new_columns`. Rows, ids, old vectors
+and their files are not touched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+
+import lance
+import pyarrow as pa
+from lance.fragment import FragmentMetadata
+
+from ._changes import TableMovedError
+
+__all__ = ["backfill_fragment", "commit_new_columns", "fragment_ids"]
+
+
+def _dataset(uri: str, version: int | None, storage_options: Mapping[str, str] | None) -> lance.LanceDataset:
+    return lance.dataset(uri, version=version, storage_options=dict(storage_options or {}) or None)
+
+
+def fragment_ids(uri: str, version: int, storage_options: Mapping[str, str] | None = None) -> list[int]:
+    return [f.fragment_id for f in _dataset(uri, version, storage_options).get_fragments()]
+
+
+def backfill_fragment(
+    uri: str,
+    version: int,
+    fragment_id: int,
+    compute: Callable[[pa.RecordBatch], pa.RecordBatch],
+    *,
+    columns: Sequence[str] = ("text",),
+    batch_size: int = 1024,
+    storage_options: Mapping[str, str] | None = None,
+) -> str:
+    """Write the new columns of one fragment (uncommitted); returns the fragment's new metadata as JSON."""
+    frag = _dataset(uri, version, storage_options).get_fragment(fragment_id)
+    meta, _ = frag.merge_columns(compute, columns=list(columns), batch_size=batch_size)
+    return json.dumps(meta.to_json())
+
+
+def commit_new_columns(
+    uri: str,
+    fragments: Sequence[str],
+    *,
+    schema: pa.Schema,
+    read_version: int,
+    storage_options: Mapping[str, str] | None = None,
+) -> int:
+    """One commit adding the columns (``schema`` is the whole new schema, metadata included)."""
+    current = _dataset(uri, None, storage_options)
+    if int(current.version) != read_version:
+        raise TableMovedError(uri, read_version, int(current.version))
+    op = lance.LanceOperation.Merge([FragmentMetadata.from_json(f) for f in fragments], schema)
+    ds = lance.LanceDataset.commit(
+        uri, op, read_version=read_version, storage_options=dict(storage_options or {}) or None
+    )
+    return int(ds.version)
