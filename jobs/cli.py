@@ -294,9 +294,10 @@ def inspect(
     runs.add_column("version", justify="right")
     runs.add_column("committed (UTC)", no_wrap=True)
     runs.add_column("run", no_wrap=True, min_width=26)
-    for col in ("mode", "read", "embedded", "rejected"):
+    for col in ("mode", "read", "embedded", "unchanged", "deleted", "rejected"):
         runs.add_column(col, justify="right" if col != "mode" else "left")
-    by_version = {r["table_version"]: r for r in tbl.runs()}
+    keys = ("rows_read", "rows_embedded", "rows_unchanged", "rows_deleted", "rows_rejected")
+    by_version = {r["table_version"]: r for r in tbl.runs() if r.get("status", "committed") == "committed"}
     for v in tbl.dataset.versions():  # run records are already in by_version; read them once
         r = by_version.get(v["version"], {})
         stamp = v["timestamp"]
@@ -305,9 +306,41 @@ def inspect(
             stamp.strftime("%Y-%m-%d %H:%M:%S") if hasattr(stamp, "strftime") else str(stamp),
             r.get("run_id", "-"),
             r.get("mode", "-"),
-            *(f"{r[k]:,}" if k in r else "-" for k in ("rows_read", "rows_embedded", "rows_rejected")),
+            *(f"{r[k]:,}" if r.get(k) is not None else "-" for k in keys),
         )
     console.print(runs)
+    _print_unfinished(tbl)
+
+
+def _print_unfinished(tbl) -> None:
+    """Runs that did not commit: failed ones (from the runs table) and any still staged (resumable or running)."""
+    from storage import TableLock, staged_runs
+
+    failed = [r for r in tbl.runs() if r.get("status") == "failed"]
+    staged = staged_runs(tbl.uri, tbl.storage_options)
+    if not failed and not staged:
+        return
+    out = Table(title="runs that did not commit")
+    for col in ("run", "status", "started (UTC)", "staged rows", "what now"):
+        out.add_column(col, no_wrap=col in ("run", "status"))
+    holder = TableLock(tbl.uri, run_id="inspect", storage_options=tbl.storage_options).holder() or {}
+    staged_ids = set()
+    for s in staged:
+        record = s.read_record() or {}
+        staged_ids.add(s.run_id)
+        running = holder.get("run_id") == s.run_id and record.get("status") == "running"
+        resumable = record.get("read_version") == tbl.version
+        status = "running" if running else (record.get("status") or "?")
+        if status == "running" and not running:
+            status = "interrupted"
+        action = "-" if running else (f"embedjob resume {s.run_id}" if resumable else "abandoned: embedjob gc")
+        out.add_row(
+            s.run_id, status, str(record.get("started_at", "-"))[:19], f"{sum(len(p.ids) for p in s.parts()):,}", action
+        )
+    for r in failed:
+        if r["run_id"] not in staged_ids:
+            out.add_row(r["run_id"], "failed", str(r["started_at"])[:19], "-", _one_line(r.get("error") or "", 80))
+    console.print(out)
 
 
 @app.command()

@@ -118,6 +118,11 @@ def test_driver_killed_mid_run_then_resumed(ray_local, tmp_path, minilm_path, dr
     assert staging.read_record()["status"] == "running"
     assert 0 < staged < 1200, staged
 
+    shown = CliRunner().invoke(app, ["inspect", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "runs that did not commit" in shown.output and staging.run_id in shown.output
+    assert "interrupted" in shown.output
+
     result = CliRunner().invoke(app, ["resume", staging.run_id, "--no-progress"])
     assert result.exit_code == 0, result.output
     tbl = open_table(str(out))
