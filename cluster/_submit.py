@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -118,19 +119,22 @@ class RayJobsClient:
     >>> client.wait(sid).status  # doctest: +SKIP
     'SUCCEEDED'
 
-    The address is checked (a TCP connect within ``timeout_s``) when the client is built;
-    every later request also gives up after ``timeout_s`` without an answer.
+    The address is checked (a TCP connect within ``timeout_s``) when the client is built. A server
+    that accepts the connection gets ``answer_timeout_s`` to answer each request: a busy dashboard
+    storing uploaded packages and starting the job's supervisor can take tens of seconds.
     """
 
-    def __init__(self, address: str | None = None, *, timeout_s: float = 10.0) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    def __init__(self, address: str | None = None, *, timeout_s: float = 10.0, answer_timeout_s: float = 120.0) -> None:
+        for name, value in (("timeout_s", timeout_s), ("answer_timeout_s", answer_timeout_s)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         self.address = jobs_api_address(address)
         self.timeout_s = timeout_s
+        self.answer_timeout_s = answer_timeout_s
         _probe_http(self.address, timeout_s)
         _use_token_auth_if_available()
         with self._calls():
-            self._client = _client_class()(self.address, timeout_s=timeout_s)
+            self._client = _client_class()(self.address, timeout=(timeout_s, answer_timeout_s))
 
     def submit(
         self,
@@ -154,13 +158,27 @@ class RayJobsClient:
                         raise ValueError(f"file names must be plain names (no directories), got {name!r}")
                     Path(tmp, name).write_text(text, encoding="utf-8")
             runtime_env = build_runtime_env(working_dir=tmp, py_modules=py_modules, env_vars=env_vars)
-            with self._calls():
-                return self._client.submit_job(
-                    entrypoint=entrypoint,
-                    runtime_env=runtime_env,
-                    submission_id=submission_id,
-                    metadata=dict(metadata or {}),
-                )
+            # A head node that has just started answers before its dashboard agent is up ("No available
+            # agent to submit job, please try again later"): nothing was submitted, so try again a while.
+            deadline = time.monotonic() + self.answer_timeout_s
+            while True:
+                try:
+                    with self._calls():
+                        return self._client.submit_job(
+                            entrypoint=entrypoint,
+                            runtime_env=runtime_env,
+                            submission_id=submission_id,
+                            metadata=dict(metadata or {}),
+                        )
+                except ClusterError as exc:
+                    if "No available agent" not in str(exc):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise ClusterError(
+                            f"{exc} Tried for {self.answer_timeout_s:g} s: the head node's dashboard agent is not up "
+                            f"(its port, --dashboard-agent-listen-port, 52365 by default, may be held by another Ray)"
+                        ) from None
+                time.sleep(2.0)
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -208,8 +226,6 @@ class RayJobsClient:
 
     def wait(self, submission_id: str, *, timeout_s: float | None = None, poll_s: float = 1.0) -> RayJobInfo:
         """Poll until the job reaches a terminal status (or ``timeout_s`` passes); returns the last info."""
-        import time
-
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             info = self.info(submission_id)
@@ -228,7 +244,7 @@ class RayJobsClient:
             yield
         except requests.exceptions.Timeout:
             raise ClusterError(
-                f"the Ray Jobs API at {self.address!r} did not answer within {self.timeout_s:g} s"
+                f"the Ray Jobs API at {self.address!r} did not answer within {self.answer_timeout_s:g} s"
             ) from None
         except (OSError, requests.exceptions.ConnectionError) as exc:
             raise ClusterError(
@@ -264,16 +280,16 @@ def _probe_http(url: str, timeout: float) -> None:
 
 
 def _client_class() -> type:
-    """JobSubmissionClient with a timeout on every request (Ray's has none)."""
+    """JobSubmissionClient with (connect, answer) timeouts on every request (Ray's has none)."""
     from ray.job_submission import JobSubmissionClient
 
     class _TimedClient(JobSubmissionClient):
-        def __init__(self, address: str, *, timeout_s: float) -> None:
-            self._timeout_s = timeout_s
+        def __init__(self, address: str, *, timeout: tuple[float, float]) -> None:
+            self._timeout = timeout
             super().__init__(address)
 
         def _do_request(self, method: str, endpoint: str, **kwargs: Any):
-            kwargs.setdefault("timeout", self._timeout_s)
+            kwargs.setdefault("timeout", self._timeout)
             return super()._do_request(method, endpoint, **kwargs)
 
     return _TimedClient

@@ -41,7 +41,9 @@ PythonOpt = Annotated[
         "--python", help="The interpreter on the cluster's head node that has Ray and embedjob's dependencies."
     ),
 ]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the cluster to answer.")]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for the cluster's Jobs API to accept a connection.")
+]
 
 schedule_app = typer.Typer(
     help="Cron schedules: fire jobs locally or through a cluster's Ray Jobs API.",

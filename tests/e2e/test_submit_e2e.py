@@ -34,6 +34,16 @@ EXE = Path(sys.executable).with_name("embedjob")
 runner = CliRunner()
 
 
+# ports with fixed defaults (52365, 10001, ...) that another Ray on this machine may hold
+_FIXED_PORT_FLAGS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+    "ray-client-server-port",
+)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,7 +55,7 @@ def ray_dashboard():
     """`ray start --head --block` with the dashboard on 127.0.0.1, in its own process group (killed at
     teardown); yields the Jobs API URL."""
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's unix sockets need a short path
-    port, dash = _free_port(), _free_port()
+    port, dash, *fixed_ports = (_free_port() for _ in range(2 + len(_FIXED_PORT_FLAGS)))
     ray_exe = Path(sys.executable).with_name("ray")
     env = {
         **os.environ,
@@ -64,6 +74,7 @@ def ray_dashboard():
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            *(f"--{flag}={p}" for flag, p in zip(_FIXED_PORT_FLAGS, fixed_ports, strict=True)),
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
         ],
@@ -77,7 +88,7 @@ def ray_dashboard():
         deadline = time.time() + 90
         while True:
             try:
-                RayJobsClient(url, timeout_s=2)
+                client = RayJobsClient(url, timeout_s=2)
                 break
             except Exception:
                 if proc.poll() is not None:
@@ -85,6 +96,9 @@ def ray_dashboard():
                 if time.time() > deadline:
                     raise
                 time.sleep(0.5)
+        # ready means a job runs: the dashboard answers before the node's agent takes jobs
+        ready = client.wait(client.submit("echo ready"), timeout_s=120, poll_s=0.5)
+        assert ready.status == "SUCCEEDED", ready
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # SIGTERM makes Ray drain for 30 s; nothing here needs that
@@ -115,6 +129,7 @@ def _embedjob(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.slow  # 35-53 s: a full run on the cluster; the fast tests below submit, stop and fail jobs there
 def test_submit_status_logs(ray_dashboard, small_job, tmp_path):
     t0 = time.monotonic()
     out = _embedjob("submit", str(small_job), "--address", ray_dashboard)
