@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 
+from ._state import state_dir
+
 __all__ = [
     "Fire",
     "Schedule",
@@ -125,8 +127,8 @@ class ScheduleStatus:
 
 
 def default_state_dir() -> Path:
-    """``EMBEDJOB_STATE_DIR``, else ``~/.embedjob``."""
-    return Path(os.environ.get("EMBEDJOB_STATE_DIR") or Path.home() / ".embedjob")
+    """``EMBEDJOB_STATE_DIR``, else ``~/.embedjob`` (shared with the runs index of ``embedjob resume``)."""
+    return state_dir()
 
 
 def parse_cron(expr: str) -> str:
