@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python -m bench.encoder
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.calibration
+	$(BIN)/python -m bench.incremental
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
