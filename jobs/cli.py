@@ -323,7 +323,7 @@ def _print_unfinished(tbl) -> None:
     out = Table(title="runs that did not commit")
     for col in ("run", "status", "started (UTC)", "staged rows", "what now"):
         out.add_column(col, no_wrap=col in ("run", "status"))
-    holder = TableLock(tbl.uri, run_id="inspect", storage_options=tbl.storage_options).holder() or {}
+    holder = TableLock(tbl.uri, run_id="inspect", storage_options=tbl.storage_options).live_holder() or {}
     staged_ids = set()
     for s in staged:
         record = s.read_record() or {}

@@ -108,6 +108,11 @@ class TableLock:
         except ValueError:  # half-written by a process killed mid-write: nobody holds it
             return {"run_id": None, "lease_until": 0}
 
+    def live_holder(self) -> dict[str, Any] | None:
+        """The holder, unless its lease ran out or its process on this host is gone."""
+        holder = self.holder()
+        return None if holder is None or _is_stale(holder) else holder
+
     def __enter__(self) -> TableLock:
         self.acquire()
         return self
