@@ -93,12 +93,7 @@ def run_backfill(plan: BackfillPlan) -> BackfillResult:
     from ray.util import ActorPool
 
     t0 = time.perf_counter()
-    pool = start_pool(
-        progress=plan.progress,
-        actors=plan.actors,
-        gpus_per_actor=plan.gpus_per_actor,
-        cpus_per_actor=plan.cpus_per_actor,
-    )
+    pool = start_pool(plan)
     frags = fragment_ids(plan.table_uri, plan.read_version, plan.storage_options)
     n_actors = max(1, min(pool.actors, len(frags)))
     cls = ray.remote(num_cpus=pool.num_cpus, num_gpus=pool.num_gpus or None, max_restarts=2, max_task_retries=2)(

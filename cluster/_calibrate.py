@@ -121,12 +121,7 @@ def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
     from ray.data import ActorPoolStrategy
 
     t0 = time.perf_counter()
-    pool = start_pool(
-        progress=plan.progress,
-        actors=plan.actors,
-        gpus_per_actor=plan.gpus_per_actor,
-        cpus_per_actor=plan.cpus_per_actor,
-    )
+    pool = start_pool(plan)
     ds = plan.source.read([plan.id_column, plan.text_column])
     total = plan.source.row_count()
     if total is None:

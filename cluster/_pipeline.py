@@ -12,6 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -90,18 +91,27 @@ def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
     return int(min(2048, max(32, math.ceil(total / (pool.actors * 4)))))
 
 
-def start_pool(
-    *, progress: bool, actors: int | None, gpus_per_actor: float | None, cpus_per_actor: float | None
-) -> PoolPlan:
-    """Set Ray Data's progress bars and size the actor pool from the connected cluster's resources."""
+class _PoolRequest(Protocol):
+    progress: bool
+    actors: int | None
+    gpus_per_actor: float | None
+    cpus_per_actor: float | None
+
+
+def start_pool(plan: _PoolRequest) -> PoolPlan:
+    """Set Ray Data's progress bars and size the actor pool from the connected cluster's resources,
+    as a plan (embedding, calibration or backfill) asks."""
     import ray
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.enable_operator_progress_bars = progress
+    ctx.enable_progress_bars = plan.progress
+    ctx.enable_operator_progress_bars = plan.progress
     return plan_pool(
-        ray.cluster_resources(), actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor
+        ray.cluster_resources(),
+        actors=plan.actors,
+        gpus_per_actor=plan.gpus_per_actor,
+        cpus_per_actor=plan.cpus_per_actor,
     )
 
 
@@ -117,12 +127,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
     from ray.data import ActorPoolStrategy
 
     t0 = time.perf_counter()
-    pool = start_pool(
-        progress=plan.progress,
-        actors=plan.actors,
-        gpus_per_actor=plan.gpus_per_actor,
-        cpus_per_actor=plan.cpus_per_actor,
-    )
+    pool = start_pool(plan)
     rows = _rows_per_block(plan, pool)
     logger.info("actor pool: %s; %d rows per block", pool.describe(), rows)
     registry = (

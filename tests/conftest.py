@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -216,3 +217,71 @@ def s3_env(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     return s3_server
+
+
+# ports with fixed defaults (52365, 10001, ...) that another Ray on this machine may hold
+_RAY_FIXED_PORT_FLAGS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+    "ray-client-server-port",
+)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ray_head_process(*, dashboard: bool):
+    """`ray start --head --block` on loopback in its own process group, every port a free one; yields
+    (process, GCS port, dashboard port or None). The whole group is killed on exit."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's unix sockets need a short path
+    port, dash, *fixed = (free_port() for _ in range(2 + len(_RAY_FIXED_PORT_FLAGS)))
+    ray_exe = Path(sys.executable).with_name("ray")
+    env = {
+        **os.environ,
+        # the cluster's `python` is this venv's, as on a cluster image where Ray's interpreter is on the PATH
+        "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    }
+    ui = (
+        ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
+        if dashboard
+        else ["--include-dashboard=false"]
+    )
+    proc = subprocess.Popen(
+        [
+            str(ray_exe),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            *ui,
+            *(f"--{flag}={p}" for flag, p in zip(_RAY_FIXED_PORT_FLAGS, fixed, strict=True)),
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        yield proc, port, (dash if dashboard else None)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # SIGTERM makes Ray drain for 30 s; nothing here needs that
+        proc.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,41 +14,15 @@ import pytest
 
 from storage import open_table
 
-from ..conftest import write_job
+from ..conftest import ray_head_process, write_job
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def ray_head():
-    """`ray start --head --block` in its own process group; the whole group is killed at teardown."""
-    # Ray's unix sockets live under the temp dir: keep its path short (pytest's tmp_path is too long)
-    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray_exe = Path(sys.executable).with_name("ray")
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    proc = subprocess.Popen(
-        [
-            str(ray_exe),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
-    try:
+    """A `ray start --head` cluster on loopback (no dashboard); yields its address."""
+    with ray_head_process(dashboard=False) as (proc, port, _):
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -63,11 +33,7 @@ def ray_head():
                     raise RuntimeError("ray start --head exited") from None
                 time.sleep(0.5)
         time.sleep(3)  # GCS accepts connections slightly before the raylet is ready
-        yield address
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # SIGTERM makes Ray drain for 30 s; nothing here needs that
-        proc.wait(timeout=30)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        yield f"127.0.0.1:{port}"
 
 
 def test_job_runs_on_an_existing_cluster(ray_head, tmp_path, tiny_bert_dir):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,63 +26,17 @@ from jobs._schedule import Scheduler
 from jobs.cli import app
 from storage import TableNotFoundError, open_table
 
-from ..conftest import write_job
+from ..conftest import free_port, ray_head_process, write_job
 
 EXE = Path(sys.executable).with_name("embedjob")
 runner = CliRunner()
 
 
-# ports with fixed defaults (52365, 10001, ...) that another Ray on this machine may hold
-_FIXED_PORT_FLAGS = (
-    "dashboard-agent-listen-port",
-    "dashboard-agent-grpc-port",
-    "runtime-env-agent-port",
-    "metrics-export-port",
-    "ray-client-server-port",
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_dashboard():
-    """`ray start --head --block` with the dashboard on 127.0.0.1, in its own process group (killed at
-    teardown); yields the Jobs API URL."""
-    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's unix sockets need a short path
-    port, dash, *fixed_ports = (_free_port() for _ in range(2 + len(_FIXED_PORT_FLAGS)))
-    ray_exe = Path(sys.executable).with_name("ray")
-    env = {
-        **os.environ,
-        "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-    }
-    proc = subprocess.Popen(
-        [
-            str(ray_exe),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            *(f"--{flag}={p}" for flag, p in zip(_FIXED_PORT_FLAGS, fixed_ports, strict=True)),
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{dash}"
-    try:
+    """A `ray start --head` cluster with the dashboard on 127.0.0.1; yields the Jobs API URL."""
+    with ray_head_process(dashboard=True) as (proc, _port, dash):
+        url = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 90
         while True:
             try:
@@ -100,10 +52,6 @@ def ray_dashboard():
         ready = client.wait(client.submit("echo ready"), timeout_s=120, poll_s=0.5)
         assert ready.status == "SUCCEEDED", ready
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # SIGTERM makes Ray drain for 30 s; nothing here needs that
-        proc.wait(timeout=30)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -129,7 +77,6 @@ def _embedjob(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
     )
 
 
-@pytest.mark.slow  # 35-53 s: a full run on the cluster; the fast tests below submit, stop and fail jobs there
 def test_submit_status_logs(ray_dashboard, small_job, tmp_path):
     t0 = time.monotonic()
     out = _embedjob("submit", str(small_job), "--address", ray_dashboard)
@@ -161,7 +108,7 @@ def test_submit_status_logs(ray_dashboard, small_job, tmp_path):
 
 def test_errors_name_the_address_and_the_id(ray_dashboard, monkeypatch):
     t0 = time.monotonic()
-    closed = f"127.0.0.1:{_free_port()}"
+    closed = f"127.0.0.1:{free_port()}"
     out = runner.invoke(app, ["status", "raysubmit_x", "--address", closed, "--timeout", "3"])
     assert out.exit_code == 2
     assert f"cannot reach the Ray Jobs API at 'http://{closed}'" in out.output
@@ -193,7 +140,6 @@ def test_stop_a_running_job(ray_dashboard, small_job, tmp_path):
     print(f"submit -> RUNNING -> stop -> STOPPED: {time.monotonic() - t0:.1f} s")
 
 
-@pytest.mark.slow  # ~35 s: a second full run on the cluster; the fast test below fires a failing job instead
 def test_a_schedule_fires_through_the_jobs_api(ray_dashboard, small_job, tmp_path):
     t0 = time.monotonic()
     state = tmp_path / "state"
