@@ -136,14 +136,17 @@ def commit(
 def append_rows(uri: str, table: pa.Table, *, storage_options: Mapping[str, str] | None = None) -> int:
     """Small driver-side append (run records, rejects): creates the dataset on first use.
 
-    A table made by an older embedjob keeps its columns: new ones are left out of its rows.
+    A table made by an older embedjob gets the new columns first (null in its old rows).
     """
-    existing = dataset_schema(uri, storage_options)
+    opts = dict(storage_options or {}) or None
+    existing = _open(uri, storage_options)
     mode = "create"
     if existing is not None:
         mode = "append"
-        table = table.select([n for n in existing.names if n in table.schema.names]).cast(
-            pa.schema([existing.field(n) for n in existing.names if n in table.schema.names])
-        )
-    ds = lance.write_dataset(table, uri, mode=mode, storage_options=dict(storage_options or {}) or None)
+        missing = [f for f in table.schema if f.name not in existing.schema.names]
+        if missing:
+            existing.add_columns(missing)
+            existing = lance.dataset(uri, storage_options=opts)
+        table = table.select(existing.schema.names).cast(existing.schema)
+    ds = lance.write_dataset(table, uri, mode=mode, storage_options=opts)
     return int(ds.version)

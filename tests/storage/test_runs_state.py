@@ -161,3 +161,13 @@ def test_gc_removes_abandoned_staging_orphan_files_and_old_versions(tmp_path):
     assert lance.dataset(uri).count_rows() == 4
     assert staged_runs(uri) == [] and not (tmp_path / "t_staging" / "LOCK.json").exists()
     assert staging_dir(uri) == str(tmp_path / "t_staging")
+
+
+def test_append_rows_grows_an_older_tables_columns(tmp_path):
+    from storage import append_rows
+
+    uri = str(tmp_path / "runs.lance")
+    lance.write_dataset(pa.table({"run_id": ["old"], "rows": [1]}), uri)  # as an older embedjob wrote it
+    append_rows(uri, pa.table({"run_id": ["new"], "rows": [2], "rows_deleted": [5]}))
+    rows = sorted(lance.dataset(uri).to_table().to_pylist(), key=lambda r: r["run_id"])
+    assert rows == [{"run_id": "new", "rows": 2, "rows_deleted": 5}, {"run_id": "old", "rows": 1, "rows_deleted": None}]
