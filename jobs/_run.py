@@ -389,7 +389,10 @@ def _resumable(resolved: ResolvedJob, read_version: int | None, resume: str | No
             return staging
         if resume is not None:
             raise RunNotResumable(f"run {resume} cannot be resumed: {why}; run the job again for a new run")
-        logger.info("not resuming run %s: %s", staging.run_id, why)
+        if record.get("read_version") != read_version:
+            _abandon(resolved, staging, why)
+        else:
+            logger.info("not resuming run %s: %s", staging.run_id, why)
     return None
 
 
@@ -400,30 +403,59 @@ def _record_failure(
     error = f"{type(exc).__name__}: {exc}"
     try:
         staging.update_record(status="failed", error=error, failed_at=datetime.now(UTC).isoformat())
-        record = staging.read_record() or {}
-        summary = RunSummary(
-            run_id=staging.run_id,
-            job_name=resolved.spec.name or Path(source_name).stem,
-            table_uri=resolved.output_uri,
-            mode=str(record.get("mode", "")),
-            status="failed",
-            table_version=None,
-            rows_read=0,
-            rows_embedded=0,
-            rows_rejected=0,
-            tokens=0,
-            truncated=0,
-            seconds=time.perf_counter() - t0,
-            seconds_pipeline=0.0,
-            started_at=started,
-            finished_at=datetime.now(UTC),
-            pool="",
-            read_version=record.get("read_version"),
-            error=error[:2000],
-        )
-        append_rows(resolved.runs_uri, summary.record(), storage_options=resolved.storage_options)
+        _record_unfinished(resolved, staging, "failed", error, started, time.perf_counter() - t0, source_name)
     except Exception as inner:
         logger.warning("could not record the failure of run %s: %s", staging.run_id, inner)
+
+
+def _record_unfinished(
+    resolved: ResolvedJob,
+    staging: RunStaging,
+    status: str,
+    error: str,
+    started: datetime,
+    seconds: float,
+    source_name: str,
+) -> None:
+    """A runs-table row for a run that did not commit (failed, or abandoned)."""
+    record = staging.read_record() or {}
+    summary = RunSummary(
+        run_id=staging.run_id,
+        job_name=resolved.spec.name or Path(str(record.get("job") or source_name)).stem,
+        table_uri=resolved.output_uri,
+        mode=str(record.get("mode", "")),
+        status=status,
+        table_version=None,
+        rows_read=0,
+        rows_embedded=0,
+        rows_rejected=0,
+        tokens=0,
+        truncated=0,
+        seconds=seconds,
+        seconds_pipeline=0.0,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        pool="",
+        read_version=record.get("read_version"),
+        error=error[:2000],
+    )
+    append_rows(resolved.runs_uri, summary.record(), storage_options=resolved.storage_options)
+
+
+def _abandon(resolved: ResolvedJob, staging: RunStaging, why: str) -> None:
+    """A run that can never be resumed (the table moved past the version it read): record it and remove
+    its staging folder. Its fragment files are orphans that ``embedjob gc`` removes."""
+    record = staging.read_record() or {}
+    try:
+        started = datetime.fromisoformat(str(record.get("started_at")))
+    except ValueError:
+        started = datetime.now(UTC)
+    try:
+        _record_unfinished(resolved, staging, "abandoned", f"not resumable: {why}", started, 0.0, "job")
+        staging.remove()
+        logger.info("run %s abandoned (%s); its staging folder was removed", staging.run_id, why)
+    except Exception as exc:  # gc will get it
+        logger.warning("could not clean up abandoned run %s: %s", staging.run_id, exc)
 
 
 def _plan(

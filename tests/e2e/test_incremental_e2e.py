@@ -187,3 +187,22 @@ def test_add_granularity_backfills_only_the_new_column(ray_local, tmp_path, tiny
     assert tbl.runs()[-1]["mode"] == "backfill l3_d16"
     # the grown job now runs incrementally with nothing to do
     assert run_job(grown, progress=False).rows_unchanged == 120
+
+
+def test_a_run_that_can_no_longer_be_resumed_is_recorded_abandoned_and_cleaned(ray_local, tmp_path, tiny_bert_dir):
+    from storage import RunStaging
+
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, {"a": "alpha text", "b": "beta text"})
+    job = _job(tmp_path, corpus, tiny_bert_dir)
+    first = run_job(job, progress=False)
+    # an interrupted run that planned against a version the table has moved past
+    dead = RunStaging(first.table_uri, "20261101T000000Z-deadbeef")
+    dead.write_record({"status": "running", "read_version": 0, "mode": "incremental", "job": str(job)})
+    _corpus(corpus, {"a": "alpha text", "b": "beta text", "c": "gamma text"})
+    second = run_job(job, progress=False)
+    assert second.rows_resumed == 0 and second.rows_new == 1
+    assert staged_runs(first.table_uri) == []
+    runs = open_table(first.table_uri).runs()
+    (abandoned,) = [r for r in runs if r["run_id"] == dead.run_id]
+    assert abandoned["status"] == "abandoned" and "table is at 1 now" in abandoned["error"]
