@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 import lance
 import pyarrow as pa
 from lance.fragment import FragmentMetadata
+from lance.schema import LanceSchema
 
 from ._changes import TableMovedError
 
@@ -57,7 +58,9 @@ def commit_new_columns(
     current = _dataset(uri, None, storage_options)
     if int(current.version) != read_version:
         raise TableMovedError(uri, read_version, int(current.version))
-    op = lance.LanceOperation.Merge([FragmentMetadata.from_json(f) for f in fragments], schema)
+    op = lance.LanceOperation.Merge(
+        [FragmentMetadata.from_json(f) for f in fragments], LanceSchema.from_pyarrow(schema)
+    )
     ds = lance.LanceDataset.commit(
         uri, op, read_version=read_version, storage_options=dict(storage_options or {}) or None
     )
