@@ -20,7 +20,6 @@ from storage import (
     RunStaging,
     StagedPart,
     TableLock,
-    TableMovedError,
     append_rows,
     calibration_uri,
     commit,
@@ -285,9 +284,6 @@ def _execute(
         )
         version = read_version if version is None else version  # nothing changed: no new version
     else:
-        current = dataset_version(uri, opts)
-        if current != read_version:
-            raise TableMovedError(uri, read_version if read_version is not None else -1, current or -1)
         version = commit(
             uri,
             fragments,
@@ -296,6 +292,7 @@ def _execute(
             read_version=read_version,
             storage_options=opts,
             message=message,
+            strict=True,
         )
     if result.reject_fragments:  # this attempt's only: a resumed run re-checks every row it reads
         commit(

@@ -12,9 +12,10 @@ from ._calibrations import (
     load_calibration,
     save_calibration,
 )
-from ._changes import TableMovedError, commit_changes, read_hashes
+from ._changes import commit_changes, read_hashes
 from ._gc import GcReport, collect_garbage
 from ._lance_io import (
+    TableMovedError,
     append_rows,
     commit,
     dataset_schema,

@@ -17,7 +17,7 @@ import pyarrow as pa
 from lance.fragment import FragmentMetadata
 from lance.schema import LanceSchema
 
-from ._changes import TableMovedError
+from ._lance_io import commit_operation
 
 __all__ = ["backfill_fragment", "commit_new_columns", "fragment_ids"]
 
@@ -55,13 +55,7 @@ def commit_new_columns(
     storage_options: Mapping[str, str] | None = None,
 ) -> int:
     """One commit adding the columns (``schema`` is the whole new schema, metadata included)."""
-    current = _dataset(uri, None, storage_options)
-    if int(current.version) != read_version:
-        raise TableMovedError(uri, read_version, int(current.version))
     op = lance.LanceOperation.Merge(
         [FragmentMetadata.from_json(f) for f in fragments], LanceSchema.from_pyarrow(schema)
     )
-    ds = lance.LanceDataset.commit(
-        uri, op, read_version=read_version, storage_options=dict(storage_options or {}) or None
-    )
-    return int(ds.version)
+    return commit_operation(uri, op, read_version=read_version, storage_options=storage_options)

@@ -16,21 +16,9 @@ import lance
 import pyarrow as pa
 from lance.fragment import FragmentMetadata
 
-__all__ = ["TableMovedError", "commit_changes", "read_hashes"]
+from ._lance_io import TableMovedError, commit_operation, dataset_version
 
-
-class TableMovedError(RuntimeError):
-    """The table got a new version after this run read it; committing would be based on stale state."""
-
-    def __init__(self, uri: str, read_version: int, current: int) -> None:
-        self.uri, self.read_version, self.current = uri, read_version, current
-        super().__init__(
-            f"table {uri!r} is at version {current}, but this run planned against version {read_version} "
-            f"(another writer committed meanwhile); nothing was committed. Run the job again"
-        )
-
-    def __reduce__(self):
-        return (type(self), (self.uri, self.read_version, self.current))
+__all__ = ["commit_changes", "read_hashes"]
 
 
 def _dataset(uri: str, version: int | None, storage_options: Mapping[str, str] | None) -> lance.LanceDataset:
@@ -64,9 +52,9 @@ def commit_changes(
     Returns None (and commits nothing) when there is nothing to add or delete.
     Refuses with TableMovedError when the table is no longer at ``read_version``.
     """
-    current = _dataset(uri, None, storage_options)
-    if int(current.version) != read_version:
-        raise TableMovedError(uri, read_version, int(current.version))
+    current = dataset_version(uri, storage_options)
+    if current != read_version:
+        raise TableMovedError(uri, read_version, current)
     delete = set(delete_ids)
     if not new_fragments and not delete:
         return None
@@ -93,11 +81,4 @@ def commit_changes(
         updated_fragments=updated,
         new_fragments=[FragmentMetadata.from_json(f) for f in new_fragments],
     )
-    out = lance.LanceDataset.commit(
-        uri,
-        op,
-        read_version=read_version,
-        storage_options=dict(storage_options or {}) or None,
-        commit_message=message,
-    )
-    return int(out.version)
+    return commit_operation(uri, op, read_version=read_version, storage_options=storage_options, message=message)

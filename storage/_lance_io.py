@@ -21,8 +21,10 @@ from ._files import table_stem
 from ._provenance import METADATA_KEY, Provenance
 
 __all__ = [
+    "TableMovedError",
     "append_rows",
     "commit",
+    "commit_operation",
     "dataset_schema",
     "dataset_version",
     "read_provenance",
@@ -99,6 +101,50 @@ def write_fragments(
     return [json.dumps(f.to_json()) for f in frags]
 
 
+class TableMovedError(RuntimeError):
+    """The table got a new version after this run read it; committing would be based on stale state."""
+
+    def __init__(self, uri: str, read_version: int | None, current: int | None) -> None:
+        self.uri, self.read_version, self.current = uri, read_version, current
+        super().__init__(
+            f"table {uri!r} is at version {current}, but this run planned against version {read_version} "
+            f"(another writer committed meanwhile); nothing was committed. Run the job again"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.uri, self.read_version, self.current))
+
+
+def commit_operation(
+    uri: str,
+    op: Any,
+    *,
+    read_version: int | None,
+    storage_options: Mapping[str, str] | None = None,
+    message: str | None = None,
+    strict: bool = True,
+) -> int:
+    """Commit one Lance operation; returns the new version.
+
+    ``strict``: refuse with TableMovedError unless the table is still at
+    ``read_version`` (None: it must not exist yet). Lance itself only refuses
+    *conflicting* concurrent commits; a run planned against one version must
+    not land on another.
+    """
+    if strict:
+        current = dataset_version(uri, storage_options)
+        if current != read_version:
+            raise TableMovedError(uri, read_version, current)
+    ds = lance.LanceDataset.commit(
+        uri,
+        op,
+        read_version=read_version,
+        storage_options=dict(storage_options or {}) or None,
+        commit_message=message,
+    )
+    return int(ds.version)
+
+
 def commit(
     uri: str,
     fragments: Sequence[str],
@@ -108,6 +154,7 @@ def commit(
     read_version: int | None,
     storage_options: Mapping[str, str] | None = None,
     message: str | None = None,
+    strict: bool = False,
 ) -> int:
     """One Lance commit of every staged fragment; returns the new version.
 
@@ -115,7 +162,8 @@ def commit(
     fragments (old versions stay readable until cleaned up); ``append`` adds
     them (``append`` to a table that doesn't exist yet, ``read_version``
     None, creates it). ``read_version`` is the version the run planned against: a
-    conflicting concurrent commit makes Lance refuse instead of mixing.
+    conflicting concurrent commit makes Lance refuse instead of mixing; with
+    ``strict`` any commit since then does (:func:`commit_operation`).
     """
     frags = [FragmentMetadata.from_json(f) for f in fragments]
     op: Any
@@ -123,14 +171,9 @@ def commit(
         op = lance.LanceOperation.Append(frags)
     else:
         op = lance.LanceOperation.Overwrite(schema, frags)
-    ds = lance.LanceDataset.commit(
-        uri,
-        op,
-        read_version=read_version,
-        storage_options=dict(storage_options or {}) or None,
-        commit_message=message,
+    return commit_operation(
+        uri, op, read_version=read_version, storage_options=storage_options, message=message, strict=strict
     )
-    return int(ds.version)
 
 
 def append_rows(uri: str, table: pa.Table, *, storage_options: Mapping[str, str] | None = None) -> int:
