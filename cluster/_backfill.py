@@ -8,7 +8,6 @@ driver gets fragment metadata back, never vectors.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,10 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from embedder import ElasticEncoder, EncoderConfig
-from storage import backfill_fragment, fragment_ids, load_calibration, vector_array, vector_column
+from embedder import EncoderConfig
+from storage import backfill_fragment, fragment_ids, vector_array, vector_column
 
 from ._pipeline import start_pool
+from ._stages import load_encoder
 
 __all__ = ["BackfillPlan", "BackfillResult", "run_backfill"]
 
@@ -51,15 +51,14 @@ class BackfillResult:
 
 class BackfillActor:
     def __init__(self, plan: BackfillPlan, torch_threads: int | None, use_gpu: bool) -> None:
-        config = plan.encoder
-        if not use_gpu:
-            config = dataclasses.replace(config, device="cpu", num_threads=torch_threads or config.num_threads)
-        calibration = (
-            load_calibration(plan.calibration_uri, storage_options=plan.storage_options)
-            if plan.calibration_uri
-            else None
+        self.encoder = load_encoder(
+            plan.model_path,
+            plan.encoder,
+            torch_threads=torch_threads,
+            use_gpu=use_gpu,
+            calibration_uri=plan.calibration_uri,
+            storage_options=plan.storage_options,
         )
-        self.encoder = ElasticEncoder.from_config(plan.model_path, config, calibration=calibration)
         self.plan = plan
         self.rows = 0
 

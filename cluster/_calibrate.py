@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from embedder import CalibrationStats, ElasticEncoder, EncoderConfig, Granularity, heldout_mask, read_model_dir
+from embedder import CalibrationStats, EncoderConfig, Granularity, heldout_mask, read_model_dir
 
 from ._pipeline import start_pool
 from ._pool import PoolPlan
 from ._sources import Source
+from ._stages import load_encoder
 
 __all__ = ["CalibrationPlan", "CalibrationSample", "run_calibration", "sample_fraction"]
 
@@ -103,9 +104,7 @@ class CalibrateActor:
         grans = {Granularity(int(k), mdir.hidden_size) for k in layers}
         grans.add(Granularity(mdir.num_layers, mdir.hidden_size))
         config = dataclasses.replace(config, granularities=tuple(sorted(grans)))
-        if not use_gpu:
-            config = dataclasses.replace(config, device="cpu", num_threads=torch_threads or config.num_threads)
-        self.encoder = ElasticEncoder.from_config(model_path, config)
+        self.encoder = load_encoder(model_path, config, torch_threads=torch_threads, use_gpu=use_gpu)
         self.layers = tuple(layers)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -117,6 +117,23 @@ def prepare(
     return pa.table(columns)
 
 
+def load_encoder(
+    model_path: str,
+    config: EncoderConfig,
+    *,
+    torch_threads: int | None,
+    use_gpu: bool,
+    calibration_uri: str | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> ElasticEncoder:
+    """The encoder of one actor pool slot: on CPU with the slot's torch threads unless it holds a GPU,
+    through the run's calibration (loaded from its stored URI) when it has one."""
+    if not use_gpu:
+        config = dataclasses.replace(config, device="cpu", num_threads=torch_threads or config.num_threads)
+    calibration = load_calibration(calibration_uri, storage_options=storage_options) if calibration_uri else None
+    return ElasticEncoder.from_config(model_path, config, calibration=calibration)
+
+
 class EncodeActor:
     """One per pool slot: loads the model once, embeds the rows ``prepare`` let through."""
 
@@ -133,10 +150,14 @@ class EncodeActor:
         storage_options: dict[str, str] | None = None,
         fault_marker: str | None = None,
     ) -> None:
-        if not use_gpu:
-            config = dataclasses.replace(config, device="cpu", num_threads=torch_threads or config.num_threads)
-        calibration = load_calibration(calibration_uri, storage_options=storage_options) if calibration_uri else None
-        self.encoder = ElasticEncoder.from_config(model_path, config, calibration=calibration)
+        self.encoder = load_encoder(
+            model_path,
+            config,
+            torch_threads=torch_threads,
+            use_gpu=use_gpu,
+            calibration_uri=calibration_uri,
+            storage_options=storage_options,
+        )
         self.vector_dtype = vector_dtype
         self.run_id = run_id
         self.fault_marker = fault_marker

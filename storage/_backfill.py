@@ -17,17 +17,13 @@ import pyarrow as pa
 from lance.fragment import FragmentMetadata
 from lance.schema import LanceSchema
 
-from ._lance_io import commit_operation
+from ._lance_io import commit_operation, dataset_at
 
 __all__ = ["backfill_fragment", "commit_new_columns", "fragment_ids"]
 
 
-def _dataset(uri: str, version: int | None, storage_options: Mapping[str, str] | None) -> lance.LanceDataset:
-    return lance.dataset(uri, version=version, storage_options=dict(storage_options or {}) or None)
-
-
 def fragment_ids(uri: str, version: int, storage_options: Mapping[str, str] | None = None) -> list[int]:
-    return [f.fragment_id for f in _dataset(uri, version, storage_options).get_fragments()]
+    return [f.fragment_id for f in dataset_at(uri, version, storage_options).get_fragments()]
 
 
 def backfill_fragment(
@@ -41,7 +37,7 @@ def backfill_fragment(
     storage_options: Mapping[str, str] | None = None,
 ) -> str:
     """Write the new columns of one fragment (uncommitted); returns the fragment's new metadata as JSON."""
-    frag = _dataset(uri, version, storage_options).get_fragment(fragment_id)
+    frag = dataset_at(uri, version, storage_options).get_fragment(fragment_id)
     meta, _ = frag.merge_columns(compute, columns=list(columns), batch_size=batch_size)
     return json.dumps(meta.to_json())
 

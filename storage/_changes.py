@@ -16,18 +16,14 @@ import lance
 import pyarrow as pa
 from lance.fragment import FragmentMetadata
 
-from ._lance_io import TableMovedError, commit_operation, dataset_version
+from ._lance_io import TableMovedError, commit_operation, dataset_at, dataset_version
 
 __all__ = ["commit_changes", "read_hashes"]
 
 
-def _dataset(uri: str, version: int | None, storage_options: Mapping[str, str] | None) -> lance.LanceDataset:
-    return lance.dataset(uri, version=version, storage_options=dict(storage_options or {}) or None)
-
-
 def read_hashes(uri: str, version: int, storage_options: Mapping[str, str] | None = None) -> pa.Table:
     """``id, content_hash`` of every row of the table at ``version`` (the rest of the columns stay unread)."""
-    return _dataset(uri, version, storage_options).to_table(columns=["id", "content_hash"])
+    return dataset_at(uri, version, storage_options).to_table(columns=["id", "content_hash"])
 
 
 def _literal(value: Any) -> str:
@@ -58,7 +54,7 @@ def commit_changes(
     delete = set(delete_ids)
     if not new_fragments and not delete:
         return None
-    ds = _dataset(uri, read_version, storage_options)
+    ds = dataset_at(uri, read_version, storage_options)
     per_fragment: dict[int, list[Any]] = defaultdict(list)
     if delete:
         scan = ds.scanner(columns=["id"], with_row_address=True).to_table()

@@ -41,6 +41,11 @@ def sibling_uri(uri: str, suffix: str) -> str:
     return f"{table_stem(uri)}_{suffix}.lance"
 
 
+def dataset_at(uri: str, version: int | None, storage_options: Mapping[str, str] | None) -> lance.LanceDataset:
+    """The dataset at ``version`` (None: the latest), with the table's storage options."""
+    return lance.dataset(uri, version=version, storage_options=dict(storage_options or {}) or None)
+
+
 def _open(uri: str, storage_options: Mapping[str, str] | None) -> lance.LanceDataset | None:
     try:
         return lance.dataset(uri, storage_options=dict(storage_options or {}) or None)
