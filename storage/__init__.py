@@ -13,7 +13,9 @@ from ._calibrations import (
     save_calibration,
 )
 from ._changes import commit_changes, read_hashes
+from ._funnel import FunnelStage, parse_stages
 from ._gc import GcReport, collect_garbage
+from ._index import INDEX_TYPES, MIN_INDEX_ROWS, IndexParams, IndexReport, VectorIndexError, build_index, index_params
 from ._lance_io import (
     TableMovedError,
     append_rows,
@@ -28,16 +30,23 @@ from ._lance_io import (
 from ._lock import TableLock, TableLocked
 from ._provenance import METADATA_KEY, Provenance
 from ._s3 import ObjectStore
+from ._sample import NoStoredTextError, sample_texts
 from ._schema import REJECTS_SCHEMA, VECTOR_DTYPES, content_hash, output_schema, vector_array, vector_column
 from ._staging import RunStaging, StagedPart, staged_runs, staging_dir
 from ._table import EmbeddingTable, TableNotFoundError, open_table, split_table_uri
 
 __all__ = [
+    "INDEX_TYPES",
     "METADATA_KEY",
+    "MIN_INDEX_ROWS",
     "REJECTS_SCHEMA",
     "VECTOR_DTYPES",
     "EmbeddingTable",
+    "FunnelStage",
     "GcReport",
+    "IndexParams",
+    "IndexReport",
+    "NoStoredTextError",
     "ObjectStore",
     "Provenance",
     "RunStaging",
@@ -46,8 +55,10 @@ __all__ = [
     "TableLocked",
     "TableMovedError",
     "TableNotFoundError",
+    "VectorIndexError",
     "append_rows",
     "backfill_fragment",
+    "build_index",
     "calibration_dir",
     "calibration_uri",
     "collect_garbage",
@@ -58,12 +69,15 @@ __all__ = [
     "dataset_schema",
     "dataset_version",
     "fragment_ids",
+    "index_params",
     "list_calibrations",
     "load_calibration",
     "open_table",
     "output_schema",
+    "parse_stages",
     "read_hashes",
     "read_provenance",
+    "sample_texts",
     "save_calibration",
     "sibling_uri",
     "split_table_uri",

@@ -17,6 +17,8 @@ import pyarrow as pa
 from embedder import Calibration, CalibrationError, ElasticEncoder, Granularity, GranularityError, ModelError
 
 from ._calibrations import calibration_uri, load_calibration
+from ._funnel import StageSpec, funnel_search_vectors, parse_stages
+from ._index import IndexReport, build_index, describe_indexes
 from ._lance_io import sibling_uri, table_exists
 from ._provenance import METADATA_KEY, Provenance
 from ._schema import vector_column
@@ -59,7 +61,7 @@ class EmbeddingTable:
         self.dataset = dataset
         self.provenance = provenance
         self.storage_options = storage_options
-        self._encoders: dict[int, ElasticEncoder] = {}
+        self._encoder: ElasticEncoder | None = None
 
     def __repr__(self) -> str:
         return (
@@ -133,16 +135,17 @@ class EmbeddingTable:
             ) from None
 
     # ----------------------------------------------------------------- search
-    def encoder_for(self, granularity: Granularity) -> ElasticEncoder:
-        """An encoder that runs the table's model only up to ``granularity``'s layer (cached per layer),
-        through the table's calibration when it has one."""
-        enc = self._encoders.get(granularity.layer)
-        if enc is None:
+    @property
+    def encoder(self) -> ElasticEncoder:
+        """The table's model, through the table's calibration when it has one, serving every granularity.
+
+        Loaded once; each query runs only the layers its granularities need.
+        """
+        if self._encoder is None:
             prov = self.provenance
-            layer_grans = [g for g in self.granularities if g.layer == granularity.layer]
             enc = ElasticEncoder.from_pretrained(
                 prov.model_path,
-                layer_grans,
+                list(self.granularities),
                 pooling=prov.pooling,
                 normalize=prov.normalize,
                 max_length=prov.max_length,
@@ -154,8 +157,8 @@ class EmbeddingTable:
                     f"its weights are now {enc.fingerprint}, but this table was embedded with "
                     f"{prov.weights_fingerprint}; query vectors would not be comparable",
                 )
-            self._encoders[granularity.layer] = enc
-        return enc
+            self._encoder = enc
+        return self._encoder
 
     def _granularity(self, granularity: str | Granularity | None) -> Granularity:
         if granularity is None:
@@ -168,8 +171,14 @@ class EmbeddingTable:
         return g
 
     def embed_query(self, text: str, granularity: str | Granularity | None = None) -> np.ndarray:
+        """``text``'s vector at ``granularity`` (default: the richest), as the table's rows were embedded."""
         g = self._granularity(granularity)
-        return self.encoder_for(g).encode([text], [g])[g][0]
+        return self.embed_queries(text, [g])[g]
+
+    def embed_queries(self, text: str, granularities: Sequence[str | Granularity]) -> dict[Granularity, np.ndarray]:
+        """``text`` at several granularities from one pass, run only to the deepest of them."""
+        grans = [self._granularity(g) for g in granularities]
+        return {g: v[0] for g, v in self.encoder.encode([text], grans).items()}
 
     def search(
         self,
@@ -202,11 +211,7 @@ class EmbeddingTable:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if columns is None:
-            columns = [
-                f.name
-                for f in self.dataset.schema
-                if not f.name.startswith("vec_") and f.name not in ("content_hash", "run_id", "embedded_at")
-            ]
+            columns = self._result_columns()
         query = (
             self.lancedb_table.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_column(str(g)))
             .distance_type("cosine")
@@ -218,3 +223,104 @@ class EmbeddingTable:
         result = query.to_arrow()
         score = pa.compute.subtract(pa.scalar(1.0, pa.float32()), result["_distance"].cast(pa.float32()))
         return result.append_column("score", score)
+
+    def funnel_search(
+        self,
+        text: str,
+        stages: StageSpec,
+        *,
+        columns: Sequence[str] | None = None,
+        where: str | None = None,
+        nprobes: int | None = None,
+        refine_factor: int | None = None,
+    ) -> pa.Table:
+        """Matryoshka funnel: shortlist with a cheap granularity, re-score with richer ones, return the last k.
+
+        >>> table.funnel_search("rates rise", [("l6_d64", 200), ("l6_d384", 10)])   # doctest: +SKIP
+
+        Stage 1 searches its column (through its index when it has one); each
+        later stage re-ranks the shortlist by cosine on its own column and keeps
+        its k. The query is embedded once, running only the layers the stages
+        need, through the table's calibration (the reason a short prefix makes a
+        good shortlist; see the README). Returns ``id``, the text/passthrough
+        columns (or ``columns``), ``score`` (the last stage's cosine) and
+        ``score_<granularity>`` per stage.
+        """
+        plan = parse_stages(stages)
+        for stage in plan:
+            self._granularity(stage.granularity)
+        queries = self.embed_queries(text, [s.granularity for s in plan])
+        return self.funnel_search_vectors(
+            queries, plan, columns=columns, where=where, nprobes=nprobes, refine_factor=refine_factor
+        )
+
+    def funnel_search_vectors(
+        self,
+        queries: Mapping[Granularity, np.ndarray],
+        stages: StageSpec,
+        *,
+        columns: Sequence[str] | None = None,
+        where: str | None = None,
+        nprobes: int | None = None,
+        refine_factor: int | None = None,
+    ) -> pa.Table:
+        """:meth:`funnel_search` for query vectors already embedded (one per stage granularity)."""
+        plan = parse_stages(stages)
+        for stage in plan:
+            self._granularity(stage.granularity)
+        return funnel_search_vectors(
+            self.dataset,
+            queries,
+            plan,
+            columns=self._result_columns() if columns is None else columns,
+            where=where,
+            nprobes=nprobes,
+            refine_factor=refine_factor,
+        )
+
+    def _result_columns(self) -> list[str]:
+        return [
+            f.name
+            for f in self.dataset.schema
+            if not f.name.startswith("vec_") and f.name not in ("content_hash", "run_id", "embedded_at")
+        ]
+
+    # ---------------------------------------------------------------- indexes
+    def create_index(
+        self,
+        granularity: str | Granularity,
+        type: str = "ivf_pq",
+        *,
+        num_partitions: int | None = None,
+        num_sub_vectors: int | None = None,
+        wait_s: float = 0.0,
+    ) -> IndexReport:
+        """Build (or replace) a cosine vector index on ``granularity``'s column; one new table version.
+
+        Partitions and PQ sub-vectors default from the row count and dim
+        (:func:`storage.index_params`); a table too small for ``type`` is
+        refused with :class:`VectorIndexError`. Takes the table's lock (waiting
+        up to ``wait_s`` for a run). This object then reads the new version.
+        """
+        g = self._granularity(granularity)
+        report = build_index(
+            self.uri,
+            vector_column(str(g)),
+            type,
+            num_partitions=num_partitions,
+            num_sub_vectors=num_sub_vectors,
+            storage_options=self.storage_options,
+            wait_s=wait_s,
+        )
+        self.refresh()
+        return report
+
+    def indexes(self) -> list[dict[str, Any]]:
+        """The table's vector indexes: column, type, partitions, indexed and unindexed rows."""
+        return describe_indexes(self.dataset)
+
+    def refresh(self) -> EmbeddingTable:
+        """Read the table's latest version from now on (a table object otherwise keeps the version it opened)."""
+        self.dataset = lance.dataset(self.uri, storage_options=self.storage_options)
+        self.__dict__.pop("lancedb_table", None)
+        return self
