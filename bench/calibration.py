@@ -30,26 +30,6 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
-    """Each row's k nearest other rows by cosine (vectors are L2-normalized)."""
-    sims = vectors @ vectors.T
-    np.fill_diagonal(sims, -np.inf)
-    return np.argpartition(-sims, k, axis=1)[:, :k]
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)]))
-
-
-def human_correlation(vectors: np.ndarray, ratings: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    iu = np.triu_indices(len(vectors), 1)
-    sims = (vectors @ vectors.T)[iu]
-    return float(spearmanr(sims, ratings[iu]).statistic)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fit", type=int, default=5000, help="Wikipedia passages to fit on (default 5000)")
@@ -64,8 +44,17 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.corpora import lee_passages, lee_scored, wiki_passages
-    from embedder import ElasticEncoder, Granularity, fit_calibration, read_model_dir
+    from bench.corpora import lee_passages, wiki_passages
+    from embedder import (
+        ElasticEncoder,
+        Granularity,
+        agreement,
+        fit_calibration,
+        neighbours,
+        pair_correlation,
+        read_model_dir,
+    )
+    from jobs._human import lee_set
 
     console = Console(width=150)
     model = args.model or _default_model()
@@ -86,14 +75,17 @@ def main() -> int:
     overlap = set(fit_texts) & set(eval_texts)
     if overlap:
         raise SystemExit(f"{len(overlap)} texts are both fitted on and evaluated on")
-    scored_docs, ratings = lee_scored()
+    lee_h = lee_set()
+    if lee_h is None:
+        raise SystemExit("the human-rated Lee documents come from the gensim wheel: pip install gensim")
+    scored_docs = lee_h.texts
     if set(scored_docs) & set(fit_texts):
         raise SystemExit("the human-rated documents overlap the fitting passages")
     console.print(
         f"[bold]bench/calibration[/bold]: {mdir.name} ({depth} layers x {width}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; fit on {len(fit_texts):,} Wikipedia passages, evaluate on "
         f"{len(eval_texts):,} others ({min(len(lee), args.eval):,} Lee + rest Wikipedia) and the 50 human-rated "
-        f"Lee documents ({len(scored_docs) * (len(scored_docs) - 1) // 2:,} pairs)"
+        f"Lee documents ({len(lee_h):,} pairs)"
     )
 
     t0 = time.perf_counter()
@@ -121,8 +113,8 @@ def main() -> int:
     truth = neighbours(raw[full], args.k)
     rows = []
     for g in grans:
-        r_raw = recall_at_k(neighbours(raw[g], args.k), truth)
-        r_cal = recall_at_k(neighbours(calibrated[g], args.k), truth)
+        r_raw = agreement(raw[g], truth=truth)
+        r_cal = agreement(calibrated[g], truth=truth)
         rows.append(
             {
                 "granularity": str(g),
@@ -130,8 +122,8 @@ def main() -> int:
                 "dim": g.dim,
                 "recall_raw": r_raw,
                 "recall_calibrated": r_cal,
-                "human_raw": human_correlation(raw_h[g], ratings),
-                "human_calibrated": human_correlation(cal_h[g], ratings),
+                "human_raw": pair_correlation(raw_h[g], lee_h.pairs, lee_h.scores),
+                "human_calibrated": pair_correlation(cal_h[g], lee_h.pairs, lee_h.scores),
             }
         )
     by = {r["granularity"]: r for r in rows}

@@ -13,7 +13,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-import numpy as np
+from jobs._human import gensim_data_dir, lee_scored, read_text_lines
 
 __all__ = [
     "data_dir",
@@ -30,36 +30,16 @@ _WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 
 def data_dir() -> Path:
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
+    folder = gensim_data_dir()
+    if folder is None:
         raise RuntimeError("the real-text corpora come from the gensim wheel: pip install gensim")
-    return Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data"
+    return folder
 
 
 @cache
 def lee_background() -> tuple[str, ...]:
     """The 300 news articles of the Lee background corpus, one string each."""
-    return _lines("lee_background.cor")
-
-
-def lee_scored() -> tuple[tuple[str, ...], np.ndarray]:
-    """The 50 Lee documents and their 50x50 matrix of mean human similarity ratings (0..1).
-
-    The file holds the upper triangle; the matrix returned is symmetric.
-    """
-    docs = _lines("lee.cor")
-    sims = np.loadtxt(data_dir() / "similarities0-1.txt")
-    sims = np.triu(sims) + np.triu(sims, 1).T
-    return docs, sims
-
-
-def _lines(name: str) -> tuple[str, ...]:
-    raw = (data_dir() / name).read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # lee.cor has a few latin-1 bytes (e.g. the pound sign)
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    return read_text_lines(data_dir() / "lee_background.cor")
 
 
 @cache

@@ -21,6 +21,7 @@ from ._errors import (
 )
 from ._granularity import STARBUCKS, Granularity, parse_granularities, resolve_granularities
 from ._loading import read_model_dir, weights_fingerprint
+from ._quality import agreement, neighbours, pair_correlation, recall_at_k, recommend, spearman
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -42,11 +43,17 @@ __all__ = [
     "ModelError",
     "Pooling",
     "UnsupportedModelError",
+    "agreement",
     "find_invalid_texts",
     "fit_calibration",
     "heldout_mask",
+    "neighbours",
+    "pair_correlation",
     "parse_granularities",
     "read_model_dir",
+    "recall_at_k",
+    "recommend",
     "resolve_granularities",
+    "spearman",
     "weights_fingerprint",
 ]
