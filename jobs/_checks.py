@@ -93,6 +93,16 @@ class ResolvedJob:
             return tuple(sorted({g.layer for g in self.granularities if g.layer < depth}))
         return tuple(sorted({k for k in chosen if k < depth}))
 
+    @property
+    def index_granularities(self) -> tuple[Granularity, ...]:
+        """The granularities the job's ``[index]`` section indexes after each run (none without one)."""
+        idx = self.spec.index
+        if idx is None:
+            return ()
+        if idx.granularities == "all":
+            return self.granularities
+        return tuple(Granularity.parse(g) for g in idx.granularities)
+
     def with_calibration(self, calibration: Calibration, origin: str) -> ResolvedJob:
         """The same job, its provenance and schema naming ``calibration``."""
         provenance = dataclasses.replace(self.provenance, calibration=calibration.fingerprint)
@@ -229,6 +239,9 @@ def check_job(
                 f"calibrate.layers: {bad} out of range; allowed: 1..{depth or 'the model depth'}, 'job' or 'all'"
             )
 
+    if spec.index is not None and grans:
+        problems.extend(_index_problems(spec, grans))
+
     # --- output: mode against what is there
     out = spec.output.uri
     output_exists = False
@@ -281,6 +294,37 @@ def check_job(
         calibration_pending=pending,
         calibration_origin=origin,
     )
+
+
+def _index_problems(spec: JobSpec, grans: tuple[Granularity, ...]) -> list[str]:
+    """``[index]``: its granularities are the job's, and PQ sub-vectors divide each indexed dim."""
+    idx = spec.index
+    assert idx is not None
+    if idx.granularities == "all":
+        chosen = list(grans)
+    else:
+        chosen, problems = [], []
+        for value in idx.granularities:
+            try:
+                g = Granularity.parse(value)
+            except GranularityError as exc:
+                problems.append(f"index.granularities: {exc}")
+                continue
+            if g not in grans:
+                problems.append(
+                    f"index.granularities: {value!r} is not one of the job's granularities "
+                    f"({', '.join(str(x) for x in grans)}), or 'all'"
+                )
+            chosen.append(g)
+        if problems:
+            return problems
+    if idx.num_sub_vectors is not None:
+        if idx.type != "ivf_pq":
+            return [f"index.num_sub_vectors = {idx.num_sub_vectors}: only type = 'ivf_pq' has sub-vectors"]
+        bad = [str(g) for g in chosen if g.dim % idx.num_sub_vectors]
+        if bad:
+            return [f"index.num_sub_vectors = {idx.num_sub_vectors} does not divide the dim of {', '.join(bad)}"]
+    return []
 
 
 def _output_problems(

@@ -32,6 +32,7 @@ from storage import (
 from . import __version__
 from ._calibrate import fit_for_job
 from ._checks import ResolvedJob, check_job
+from ._indexing import refresh_indexes
 from ._spec import JobSpec, load_job, parse_job
 from ._state import lookup_run, remember_run, state_dir
 
@@ -84,6 +85,7 @@ class RunSummary:
     rows_resumed: int = 0  # staged by an earlier attempt of this run and committed now, not embedded again
     read_version: int | None = None  # the table version the run planned against
     error: str | None = None
+    indexes: list[dict[str, Any]] = field(default_factory=list)  # the job's [index] section, after the commit
 
     @property
     def rows_per_s(self) -> float:
@@ -200,6 +202,8 @@ def run_job(
         remember_run(run_id, uri, source_name, spec.storage.model_dump(exclude_none=True))
         logger.info("run %s (%s): %s -> %s", run_id, mode, resolved.source.uri, uri)
         summary = _execute(resolved, staging, lock, mode, read_version, resumed, progress, source_name, started, t0)
+        if resolved.spec.index is not None:
+            summary.indexes = refresh_indexes(resolved, changed=summary.table_version != read_version)
         return summary
     except BaseException as exc:
         if staging is not None and summary is None:

@@ -36,6 +36,11 @@ heldout = 0.2
 seed = 0
 layers = "job"                     # "job": the granularities' exit layers; "all"; or a list [1, 2, 3]
 
+[index]                            # optional: (re)build vector indexes after each run that changed the table
+granularities = ["l6_d64"]         # or "all"
+type = "ivf_pq"                    # ivf_pq | ivf_hnsw_sq | ivf_flat
+# num_partitions = 256; num_sub_vectors = 8   (default: from the row count and dim)
+
 [storage]                          # S3 and S3-compatible stores; keys come from AWS_* env vars
 endpoint = "http://127.0.0.1:9000"
 region = "us-east-1"
@@ -120,6 +125,13 @@ class CalibrateSpec(_Strict):
     layers: Literal["job", "all"] | list[int] = "job"
 
 
+class IndexSpec(_Strict):
+    granularities: Literal["all"] | list[str]
+    type: Literal["ivf_pq", "ivf_hnsw_sq", "ivf_flat"] = "ivf_pq"
+    num_partitions: int | None = Field(default=None, ge=1)
+    num_sub_vectors: int | None = Field(default=None, ge=1)
+
+
 class StorageSpec(_Strict):
     endpoint: str | None = None
     region: str | None = None
@@ -137,6 +149,7 @@ class JobSpec(_Strict):
     output: OutputSpec
     cluster: ClusterSpec = ClusterSpec()
     calibrate: CalibrateSpec = CalibrateSpec()
+    index: IndexSpec | None = None
     storage: StorageSpec = StorageSpec()
 
     @field_validator("calibration")
@@ -199,6 +212,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "output": OutputSpec,
     "cluster": ClusterSpec,
     "calibrate": CalibrateSpec,
+    "index": IndexSpec,
     "storage": StorageSpec,
 }
 

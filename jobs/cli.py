@@ -147,7 +147,17 @@ def _print_summary(summary) -> None:
         table.add_row("calibration", f"{summary.calibration} ({summary.calibration_origin}{fitted})")
     table.add_row("wall time", f"{summary.seconds:.1f} s (pipeline {summary.seconds_pipeline:.1f} s)")
     table.add_row("throughput", f"{summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s:,.0f} tokens/s")
+    for i in summary.indexes:
+        what = (
+            f"{i['description']} on {i['rows']:,} rows in {i['seconds']:.1f} s (version {i['version']})"
+            if i["action"] == "built"
+            else f"{i['action']}: {i['reason']}"
+        )
+        table.add_row(f"index {i['column']}", what)
     console.print(table)
+    if any(i["action"] == "failed" for i in summary.indexes):
+        err_console.print("error: the run committed, but an index could not be built (see above)")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -311,7 +321,28 @@ def inspect(
             *(f"{r[k]:,}" if r.get(k) is not None else "-" for k in keys),
         )
     console.print(runs)
+    _print_indexes(tbl)
     _print_unfinished(tbl)
+
+
+def _print_indexes(tbl) -> None:
+    indexes = tbl.indexes()
+    out = Table(title="vector indexes" if indexes else "vector indexes: none (embedjob index TABLE -g GRANULARITY)")
+    if not indexes:
+        console.print(out)
+        return
+    for col in ("column", "type", "partitions", "sub-vectors", "indexed rows", "unindexed rows"):
+        out.add_column(col, justify="left" if col in ("column", "type") else "right")
+    for i in indexes:
+        out.add_row(
+            i["column"],
+            i["type"],
+            str(i["num_partitions"] or "-"),
+            str(i["num_sub_vectors"] or "-"),
+            f"{i['indexed_rows']:,}",
+            f"{i['unindexed_rows']:,}",
+        )
+    console.print(out)
 
 
 def _print_unfinished(tbl) -> None:
@@ -346,13 +377,72 @@ def _print_unfinished(tbl) -> None:
 
 
 @app.command()
+def index(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    granularity: Annotated[
+        list[str] | None, typer.Option("--granularity", "-g", help="Column(s) to index, e.g. l6_d128.")
+    ] = None,
+    all_columns: Annotated[bool, typer.Option("--all", help="Index every vector column.")] = False,
+    index_type: Annotated[str, typer.Option("--type", help="ivf_pq, ivf_hnsw_sq or ivf_flat.")] = "ivf_pq",
+    partitions: Annotated[
+        int | None, typer.Option(help="IVF partitions (default: about sqrt(rows), at most rows / 256).")
+    ] = None,
+    sub_vectors: Annotated[
+        int | None, typer.Option(help="PQ sub-vectors, a divisor of the dim (default: dim / 8).")
+    ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a run that holds the table's lock.")] = 0.0,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Build (or replace) cosine vector indexes on granularity columns; each is one new table version.
+
+    Rows a later run adds are still found before the index is rebuilt (they
+    are scanned exactly); a job's [index] section rebuilds after each run.
+    """
+    from embedder import GranularityError
+    from storage import TableLocked, VectorIndexError, index_params
+
+    tbl = _open(table_uri, endpoint, region)
+    grans = [g.strip() for item in granularity or [] for g in item.split(",") if g.strip()]
+    if all_columns == bool(grans):
+        _fail(ValueError("name the columns to index (--granularity l6_d128, repeatable) or --all, not both"))
+    try:
+        chosen = list(tbl.granularities) if all_columns else [tbl.resolve_granularity(g) for g in grans]
+        rows = tbl.count_rows()
+        for g in chosen:  # refuse before building any
+            index_params(rows, g.dim, index_type, num_partitions=partitions, num_sub_vectors=sub_vectors)
+        reports = [
+            tbl.create_index(g, index_type, num_partitions=partitions, num_sub_vectors=sub_vectors, wait_s=wait)
+            for g in chosen
+        ]
+    except (VectorIndexError, GranularityError, TableLocked) as exc:
+        _fail(exc)
+    out = Table(title=f"indexes on {table_uri}")
+    for col in ("column", "index", "rows", "took", "version"):
+        out.add_column(col, justify="left" if col in ("column", "index") else "right")
+    for r in reports:
+        out.add_row(r.column, r.params.describe(), f"{r.rows:,}", f"{r.seconds:.1f} s", str(r.version))
+    console.print(out)
+
+
+@app.command()
 def query(
     table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
     text: Annotated[str, typer.Argument(help="The query text.")],
     granularity: Annotated[
         str | None, typer.Option("--granularity", "-g", help="e.g. l6_d128 (default: richest).")
     ] = None,
-    k: Annotated[int, typer.Option("-k", help="How many hits.")] = 10,
+    k: Annotated[int | None, typer.Option("-k", help="How many hits (default 10; a funnel's last stage).")] = None,
+    funnel: Annotated[
+        str | None,
+        typer.Option(
+            help="Funnel search: shortlist with a cheap granularity, re-score with richer ones, "
+            "e.g. l6_d64:200,l6_d384:10 (the last stage's k is the number of hits).",
+        ),
+    ] = None,
+    nprobes: Annotated[
+        int | None, typer.Option(help="IVF partitions to probe when the (first) column has an index.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON lines.")] = False,
     endpoint: EndpointOpt = None,
     region: RegionOpt = None,
@@ -362,7 +452,19 @@ def query(
 
     tbl = _open(table_uri, endpoint, region)
     try:
-        hits = tbl.search(text, granularity, k=k)
+        if funnel:
+            if granularity:
+                raise ValueError("--funnel names its own granularities; leave out --granularity")
+            from storage import parse_stages
+
+            stages = parse_stages(funnel)
+            if k is not None and k != stages[-1].k:
+                raise ValueError(f"-k {k} differs from the funnel's last stage ({stages[-1]}); its k is the hits")
+            hits = tbl.funnel_search(text, stages, nprobes=nprobes)
+            k = stages[-1].k
+        else:
+            k = 10 if k is None else k
+            hits = tbl.search(text, granularity, k=k, nprobes=nprobes)
     except (EmbedderError, ValueError) as exc:
         _fail(exc)
     rows = hits.to_pylist()
@@ -371,16 +473,26 @@ def query(
             row.pop("_distance", None)
             typer.echo(json.dumps(row, default=str))
         return
-    out = Table(title=f"top {k} for {text!r} at {granularity or 'the richest granularity'}")
+    where = f"funnel {funnel}" if funnel else f"at {granularity or 'the richest granularity'}"
+    out = Table(title=f"top {k} for {text!r} {where}")
     id_width = max([len(str(r["id"])) for r in rows] + [2])
     out.add_column("rank", justify="right", no_wrap=True, min_width=4)
     out.add_column("score", justify="right", no_wrap=True, min_width=6)
     out.add_column("id", no_wrap=True, min_width=min(id_width, 40))
-    extra = [c for c in hits.column_names if c not in ("id", "score", "_distance")]
+    stage_scores = [c for c in hits.column_names if c.startswith("score_")]
+    for c in stage_scores:
+        out.add_column(c.removeprefix("score_"), justify="right", no_wrap=True)
+    extra = [c for c in hits.column_names if c not in ("id", "score", "_distance", *stage_scores)]
     for c in extra:
         out.add_column(c, overflow="ellipsis", max_width=90 if c == "text" else 24)
     for rank, row in enumerate(rows, start=1):
-        out.add_row(str(rank), f"{row['score']:.4f}", str(row["id"]), *[_one_line(row[c]) for c in extra])
+        out.add_row(
+            str(rank),
+            f"{row['score']:.4f}",
+            str(row["id"]),
+            *[f"{row[c]:.4f}" for c in stage_scores],
+            *[_one_line(row[c]) for c in extra],
+        )
     console.print(out)
 
 
@@ -467,6 +579,9 @@ def _fail(exc: Exception, code: int = 2) -> NoReturn:
 from ._cli_ops import register  # noqa: E402  (submit/status/logs/stop and the schedule group)
 
 register(app)
+from ._cli_evaluate import register as register_evaluate  # noqa: E402  (embedjob evaluate: the quality map)
+
+register_evaluate(app)
 
 
 def main() -> None:

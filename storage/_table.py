@@ -38,11 +38,13 @@ def split_table_uri(uri: str) -> tuple[str, str]:
     return (parent or "."), name
 
 
-def open_table(uri: str, *, storage_options: Mapping[str, str] | None = None) -> EmbeddingTable:
-    """Open an embedjob output table (local path or ``s3://``)."""
+def open_table(
+    uri: str, *, version: int | None = None, storage_options: Mapping[str, str] | None = None
+) -> EmbeddingTable:
+    """Open an embedjob output table (local path or ``s3://``), at its latest version or at ``version``."""
     opts = dict(storage_options or {}) or None
     try:
-        ds = lance.dataset(uri, storage_options=opts)
+        ds = lance.dataset(uri, version=version, storage_options=opts)
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise TableNotFoundError(f"no table at {uri!r}: {exc}") from None
     raw = (ds.schema.metadata or {}).get(METADATA_KEY)
@@ -160,7 +162,7 @@ class EmbeddingTable:
             self._encoder = enc
         return self._encoder
 
-    def _granularity(self, granularity: str | Granularity | None) -> Granularity:
+    def resolve_granularity(self, granularity: str | Granularity | None) -> Granularity:
         if granularity is None:
             return max(self.granularities, key=lambda g: (g.layer, g.dim))
         g = Granularity.parse(granularity)
@@ -172,12 +174,12 @@ class EmbeddingTable:
 
     def embed_query(self, text: str, granularity: str | Granularity | None = None) -> np.ndarray:
         """``text``'s vector at ``granularity`` (default: the richest), as the table's rows were embedded."""
-        g = self._granularity(granularity)
+        g = self.resolve_granularity(granularity)
         return self.embed_queries(text, [g])[g]
 
     def embed_queries(self, text: str, granularities: Sequence[str | Granularity]) -> dict[Granularity, np.ndarray]:
         """``text`` at several granularities from one pass, run only to the deepest of them."""
-        grans = [self._granularity(g) for g in granularities]
+        grans = [self.resolve_granularity(g) for g in granularities]
         return {g: v[0] for g, v in self.encoder.encode([text], grans).items()}
 
     def search(
@@ -188,6 +190,7 @@ class EmbeddingTable:
         *,
         columns: Sequence[str] | None = None,
         where: str | None = None,
+        nprobes: int | None = None,
     ) -> pa.Table:
         """Top ``k`` rows for ``text`` at ``granularity`` (default: the richest), best first.
 
@@ -195,8 +198,8 @@ class EmbeddingTable:
         table's text/passthrough columns (or ``columns``). Only the layers the
         granularity needs are run for the query.
         """
-        g = self._granularity(granularity)
-        return self.search_vector(self.embed_query(text, g), g, k, columns=columns, where=where)
+        g = self.resolve_granularity(granularity)
+        return self.search_vector(self.embed_query(text, g), g, k, columns=columns, where=where, nprobes=nprobes)
 
     def search_vector(
         self,
@@ -206,8 +209,11 @@ class EmbeddingTable:
         *,
         columns: Sequence[str] | None = None,
         where: str | None = None,
+        nprobes: int | None = None,
     ) -> pa.Table:
-        g = self._granularity(granularity)
+        """Top ``k`` rows for a query vector at ``granularity``; through the column's index when it has one
+        (``nprobes`` IVF partitions probed), rows added since the index was built are scanned exactly."""
+        g = self.resolve_granularity(granularity)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if columns is None:
@@ -220,6 +226,8 @@ class EmbeddingTable:
         )
         if where:
             query = query.where(where)
+        if nprobes is not None:
+            query = query.nprobes(nprobes)
         result = query.to_arrow()
         score = pa.compute.subtract(pa.scalar(1.0, pa.float32()), result["_distance"].cast(pa.float32()))
         return result.append_column("score", score)
@@ -248,7 +256,7 @@ class EmbeddingTable:
         """
         plan = parse_stages(stages)
         for stage in plan:
-            self._granularity(stage.granularity)
+            self.resolve_granularity(stage.granularity)
         queries = self.embed_queries(text, [s.granularity for s in plan])
         return self.funnel_search_vectors(
             queries, plan, columns=columns, where=where, nprobes=nprobes, refine_factor=refine_factor
@@ -267,7 +275,7 @@ class EmbeddingTable:
         """:meth:`funnel_search` for query vectors already embedded (one per stage granularity)."""
         plan = parse_stages(stages)
         for stage in plan:
-            self._granularity(stage.granularity)
+            self.resolve_granularity(stage.granularity)
         return funnel_search_vectors(
             self.dataset,
             queries,
@@ -302,7 +310,7 @@ class EmbeddingTable:
         refused with :class:`VectorIndexError`. Takes the table's lock (waiting
         up to ``wait_s`` for a run). This object then reads the new version.
         """
-        g = self._granularity(granularity)
+        g = self.resolve_granularity(granularity)
         report = build_index(
             self.uri,
             vector_column(str(g)),
