@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.calibration
 	$(BIN)/python -m bench.incremental
+	$(BIN)/python -m bench.funnel
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -17,7 +17,7 @@ import pyarrow as pa
 from embedder import Calibration, CalibrationError, ElasticEncoder, Granularity, GranularityError, ModelError
 
 from ._calibrations import calibration_uri, load_calibration
-from ._funnel import StageSpec, funnel_search_vectors, parse_stages
+from ._funnel import FunnelStage, StageSpec, funnel_search_vectors, parse_stages
 from ._index import IndexReport, build_index, describe_indexes
 from ._lance_io import sibling_uri, table_exists
 from ._provenance import METADATA_KEY, Provenance
@@ -163,6 +163,7 @@ class EmbeddingTable:
         return self._encoder
 
     def resolve_granularity(self, granularity: str | Granularity | None) -> Granularity:
+        """``granularity`` as one of this table's (default: the richest); GranularityError names the ones it has."""
         if granularity is None:
             return max(self.granularities, key=lambda g: (g.layer, g.dim))
         g = Granularity.parse(granularity)
@@ -232,16 +233,7 @@ class EmbeddingTable:
         score = pa.compute.subtract(pa.scalar(1.0, pa.float32()), result["_distance"].cast(pa.float32()))
         return result.append_column("score", score)
 
-    def funnel_search(
-        self,
-        text: str,
-        stages: StageSpec,
-        *,
-        columns: Sequence[str] | None = None,
-        where: str | None = None,
-        nprobes: int | None = None,
-        refine_factor: int | None = None,
-    ) -> pa.Table:
+    def funnel_search(self, text: str, stages: StageSpec, **options: Any) -> pa.Table:
         """Matryoshka funnel: shortlist with a cheap granularity, re-score with richer ones, return the last k.
 
         >>> table.funnel_search("rates rise", [("l6_d64", 200), ("l6_d384", 10)])   # doctest: +SKIP
@@ -251,16 +243,12 @@ class EmbeddingTable:
         its k. The query is embedded once, running only the layers the stages
         need, through the table's calibration (the reason a short prefix makes a
         good shortlist; see the README). Returns ``id``, the text/passthrough
-        columns (or ``columns``), ``score`` (the last stage's cosine) and
-        ``score_<granularity>`` per stage.
+        columns (or ``columns=``), ``score`` (the last stage's cosine) and
+        ``score_<granularity>`` per stage. ``options`` are those of
+        :meth:`funnel_search_vectors`.
         """
-        plan = parse_stages(stages)
-        for stage in plan:
-            self.resolve_granularity(stage.granularity)
-        queries = self.embed_queries(text, [s.granularity for s in plan])
-        return self.funnel_search_vectors(
-            queries, plan, columns=columns, where=where, nprobes=nprobes, refine_factor=refine_factor
-        )
+        plan = self._stages(stages)
+        return self.funnel_search_vectors(self.embed_queries(text, [s.granularity for s in plan]), plan, **options)
 
     def funnel_search_vectors(
         self,
@@ -272,19 +260,26 @@ class EmbeddingTable:
         nprobes: int | None = None,
         refine_factor: int | None = None,
     ) -> pa.Table:
-        """:meth:`funnel_search` for query vectors already embedded (one per stage granularity)."""
-        plan = parse_stages(stages)
-        for stage in plan:
-            self.resolve_granularity(stage.granularity)
+        """:meth:`funnel_search` for query vectors already embedded (one per stage granularity).
+
+        ``where`` filters the first stage (SQL over the table's columns);
+        ``nprobes`` / ``refine_factor`` tune the first stage's IVF index search.
+        """
         return funnel_search_vectors(
             self.dataset,
             queries,
-            plan,
+            self._stages(stages),
             columns=self._result_columns() if columns is None else columns,
             where=where,
             nprobes=nprobes,
             refine_factor=refine_factor,
         )
+
+    def _stages(self, stages: StageSpec) -> tuple[FunnelStage, ...]:
+        plan = parse_stages(stages)
+        for stage in plan:
+            self.resolve_granularity(stage.granularity)
+        return plan
 
     def _result_columns(self) -> list[str]:
         return [
