@@ -31,10 +31,10 @@ runner = CliRunner()
 FAST = dict(timing_texts=16, repeats=1)  # the cost figures are beside the point here
 
 
-def _job(tmp_path: Path, model: Path, corpus: Path, **extra) -> Path:
+def _job(tmp_path: Path, model: Path, corpus: Path, granularities=("l2_d16", "l4_d64"), **extra) -> Path:
     return write_job(
         tmp_path / "job.toml",
-        granularities=["l2_d16", "l4_d64"],
+        granularities=list(granularities),
         input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
         model={"path": str(model)},
         output={"uri": str(tmp_path / "out" / "lee.lance")},
@@ -296,13 +296,7 @@ def test_recommend_follows_the_map_and_refuses_a_metric_it_lacks(tmp_path, tiny_
 def test_real_model_correlates_with_the_lee_ratings_as_published(tmp_path, minilm_path, lee_jsonl):
     """all-MiniLM-L6-v2's full vector against the 1,225 Lee human ratings: Spearman 0.508 (bench/RESULTS.md,
     computed there with scipy)."""
-    job = write_job(
-        tmp_path / "job.toml",
-        granularities=["l3_d64"],
-        input={"uri": str(lee_jsonl), "id_column": "doc_id", "text_column": "body"},
-        model={"path": str(minilm_path)},
-        output={"uri": str(tmp_path / "out" / "lee.lance")},
-    )
+    job = _job(tmp_path, minilm_path, lee_jsonl, ["l3_d64"])
     qmap = evaluate_job(job, sample=40, grid="job", timing_texts=8, repeats=1)
     assert [r.granularity for r in qmap.rows] == ["l3_d64", "l6_d384"]
     assert qmap.row("l6_d384").lee_raw == pytest.approx(0.508, abs=0.0015)
@@ -312,13 +306,7 @@ def test_real_model_correlates_with_the_lee_ratings_as_published(tmp_path, minil
 @pytest.mark.slow
 def test_layer_costs_grow_with_depth(tmp_path, minilm_path, lee_jsonl):
     """Early exit is real: on all-MiniLM-L6-v2, stopping at layer 1 costs well under half of full depth."""
-    job = write_job(
-        tmp_path / "job.toml",
-        granularities=["l1_d384", "l3_d384"],
-        input={"uri": str(lee_jsonl), "id_column": "doc_id", "text_column": "body"},
-        model={"path": str(minilm_path)},
-        output={"uri": str(tmp_path / "out" / "lee.lance")},
-    )
+    job = _job(tmp_path, minilm_path, lee_jsonl, ["l1_d384", "l3_d384"])
     qmap = evaluate_job(job, sample=64, grid="job", use_lee=False, timing_texts=64, repeats=3)
     cost = qmap.layer_cost()
     assert cost[6] == 1.0 and cost[1] < 0.5 and cost[1] < cost[3] < 1.0, cost
