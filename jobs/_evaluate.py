@@ -527,7 +527,7 @@ def write_heatmap(qmap: QualityMap, path: str | Path, *, title: str | None = Non
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     image = None
-    for ax, (title, attr) in zip(axes, panels, strict=True):
+    for ax, (panel, attr) in zip(axes, panels, strict=True):
         grid = np.full((len(layers), len(dims)), np.nan)
         for i, layer in enumerate(layers):
             for j, d in enumerate(dims):
@@ -546,7 +546,7 @@ def write_heatmap(qmap: QualityMap, path: str | Path, *, title: str | None = Non
                 ax.text(j, i, text, ha="center", va="center", fontsize=9, color=colour)
                 if row.in_job:
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e4002b", linewidth=2.5))
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel, fontsize=10)
         ax.set_xticks(range(len(dims)), [f"{d}\n{nbytes[d]:,} B" for d in dims], fontsize=8)
         ax.set_xlabel("dims (bytes per vector)", fontsize=9)
         ax.set_yticks(range(len(layers)), [f"layer {layer} (cost {cost[layer]:.2f})" for layer in layers], fontsize=8)
