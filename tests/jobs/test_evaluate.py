@@ -31,15 +31,17 @@ runner = CliRunner()
 FAST = dict(timing_texts=16, repeats=1)  # the cost figures are beside the point here
 
 
-def _job(tmp_path: Path, model: Path, corpus: Path, granularities=("l2_d16", "l4_d64"), **extra) -> Path:
-    return write_job(
+def _job(tmp_path: Path, model: Path, corpus: Path, granularities=("l2_d16", "l4_d64"), calibration=None) -> Path:
+    path = write_job(
         tmp_path / "job.toml",
         granularities=list(granularities),
         input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
         model={"path": str(model)},
         output={"uri": str(tmp_path / "out" / "lee.lance")},
-        **extra,
     )
+    if calibration is not None:  # a top-level key: before the first [section]
+        path.write_text(f"calibration = {json.dumps(calibration)}\n" + path.read_text())
+    return path
 
 
 def _table(tmp_path: Path, model: Path, texts, *, store_text=True, calibration=None) -> str:
@@ -310,3 +312,23 @@ def test_layer_costs_grow_with_depth(tmp_path, minilm_path, lee_jsonl):
     qmap = evaluate_job(job, sample=64, grid="job", use_lee=False, timing_texts=64, repeats=3)
     cost = qmap.layer_cost()
     assert cost[6] == 1.0 and cost[1] < 0.5 and cost[1] < cost[3] < 1.0, cost
+
+
+def test_a_jobs_calibration_is_found_as_a_run_would_and_auto_without_one_is_raw(
+    tmp_path, tiny_bert_dir, lee_jsonl, lee_articles
+):
+    pending = evaluate_job(
+        _job(tmp_path, tiny_bert_dir, lee_jsonl, calibration="auto"), sample=40, use_lee=False, **FAST
+    )
+    assert pending.calibration is None and all(r.recall_calibrated is None for r in pending.rows)
+    assert any("calibration = 'auto' has none fitted yet" in note for note in pending.notes)
+
+    fitter = ElasticEncoder.for_calibration(tiny_bert_dir)  # maps for every layer
+    cal = fit_calibration(fitter, list(dict.fromkeys(lee_articles))[:150])
+    path = cal.save(tmp_path / "cal.safetensors")
+    qmap = evaluate_job(
+        _job(tmp_path, tiny_bert_dir, lee_jsonl, calibration=str(path)), sample=40, use_lee=False, **FAST
+    )
+    assert qmap.calibration == cal.fingerprint
+    assert all(r.recall_calibrated is not None for r in qmap.rows) and not qmap.notes
+    assert qmap.row("l4_d64").recall_calibrated == 1.0
