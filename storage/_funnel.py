@@ -116,7 +116,9 @@ def funnel_search_vectors(
         nearest["nprobes"] = nprobes
     if refine_factor is not None:
         nearest["refine_factor"] = refine_factor
-    hits = dataset.to_table(nearest=nearest, columns=[], with_row_id=True, filter=where, prefilter=where is not None)
+    hits = dataset.to_table(
+        nearest=nearest, columns=["_distance"], with_row_id=True, filter=where, prefilter=where is not None
+    )
     row_ids = hits["_rowid"].to_numpy()
     scores = {first.granularity: 1.0 - hits["_distance"].to_numpy().astype(np.float32)}
     order = np.argsort(-scores[first.granularity], kind="stable")
@@ -146,10 +148,13 @@ def _take(dataset: lance.LanceDataset, row_ids: np.ndarray, columns: list[str]) 
 
 
 def _vectors(dataset: lance.LanceDataset, row_ids: np.ndarray, column: str) -> np.ndarray:
-    table = _take(dataset, row_ids, [column])
-    arr = table[column].combine_chunks()
+    """The shortlist's vectors, in ``row_ids`` order; read in row-address order (fewer, closer reads)."""
+    order = np.argsort(row_ids, kind="stable")
+    arr = _take(dataset, row_ids[order], [column])[column].combine_chunks()
     flat = arr.values.to_numpy(zero_copy_only=False)
-    return flat.reshape(len(arr), arr.type.list_size).astype(np.float32, copy=False)
+    out = np.empty((len(arr), arr.type.list_size), dtype=np.float32)
+    out[order] = flat.reshape(len(arr), arr.type.list_size)
+    return out
 
 
 def _cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:

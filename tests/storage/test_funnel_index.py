@@ -112,6 +112,8 @@ def test_each_stage_score_is_the_cosine_at_that_stage_and_texts_match_ids(lee_ta
     uri, _, texts = lee_table
     tbl = open_table(uri)
     by_id = dict(zip(tbl.to_arrow(["id"])["id"].to_pylist(), texts, strict=True))
+    # one encoder serves every granularity, running only the layers a query's granularities need
+    assert tbl.encoder.encode_with_stats(["a query"], ["l2_d16"]).stats.depth == 2
     hits = tbl.funnel_search(texts[42], "l2_d16:60,l4_d32:20,l4_d64:5")
     assert hits.num_rows == 5
     assert hits["id"][0].as_py() == "lee-042"  # its own text is its nearest row
