@@ -60,12 +60,13 @@ def test_s3_in_and_out(ray_local, s3_env, tmp_path, lee_articles, minilm_path):
 
 
 def test_s3_calibration_auto_is_fitted_stored_and_reused(ray_local, s3_env, tmp_path, lee_articles, tiny_bert_dir):
-    """calibration = "auto" on S3: fitted on the first run, stored beside the table on S3, used by queries."""
+    """calibration = "auto" on S3: fitted on the first run, stored beside the table on S3, used by queries;
+    the job's [index] section builds its index on S3, and funnel search reads through it."""
     client, endpoint = s3_env["client"], s3_env["endpoint"]
     client.create_bucket(Bucket="calib")
-    articles = list(lee_articles[:120])
+    articles = list(lee_articles)
     buf = io.BytesIO()
-    pq.write_table(pa.table({"doc_id": [f"lee-{i:03d}" for i in range(120)], "body": articles}), buf)
+    pq.write_table(pa.table({"doc_id": [f"lee-{i:03d}" for i in range(300)], "body": articles}), buf)
     client.put_object(Bucket="calib", Key="corpus/lee.parquet", Body=buf.getvalue())
     job = write_job(
         tmp_path / "job.toml",
@@ -75,19 +76,26 @@ def test_s3_calibration_auto_is_fitted_stored_and_reused(ray_local, s3_env, tmp_
         output={"uri": "s3://calib/tables/lee.lance", "mode": "overwrite"},
         calibrate={"sample": 100},
         storage={"endpoint": endpoint},
+        index={"granularities": ["l2_d16"]},
     )
     job.write_text('calibration = "auto"\n' + job.read_text())
     first = run_job(job, progress=False)
     assert first.calibration and first.calibration_origin.startswith("fitted now")
+    assert [(i["column"], i["action"], i["rows"]) for i in first.indexes] == [("vec_l2_d16", "built", 300)]
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="calib", Prefix="tables/lee_calibration/")["Contents"]]
     assert sorted(keys) == [f"tables/lee_calibration/{first.calibration}.{ext}" for ext in ("json", "safetensors")]
     second = run_job(job, progress=False)
     assert (second.calibration, second.calibration_origin) == (first.calibration, "the table's own")
+    # mode = "overwrite" writes a new dataset version without the index: it is built again on it
+    assert [(i["action"], i["version"]) for i in second.indexes] == [("built", second.table_version + 1)]
     opts = ObjectStore.from_env(endpoint=endpoint).lance_options()
     tbl = open_table("s3://calib/tables/lee.lance", storage_options=opts)
     assert tbl.calibration.fingerprint == first.calibration
     hits = tbl.search(articles[7], "l2_d16", k=1)
     assert hits["id"].to_pylist() == ["lee-007"]
+    assert [(i["column"], i["type"], i["indexed_rows"]) for i in tbl.indexes()] == [("vec_l2_d16", "ivf_pq", 300)]
+    funnel = tbl.funnel_search(articles[7], "l2_d16:40,l4_d64:2")
+    assert funnel["id"][0].as_py() == "lee-007" and funnel.num_rows == 2
     from storage import list_calibrations
 
     assert [c.fingerprint for c in list_calibrations(tbl.uri, storage_options=opts)] == [first.calibration]
