@@ -8,7 +8,11 @@
 4. changes the corpus as a night would (3 articles edited, 1 added, 1 removed) and runs
    ``nightly.toml`` (the same job without ``mode``: incremental once the table exists), which
    embeds only those rows,
-5. runs ``embedjob inspect`` and ``embedjob query``, exactly as a user would type them.
+5. builds a vector index on l6_d128 (``embedjob index``),
+6. runs ``embedjob inspect``, ``embedjob query`` (plain and as a funnel: shortlist on l6_d128,
+   re-score on l6_d384) and ``embedjob evaluate`` (the quality map of every (layer, dim) on the
+   table's own text, with the cheapest granularity within 95% of the full vector), exactly as
+   a user would type them.
 
     python -m examples.demo [--out out/demo] [--no-progress]
 """
@@ -90,15 +94,19 @@ def main() -> int:
 
     exe = shutil.which("embedjob", path=os.path.dirname(sys.executable)) or "embedjob"
     table = str(out / "tables" / "lee.lance")
+    quality = str(out / "quality_map")
     progress = ["--no-progress"] if args.no_progress else []
     commands = [
         [exe, "validate", str(out / "job.toml")],
         [exe, "run", str(out / "job.toml"), *progress],
         night,
         [exe, "run", str(out / "nightly.toml"), *progress],
+        [exe, "index", table, "-g", "l6_d128"],
         [exe, "inspect", table],
         [exe, "query", table, "bushfires threaten homes near Sydney", "-g", "l3_d64", "-k", "3"],
         [exe, "query", table, "bushfires threaten homes near Sydney", "-g", "l6_d384", "-k", "3"],
+        [exe, "query", table, "bushfires threaten homes near Sydney", "--funnel", "l6_d128:50,l6_d384:3"],
+        [exe, "evaluate", table, "--sample", "300", "--timing", "64", "--recommend", "0.95", "--out", quality],
     ]
     for cmd in commands:
         if callable(cmd):
