@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from ._calibrate import CalibrationReport, calibrate_job
 from ._checks import ResolvedJob, check_job
+from ._evaluate import QualityMap, QualityRow, evaluate, evaluate_job, evaluate_table
 from ._run import RejectLimitExceeded, RunSummary, run_job
 from ._spec import JobSpec, JobSpecError, load_job, parse_job
 
@@ -16,12 +17,17 @@ __all__ = [
     "CalibrationReport",
     "JobSpec",
     "JobSpecError",
+    "QualityMap",
+    "QualityRow",
     "RejectLimitExceeded",
     "ResolvedJob",
     "RunSummary",
     "__version__",
     "calibrate_job",
     "check_job",
+    "evaluate",
+    "evaluate_job",
+    "evaluate_table",
     "load_job",
     "parse_job",
     "run_job",

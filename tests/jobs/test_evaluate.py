@@ -6,26 +6,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from embedder import ElasticEncoder, Granularity, fit_calibration, weights_fingerprint
+from embedder import ElasticEncoder, Granularity, fit_calibration
 from jobs._evaluate import QualityMap, evaluate_job, evaluate_table, quality_grid, sample_job_texts, write_heatmap
 from jobs._human import PairsFileError, read_pairs
 from jobs.cli import app
 from storage import (
     NoStoredTextError,
-    Provenance,
-    commit,
-    content_hash,
-    output_schema,
     sample_texts,
-    save_calibration,
-    vector_array,
-    write_fragments,
 )
-from tests.conftest import write_job
+from tests.conftest import write_embedded_table, write_job
 
 runner = CliRunner()
 FAST = dict(timing_texts=16, repeats=1)  # the cost figures are beside the point here
@@ -45,38 +37,9 @@ def _job(tmp_path: Path, model: Path, corpus: Path, granularities=("l2_d16", "l4
 
 
 def _table(tmp_path: Path, model: Path, texts, *, store_text=True, calibration=None) -> str:
-    """A real embedjob table of ``texts`` (vectors from the model, through ``calibration`` if given)."""
-    grans = ("l2_d16", "l4_d64")
+    """A real embedjob table of ``texts`` (float16 vectors from the model, through ``calibration`` if given)."""
     uri = str(tmp_path / "tables" / "t.lance")
-    enc = ElasticEncoder.from_pretrained(model, grans, calibration=calibration)
-    prov = Provenance(
-        model_path=str(model),
-        weights_fingerprint=weights_fingerprint(model),
-        granularities=grans,
-        pooling=enc.pooling.value,
-        normalize=True,
-        max_length=enc.max_length,
-        num_layers=enc.num_layers,
-        hidden_size=enc.hidden_size,
-        vector_dtype="float16",
-        calibration=calibration.fingerprint if calibration else None,
-        embedjob_version="test",
-    )
-    schema = output_schema(prov, id_type=pa.string(), store_text=store_text)
-    vecs = enc.encode(list(texts))
-    n = len(texts)
-    cols = {
-        "id": [f"t{i}" for i in range(n)],
-        "content_hash": [content_hash(t) for t in texts],
-        **({"text": list(texts)} if store_text else {}),
-        **{f"vec_{g}": vector_array(vecs[Granularity.parse(g)], "float16") for g in grans},
-        "run_id": ["r"] * n,
-        "embedded_at": pa.array([0] * n, pa.timestamp("us", tz="UTC")),
-    }
-    rows = pa.table(cols).cast(schema)
-    commit(uri, write_fragments(rows, uri, schema), schema=schema, mode="create", read_version=None)
-    if calibration is not None:
-        save_calibration(uri, calibration)
+    write_embedded_table(uri, model, texts, store_text=store_text, calibration=calibration, vector_dtype="float16")
     return uri
 
 

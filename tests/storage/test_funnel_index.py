@@ -10,52 +10,24 @@ import shutil
 
 import lance
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from embedder import ElasticEncoder, Granularity, GranularityError
+from embedder import Granularity, GranularityError
 from storage import (
     MIN_INDEX_ROWS,
-    Provenance,
     VectorIndexError,
-    commit,
-    content_hash,
     index_params,
     open_table,
-    output_schema,
     parse_stages,
-    vector_array,
-    write_fragments,
 )
+
+from ..conftest import write_embedded_table
 
 GRANS = ("l2_d16", "l4_d32", "l4_d64")
 
 
-def _write_table(uri: str, model: str, texts: list[str], ids: list[str], grans=GRANS, *, mode="create", version=None):
-    enc = ElasticEncoder.from_pretrained(model, list(grans))
-    vecs = enc.encode(texts)
-    prov = Provenance(
-        model_path=model,
-        weights_fingerprint=enc.fingerprint,
-        granularities=tuple(grans),
-        pooling=enc.pooling.value,
-        normalize=True,
-        max_length=enc.max_length,
-        num_layers=enc.num_layers,
-        hidden_size=enc.hidden_size,
-        vector_dtype="float32",
-        embedjob_version="test",
-    )
-    schema = output_schema(prov, id_type=pa.string())
-    cols = {"id": ids, "content_hash": [content_hash(t) for t in texts], "text": texts}
-    for g in map(Granularity.parse, grans):
-        cols[g.column] = vector_array(vecs[g], "float32")
-    n = len(ids)
-    cols["run_id"] = ["r1"] * n
-    cols["embedded_at"] = pa.array([0] * n, pa.timestamp("us", tz="UTC"))
-    rows = pa.table(cols).cast(schema)
-    frags = write_fragments(rows, uri, schema, max_rows_per_file=100)
-    return commit(uri, frags, schema=schema, mode=mode, read_version=version)
+def _write_table(uri: str, model: str, texts: list[str], ids: list[str], *, mode="create", version=None):
+    return write_embedded_table(uri, model, texts, ids, GRANS, mode=mode, read_version=version, max_rows_per_file=100)
 
 
 @pytest.fixture(scope="module")
