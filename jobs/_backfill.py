@@ -24,6 +24,7 @@ from storage import (
 )
 
 from ._checks import check_job
+from ._indexing import refresh_indexes
 from ._run import RunSummary, new_run_id
 from ._spec import JobSpec, load_job
 
@@ -87,6 +88,8 @@ def backfill_job(
         version = commit_new_columns(
             uri, result.fragments, schema=schema, read_version=read_version, storage_options=opts
         )
+        # the Merge keeps the old columns' indexes; the [index] section's new columns get theirs now
+        indexes = refresh_indexes(resolved, changed=False)
     finally:
         lock.release()
     summary = RunSummary(
@@ -109,6 +112,7 @@ def backfill_job(
         calibration=cal.fingerprint if cal else None,
         calibration_origin=resolved.calibration_origin,
         read_version=read_version,
+        indexes=indexes,
     )
     append_rows(resolved.runs_uri, summary.record(), storage_options=opts)
     return summary

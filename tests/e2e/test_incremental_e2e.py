@@ -152,7 +152,7 @@ def test_add_granularity_backfills_only_the_new_column(ray_local, tmp_path, tiny
     from embedder import ElasticEncoder, Granularity
     from jobs.cli import app
 
-    rows = {f"d{i:03d}": t for i, t in enumerate(passages(120, words=30))}
+    rows = {f"d{i:03d}": t for i, t in enumerate(passages(300, words=30))}
     corpus = tmp_path / "docs.parquet"
     _corpus(corpus, rows)
     first = run_job(_job(tmp_path, corpus, tiny_bert_dir), progress=False)
@@ -165,6 +165,7 @@ def test_add_granularity_backfills_only_the_new_column(ray_local, tmp_path, tiny
         model={"path": str(tiny_bert_dir)},
         output={"uri": first.table_uri},
         cluster={"rows_per_block": 50},
+        index={"granularities": ["l3_d16"]},  # built once the column is there, by the backfill
     )
     with pytest.raises(JobSpecError, match=r"backfill: embedjob run JOB --add-granularity l3_d16"):
         run_job(grown, progress=False)
@@ -173,8 +174,10 @@ def test_add_granularity_backfills_only_the_new_column(ray_local, tmp_path, tiny
 
     result = CliRunner().invoke(app, ["run", str(grown), "--add-granularity", "l3_d16", "--no-progress"])
     assert result.exit_code == 0, result.output
+    assert "index vec_l3_d16" in result.output and "on 300 rows" in result.output
     tbl = open_table(first.table_uri)
-    assert tbl.version == 2 and tbl.provenance.granularities == ("l2_d32", "l3_d16", "l4_d64")
+    assert tbl.version == 3 and tbl.provenance.granularities == ("l2_d32", "l3_d16", "l4_d64")  # + the index
+    assert [(i["column"], i["indexed_rows"]) for i in tbl.indexes()] == [("vec_l3_d16", 300)]
     after = tbl.to_arrow(["id", "vec_l2_d32", "vec_l3_d16", "run_id"])
     assert after.select(["id", "vec_l2_d32", "run_id"]).equals(before)  # old columns and rows untouched
     enc = ElasticEncoder.from_pretrained(tiny_bert_dir, ["l3_d16"], device="cpu")
@@ -185,8 +188,9 @@ def test_add_granularity_backfills_only_the_new_column(ray_local, tmp_path, tiny
     assert float(np.min(np.sum(fresh * stored, axis=1))) > 0.999
     assert tbl.search(rows["d007"], "l3_d16", k=1)["id"].to_pylist() == ["d007"]
     assert tbl.runs()[-1]["mode"] == "backfill l3_d16"
-    # the grown job now runs incrementally with nothing to do
-    assert run_job(grown, progress=False).rows_unchanged == 120
+    # the grown job now runs incrementally with nothing to do, and keeps its index
+    again = run_job(grown, progress=False)
+    assert again.rows_unchanged == 300 and [i["action"] for i in again.indexes] == ["kept"]
 
 
 def test_a_run_that_can_no_longer_be_resumed_is_recorded_abandoned_and_cleaned(ray_local, tmp_path, tiny_bert_dir):
