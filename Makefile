@@ -40,12 +40,9 @@ lint: setup
 demo: setup
 	$(BIN)/python -m examples.demo
 
+# Every script in bench/, then one table of each figure against its target (about 1.5 h on 2 cores).
 bench: setup
-	$(BIN)/python -m bench.encoder
-	$(BIN)/python -m bench.pipeline
-	$(BIN)/python -m bench.calibration
-	$(BIN)/python -m bench.incremental
-	$(BIN)/python -m bench.funnel
+	$(BIN)/python -m bench.suite $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -23,9 +23,12 @@ import argparse
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from bench._report import Check
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -175,7 +178,7 @@ def main() -> int:
                     "eval_passages": len(eval_texts),
                     "k": args.k,
                     "grid": rows,
-                    "checks": [{"figure": c[0], "value": c[1], "target": c[2], "holds": c[3]} for c in checks],
+                    "checks": [asdict(Check(*c)) for c in checks],
                     "seconds": {"fit": t_fit, "encode_raw": t_raw, "encode_calibrated": t_cal},
                 },
                 indent=2,

@@ -15,11 +15,12 @@ Prints tokens/s, padding overhead and the ratios the encoder issue targets:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
+
+from bench._report import Check, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -128,10 +129,12 @@ def main() -> int:
         limit = k / depth + 0.05
         row(f"elastic exit l{k}", "cost / full depth", cost, f"<= {limit:.3f}", cost <= limit)
     console.print(table)
-    if args.json:
-        args.json.write_text(
-            json.dumps({"bench": "encoder", "passages": len(texts), "tokens": tokens, "results": results}, indent=2)
-        )
+    checks = [
+        Check(f"{r['run']}: {r['figure']}", r["value"], r["target"], r["holds"])
+        for r in results
+        if r["value"] is not None
+    ]
+    write_report(args.json, "encoder", checks, passages=len(texts), tokens=tokens, results=results)
     return 0
 
 

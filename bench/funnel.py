@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench._report import Check, write_report
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 GRANS = ["l6_d32", "l6_d64", "l6_d128", "l6_d384"]
@@ -222,28 +224,44 @@ def main() -> int:
         "target: recall@10 >= 0.95 at >= 3x lower latency than exact: "
         + (f"holds ({best['plan']}: {best['recall_at_10']:.3f}, {best['speedup_vs_exact']:.2f}x)" if ok else "MISSED")
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "bench": "funnel",
-                    "rows": tbl.count_rows(),
-                    "queries": len(queries),
-                    "plans": rows,
-                    "encode_ms_per_query": encode_ms,
-                    "shortlist_200_recall": {
-                        "raw": float(np.mean(raw_recall)),
-                        "calibrated": float(np.mean(cal_recall)),
-                    },
-                    "indexes": {g: r.to_dict() for g, r in built.items()},
-                    "target_holds": ok,
-                },
-                indent=2,
-            )
-            + "\n"
+    checks = [
+        Check(
+            f"funnel {r['plan']}: recall@10 / x faster than exact",
+            f"{r['recall_at_10']:.3f} / {r['speedup_vs_exact']:.2f}x",
+            ">= 0.95 / >= 3x",
+            r["recall_at_10"] >= 0.95 and r["speedup_vs_exact"] >= 3.0,
         )
-        console.print(f"wrote {args.json}")
+        for r in rows
+        if not r["plan"].startswith("exact")
+    ]
+    checks.append(
+        Check(
+            "funnel: best plan within the target",
+            f"{best['plan']}: {best['recall_at_10']:.3f}, {best['speedup_vs_exact']:.2f}x" if ok else "none",
+            "some plan >= 0.95 at >= 3x",
+            ok,
+        )
+    )
+    checks.append(
+        Check(
+            "funnel shortlist l6_d64:200, recall@10 calibrated / raw",
+            float(np.mean(cal_recall) / max(np.mean(raw_recall), 1e-12)),
+            "context",
+            None,
+        )
+    )
+    write_report(
+        args.json,
+        "funnel",
+        checks,
+        rows=tbl.count_rows(),
+        queries=len(queries),
+        plans=rows,
+        encode_ms_per_query=encode_ms,
+        shortlist_200_recall={"raw": float(np.mean(raw_recall)), "calibrated": float(np.mean(cal_recall))},
+        indexes={g: r.to_dict() for g, r in built.items()},
+        target_holds=ok,
+    )
     return 0 if ok else 1
 
 

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._report import Check, write_report
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 GRANS = ["l3_d64", "l6_d128", "l6_d384"]
@@ -51,7 +53,7 @@ def _run(job: Path, log: Path) -> float:
     return seconds
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20000, help="passages in the corpus")
     parser.add_argument("--changed", type=float, default=0.01, help="share of rows whose text changes")
@@ -113,11 +115,16 @@ def main() -> None:
         f"embedded {incr_rec['rows_embedded']:,}, unchanged {incr_rec['rows_unchanged']:,}, "
         f"rows carrying the incremental run's id: {touched:,}"
     )
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    checks = [
+        Check(
+            f"incremental ({len(changed):,} of {len(rows):,} changed) / full wall time", ratio, "<= 0.10", ratio <= 0.10
+        ),
+        Check("rows carrying the incremental run's id", touched, f"== {len(changed)}", touched == len(changed)),
+    ]
+    write_report(Path(args.json) if args.json else None, "incremental", checks, **figures)
     print(f"(work folder: {folder})")
+    return 0 if all(c.holds is not False for c in checks) else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._report import Check, write_report
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 GRANS = ["l3_d64", "l3_d128", "l6_d128", "l6_d384"]
@@ -101,6 +103,7 @@ def main() -> int:
     )
     parser.add_argument("--no-marginal", dest="marginal", action="store_false", help="skip the 2N run")
     parser.add_argument("--memory-n", type=int, default=2000, help="passages at 1x for the memory check (0: skip)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -192,7 +195,8 @@ def main() -> int:
     for name, value, target, ok in results:
         table.add_row(name, f"{value:.3f}", target, "yes" if ok else "[red]NO[/red]")
     console.print(table)
-    return 0
+    write_report(args.json, "pipeline", [Check(name, value, target, ok) for name, value, target, ok in results])
+    return 0 if all(ok for *_, ok in results) else 1
 
 
 if __name__ == "__main__":
