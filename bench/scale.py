@@ -194,7 +194,7 @@ def main() -> int:
         )
     checks = [
         Check(
-            "every id exactly once in the table",
+            "ids in the table, each once",
             f"{distinct_ids:,} of {len(texts):,}",
             "all",
             distinct_ids == len(texts),
