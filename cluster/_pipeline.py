@@ -79,6 +79,8 @@ class PipelineResult:
     #: table ids whose old rows the commit deletes: replaced by new vectors, and gone from the input
     replaced_ids: list = field(default_factory=list)
     missing_ids: list = field(default_factory=list)
+    #: Ray node id -> rows this attempt embedded on it (the encoder actor's node)
+    rows_per_node: dict[str, int] = field(default_factory=dict)
 
 
 def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
@@ -210,3 +212,5 @@ def _accumulate(result: PipelineResult, batch: pa.Table) -> None:
         result.truncated += rec["truncated"]
         for reason, n in json.loads(rec["reasons"]).items():
             result.reject_reasons[reason] = result.reject_reasons.get(reason, 0) + n
+        for node, n in json.loads(rec["nodes"]).items():
+            result.rows_per_node[node] = result.rows_per_node.get(node, 0) + n

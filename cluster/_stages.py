@@ -34,6 +34,7 @@ from ._registry import DUPLICATE, EXISTS, SKIP
 REASON = "_reason"
 TOKENS = "_tokens"
 TRUNCATED = "_truncated"
+NODE = "_node"  # the Ray node id of the actor that encoded the row
 
 
 def prepare(
@@ -162,6 +163,7 @@ class EncodeActor:
         self.run_id = run_id
         self.fault_marker = fault_marker
         self.calls = 0
+        self.node_id = _node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -189,7 +191,9 @@ class EncodeActor:
         out = out.append_column("run_id", pa.array([self.run_id] * n, pa.string()))
         out = out.append_column("embedded_at", now)
         out = out.append_column(TOKENS, pa.array(tokens))
-        return out.append_column(TRUNCATED, pa.array(truncated))
+        out = out.append_column(TRUNCATED, pa.array(truncated))
+        # per row, not per batch: Ray Data may merge the outputs of several actors into one write batch
+        return out.append_column(NODE, pa.array([self.node_id] * n, pa.string()))
 
 
 def write(
@@ -228,6 +232,7 @@ def write(
         rejected = write_fragments(rejects, rejects_uri, REJECTS_SCHEMA, storage_options=storage_options)
     tokens = int(pc.sum(good.column(TOKENS)).as_py() or 0)
     truncated = int(pc.sum(pc.cast(good.column(TRUNCATED), pa.int64())).as_py() or 0)
+    nodes = _count_nodes(good)
     if batch.num_rows:
         # the part's name is a digest of its rows: a retried task overwrites its own part
         digest = hashlib.blake2b(digest_size=16)
@@ -243,6 +248,7 @@ def write(
                 reject_fragments=rejected,
                 rejected=bad.num_rows,
                 reasons=counts,
+                nodes=nodes,
             )
         )
     return pa.table(
@@ -255,8 +261,24 @@ def write(
             "tokens": pa.array([tokens], pa.int64()),
             "truncated": pa.array([truncated], pa.int64()),
             "reasons": pa.array([json.dumps(counts)], pa.string()),
+            "nodes": pa.array([json.dumps(nodes)], pa.string()),
         }
     )
+
+
+def _node_id() -> str:
+    """This worker's Ray node id (hex); empty outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def _count_nodes(batch: pa.Table) -> dict[str, int]:
+    """Rows of ``batch`` per encoding node (node id -> rows)."""
+    if NODE not in batch.column_names or not batch.num_rows:
+        return {}
+    counts = pc.value_counts(batch.column(NODE)).to_pylist()
+    return {c["values"]: int(c["counts"]) for c in counts if c["values"]}
 
 
 def _maybe_die_once(marker: str, calls: int) -> None:

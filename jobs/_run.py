@@ -86,6 +86,8 @@ class RunSummary:
     read_version: int | None = None  # the table version the run planned against
     error: str | None = None
     indexes: list[dict[str, Any]] = field(default_factory=list)  # the job's [index] section, after the commit
+    #: Ray node id -> rows whose encoder actor ran there (summed over the committed parts; not in the runs table)
+    rows_per_node: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -337,10 +339,21 @@ def _execute(
         rows_deleted=len(result.missing_ids),
         rows_resumed=counts.get("staged", 0),
         read_version=read_version,
+        rows_per_node=_rows_per_node(parts),
     )
     append_rows(resolved.runs_uri, summary.record(), storage_options=opts)
     staging.remove()  # committed: its parts are in the table now
     return summary
+
+
+def _rows_per_node(parts: list[StagedPart]) -> dict[str, int]:
+    """Rows per encoding node over the committed parts, most first (parts staged before nodes were recorded
+    count nowhere)."""
+    total: dict[str, int] = {}
+    for part in parts:
+        for node, n in part.nodes.items():
+            total[node] = total.get(node, 0) + n
+    return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _check_exactly_once(parts: list[StagedPart], run_id: str) -> None:

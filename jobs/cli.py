@@ -142,6 +142,11 @@ def _print_summary(summary) -> None:
         table.add_row("reject reasons", ", ".join(f"{r}: {n}" for r, n in summary.reject_reasons.items()))
     table.add_row("tokens (truncated texts)", f"{summary.tokens:,} ({summary.truncated:,})")
     table.add_row("actor pool", summary.pool)
+    per_node = getattr(summary, "rows_per_node", None) or {}
+    if len(per_node) > 1:  # each Ray node id by its first 8 hex digits
+        table.add_row(
+            f"rows per node ({len(per_node)} nodes)", ", ".join(f"{node[:8]}: {n:,}" for node, n in per_node.items())
+        )
     if summary.calibration:
         fitted = f", fitting took {summary.seconds_calibration:.1f} s" if summary.seconds_calibration else ""
         table.add_row("calibration", f"{summary.calibration} ({summary.calibration_origin}{fitted})")

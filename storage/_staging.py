@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._files import delete_tree, list_dir, read_bytes, table_stem, write_bytes
@@ -43,13 +43,20 @@ class StagedPart:
     reject_fragments: list[str] = field(default_factory=list)
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    #: Ray node id -> how many of ``ids`` an encoder actor on that node embedded (empty in parts
+    #: written before nodes were recorded)
+    nodes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> StagedPart:
-        return cls(**json.loads(text))
+        """Reads parts of older and newer versions alike: missing fields take their defaults, fields
+        this version does not know are ignored."""
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class RunStaging:
