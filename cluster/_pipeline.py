@@ -114,6 +114,7 @@ def start_pool(plan: _PoolRequest) -> PoolPlan:
         actors=plan.actors,
         gpus_per_actor=plan.gpus_per_actor,
         cpus_per_actor=plan.cpus_per_actor,
+        nodes=[node["Resources"] for node in ray.nodes() if node.get("Alive")],
     )
 
 

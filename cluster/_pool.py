@@ -4,12 +4,20 @@ GPUs: one actor per ``gpus_per_actor`` GPUs. CPUs only: few actors with
 several torch threads each (on 2 cores, 1 actor x 2 threads beat 2 x 1), and
 a CPU reservation that always leaves one CPU for Ray Data's read and write
 tasks — reserving every core for actors hangs the pipeline ("backpressured").
+
+Several nodes: a task needs one whole CPU on one node, and Ray Data spreads the
+actors over the nodes, so the spare CPU must be whole on every node — 2 actors
+x 0.5 CPU on two 1-CPU nodes leave half a CPU on each and no task ever runs.
+There, an actor's threads are capped by the largest node's CPUs and its
+reservation leaves one whole CPU per node (down to no reservation at all on
+1-CPU nodes: torch threads are set explicitly, the reservation only keeps the
+read and write tasks schedulable).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ._errors import ClusterError
@@ -42,11 +50,14 @@ def plan_pool(
     actors: int | None = None,
     gpus_per_actor: float | None = None,
     cpus_per_actor: float | None = None,
+    nodes: Sequence[Mapping[str, float]] | None = None,
 ) -> PoolPlan:
     """Choose the pool for a cluster with ``resources`` (``ray.cluster_resources()``).
 
     ``gpus_per_actor=0`` forces CPU actors on a GPU cluster. Asking for more
-    than the cluster has is an error that says what it has.
+    than the cluster has is an error that says what it has. ``nodes``: each live
+    node's resources (``ray.nodes()``); with more than one node with CPUs, CPU
+    actors are sized so that every node keeps a whole CPU for read/write tasks.
     """
     cpus = float(resources.get("CPU", 0))
     gpus = float(resources.get("GPU", 0))
@@ -70,6 +81,9 @@ def plan_pool(
         reserve = min(1.0, spare / n)
         return PoolPlan(actors=n, num_cpus=round(reserve, 3), num_gpus=per, torch_threads=1)
     threads = int(cpus_per_actor) if cpus_per_actor else None
+    node_cpus = [float(n.get("CPU", 0)) for n in nodes or () if float(n.get("CPU", 0)) > 0]
+    if len(node_cpus) > 1:
+        return _multi_node_cpu_pool(node_cpus, actors=actors, threads=threads)
     if actors is None:
         threads = threads or int(min(cpus, MAX_THREADS_PER_CPU_ACTOR))
         n = max(1, int(cpus // threads))
@@ -82,3 +96,18 @@ def plan_pool(
     else:
         reserve = min(float(threads), spare / n)
     return PoolPlan(actors=n, num_cpus=round(max(reserve, 0.01), 3), num_gpus=0.0, torch_threads=max(1, threads))
+
+
+def _multi_node_cpu_pool(node_cpus: Sequence[float], *, actors: int | None, threads: int | None) -> PoolPlan:
+    """CPU actors over several nodes: an actor's threads fit on one node, and the reservation leaves one
+    whole CPU on every node however evenly Ray spreads the actors."""
+    largest = max(node_cpus)
+    if actors is None:
+        threads = threads or int(min(largest, MAX_THREADS_PER_CPU_ACTOR))
+        n = max(1, int(sum(c // threads for c in node_cpus)))
+    else:
+        n = actors
+        threads = threads or max(1, int(min(largest, sum(node_cpus) // n)))
+    per_node = math.ceil(n / len(node_cpus))  # the most actors one node gets when they are spread
+    reserve = min(float(threads), max(min(node_cpus) - 1.0, 0.0) / per_node)
+    return PoolPlan(actors=n, num_cpus=math.floor(reserve * 1000) / 1000, num_gpus=0.0, torch_threads=max(1, threads))
