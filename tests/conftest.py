@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -238,9 +241,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_head_process(*, dashboard: bool):
+def ray_head_process(*, dashboard: bool, num_cpus: int = 2, extra_args: Sequence[str] = ()):
     """`ray start --head --block` on loopback in its own process group, every port a free one; yields
-    (process, GCS port, dashboard port or None). The whole group is killed on exit."""
+    (process, GCS port, dashboard port or None). The whole group is killed on exit. ``extra_args`` go to
+    `ray start` as they are."""
     import signal
     import subprocess
     import sys
@@ -268,11 +272,12 @@ def ray_head_process(*, dashboard: bool):
             "--block",
             "--node-ip-address=127.0.0.1",
             f"--port={port}",
-            "--num-cpus=2",
+            f"--num-cpus={num_cpus}",
             *ui,
             *(f"--{flag}={p}" for flag, p in zip(_RAY_FIXED_PORT_FLAGS, fixed, strict=True)),
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
+            *extra_args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -343,3 +348,165 @@ def write_embedded_table(
     if calibration is not None:
         save_calibration(uri, calibration)
     return version
+
+
+@contextlib.contextmanager
+def ray_worker_process(
+    gcs_address: str,
+    *,
+    num_cpus: int = 1,
+    num_gpus: int = 0,
+    resources: dict[str, float] | None = None,
+    extra_args: Sequence[str] = (),
+):
+    """A second node for the cluster at ``gcs_address``: `ray start --address ... --block` on loopback, in its
+    own process group and temp dir (its own raylet, object store and agents, every port a free one, worker
+    ports chosen by the OS so they never meet the head's). Yields the process; the group is killed on exit."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")  # Ray's unix sockets need a short path
+    flags = (
+        "node-manager-port",
+        "object-manager-port",
+        "metrics-export-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+    )
+    ray_exe = Path(sys.executable).with_name("ray")
+    env = {
+        **os.environ,
+        "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        # the head made a token (~/.ray/auth_token); a joining `ray start` reads it only in token mode
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+    }
+    proc = subprocess.Popen(
+        [
+            str(ray_exe),
+            "start",
+            f"--address={gcs_address}",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}",
+            f"--num-gpus={num_gpus}",
+            *([f"--resources={json.dumps(resources)}"] if resources else []),
+            *(f"--{flag}={free_port()}" for flag in flags),
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            *extra_args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RayTwoNodes:
+    address: str  # the head's GCS, host:port
+    head_id: str  # Ray node ids (hex)
+    worker_id: str
+
+
+# run in a fresh interpreter: waits until the cluster reports `want` live nodes, prints them as JSON
+_RAY_NODES_SCRIPT = """
+import json, sys, time
+import ray
+from cluster import ray_session
+want, deadline = int(sys.argv[2]), time.time() + float(sys.argv[3])
+with ray_session(sys.argv[1]):
+    while True:
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        if len(alive) >= want or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    print(json.dumps([{"id": n["NodeID"], "resources": n["Resources"]} for n in alive]))
+"""
+
+
+@contextlib.contextmanager
+def ray_two_node_cluster(*, head_cpus: int = 1, worker_cpus: int = 1, worker_gpus: int = 0, timeout_s: float = 120):
+    """A two-node Ray cluster on this machine: `ray start --head` plus a second `ray start --address` with its
+    own resources (and a custom resource ``second_node``), each in its own process group and temp dir.
+
+    Yields a RayTwoNodes once both nodes are alive. At exit both groups are killed and no process of either
+    node may be left (checked: the fixture fails otherwise)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    small = ["--min-worker-port=0", "--max-worker-port=0", f"--object-store-memory={512 * 1024**2}"]
+    pids: list[int] = []
+    temp_dirs: list[str] = []
+    with ray_head_process(dashboard=False, num_cpus=head_cpus, extra_args=small) as (head, port, _):
+        pids.append(head.pid)
+        temp_dirs += [a.split("=", 1)[1] for a in head.args if a.startswith("--temp-dir=")]
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if head.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("ray start --head did not come up") from None
+                time.sleep(0.3)
+        address = f"127.0.0.1:{port}"
+        with ray_worker_process(
+            address, num_cpus=worker_cpus, num_gpus=worker_gpus, resources={"second_node": 1}, extra_args=small[2:]
+        ) as worker:
+            pids.append(worker.pid)
+            temp_dirs += [a.split("=", 1)[1] for a in worker.args if a.startswith("--temp-dir=")]
+            out = subprocess.run(
+                [sys.executable, "-c", _RAY_NODES_SCRIPT, address, "2", str(timeout_s)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s + 60,
+                check=False,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+            nodes = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout else []
+            if len(nodes) != 2 or worker.poll() is not None:
+                raise RuntimeError(f"the two-node cluster did not come up: {nodes} {out.stderr[-3000:]}")
+            second = [n["id"] for n in nodes if "second_node" in n["resources"]]
+            head_id = next(n["id"] for n in nodes if n["id"] not in second)
+            yield RayTwoNodes(address=address, head_id=head_id, worker_id=second[0])
+    _wait_ray_gone(pids, temp_dirs)
+
+
+def _wait_ray_gone(pgids: Sequence[int], temp_dirs: Sequence[str], timeout_s: float = 30) -> None:
+    """Wait until no live process is left in these process groups or names one of these temp dirs (Ray's
+    workers and agents carry their node's temp dir on the command line); fail naming what is left."""
+    import subprocess
+    import time
+
+    deadline = time.time() + timeout_s
+    while True:
+        left = []
+        ps = subprocess.run(["ps", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True, check=True)
+        for line in ps.stdout.splitlines():
+            pid, pgid, stat, *rest = line.split(None, 3)
+            args = rest[0] if rest else ""
+            if stat.startswith("Z"):
+                continue
+            if int(pgid) in pgids or any(d in args for d in temp_dirs):
+                left.append(f"{pid} {args[:120]}")
+        if not left:
+            return
+        if time.time() > deadline:
+            raise RuntimeError(f"Ray processes left after teardown: {left}")
+        time.sleep(0.5)
