@@ -269,10 +269,7 @@ class ElasticEncoder:
             if tokenizer.eos_token_id is None:
                 raise UnsupportedModelError(str(path), "its tokenizer has neither a pad nor an eos token")
             tokenizer.pad_token = tokenizer.eos_token
-        try:
-            model = AutoModel.from_pretrained(str(mdir.transformer_dir), local_files_only=True, dtype=dtype)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UnsupportedModelError(str(path), f"transformers cannot load it: {exc}") from None
+        model = _load_model(AutoModel, str(mdir.transformer_dir), str(path), dtype)
         model.eval().to(device)
         return cls(
             model=model,
@@ -495,6 +492,21 @@ class _Depth:
     def __exit__(self, *exc: object) -> None:
         enc = self.encoder
         set_submodule(enc.model, enc._blocks_path, enc._blocks)
+
+
+def _load_model(auto_model: Any, model_dir: str, path: str, dtype: torch.dtype) -> nn.Module:
+    """The model with PyTorch's fused scaled-dot-product attention (SDPA: flash / memory-efficient kernels on
+    CUDA); architectures transformers has no SDPA path for fall back to its eager attention."""
+    try:
+        try:
+            return auto_model.from_pretrained(model_dir, local_files_only=True, dtype=dtype, attn_implementation="sdpa")
+        except ValueError as exc:
+            if "sdpa" not in str(exc).lower() and "scaled_dot_product" not in str(exc).lower():
+                raise
+            logger.info("%s has no SDPA attention in transformers; using eager attention", path)
+            return auto_model.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedModelError(path, f"transformers cannot load it: {exc}") from None
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -82,6 +82,13 @@ def test_finds_blocks_generically_on_other_architectures(tiny_other_arch):
     _assert_matches(enc.encode(TEXTS), reference_vectors(tiny_other_arch, TEXTS, pairs, max_length=128))
 
 
+def test_attention_runs_through_sdpa(tiny_bert_dir, tiny_other_arch):
+    """PyTorch's fused attention (flash / memory-efficient kernels on CUDA) is asked for explicitly."""
+    for path in (tiny_bert_dir, tiny_other_arch):
+        enc = ElasticEncoder.from_pretrained(path, [(2, 16)], max_length=64)
+        assert enc.model.config._attn_implementation == "sdpa", path.name
+
+
 def test_unknown_block_layout_is_a_clear_error():
     with pytest.raises(UnsupportedModelError) as info:
         find_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)), num_layers=4)
