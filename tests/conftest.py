@@ -241,43 +241,32 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_head_process(*, dashboard: bool, num_cpus: int = 2, extra_args: Sequence[str] = ()):
-    """`ray start --head --block` on loopback in its own process group, every port a free one; yields
-    (process, GCS port, dashboard port or None). The whole group is killed on exit. ``extra_args`` go to
-    `ray start` as they are."""
+def _ray_start(prefix: str, args: Sequence[str], extra_env: dict[str, str] | None = None):
+    """`ray start ARGS --block` on loopback, in its own process group and temp dir; yields the process and
+    kills the whole group (then removes the temp dir) on exit."""
     import signal
     import subprocess
     import sys
     import tempfile
 
-    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's unix sockets need a short path
-    port, dash, *fixed = (free_port() for _ in range(2 + len(_RAY_FIXED_PORT_FLAGS)))
+    temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # Ray's unix sockets need a short path
     ray_exe = Path(sys.executable).with_name("ray")
     env = {
         **os.environ,
         # the cluster's `python` is this venv's, as on a cluster image where Ray's interpreter is on the PATH
         "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        **(extra_env or {}),
     }
-    ui = (
-        ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
-        if dashboard
-        else ["--include-dashboard=false"]
-    )
     proc = subprocess.Popen(
         [
             str(ray_exe),
             "start",
-            "--head",
+            *args,
             "--block",
             "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            f"--num-cpus={num_cpus}",
-            *ui,
-            *(f"--{flag}={p}" for flag, p in zip(_RAY_FIXED_PORT_FLAGS, fixed, strict=True)),
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
-            *extra_args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -285,11 +274,34 @@ def ray_head_process(*, dashboard: bool, num_cpus: int = 2, extra_args: Sequence
         start_new_session=True,
     )
     try:
-        yield proc, port, (dash if dashboard else None)
+        yield proc
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # SIGTERM makes Ray drain for 30 s; nothing here needs that
         proc.wait(timeout=30)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_head_process(*, dashboard: bool, num_cpus: int = 2, extra_args: Sequence[str] = ()):
+    """`ray start --head --block` on loopback in its own process group, every port a free one; yields
+    (process, GCS port, dashboard port or None). The whole group is killed on exit. ``extra_args`` go to
+    `ray start` as they are."""
+    port, dash, *fixed = (free_port() for _ in range(2 + len(_RAY_FIXED_PORT_FLAGS)))
+    ui = (
+        ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
+        if dashboard
+        else ["--include-dashboard=false"]
+    )
+    args = [
+        "--head",
+        f"--port={port}",
+        f"--num-cpus={num_cpus}",
+        *ui,
+        *(f"--{flag}={p}" for flag, p in zip(_RAY_FIXED_PORT_FLAGS, fixed, strict=True)),
+        *extra_args,
+    ]
+    with _ray_start("rh", args) as proc:
+        yield proc, port, (dash if dashboard else None)
 
 
 def write_embedded_table(
@@ -363,12 +375,7 @@ def ray_worker_process(
     own process group and temp dir (its own raylet, object store and agents, every port a free one, worker
     ports chosen by the OS so they never meet the head's). Yields the process; the group is killed on exit."""
     import json
-    import signal
-    import subprocess
-    import sys
-    import tempfile
 
-    temp_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")  # Ray's unix sockets need a short path
     flags = (
         "node-manager-port",
         "object-manager-port",
@@ -377,42 +384,19 @@ def ray_worker_process(
         "dashboard-agent-grpc-port",
         "runtime-env-agent-port",
     )
-    ray_exe = Path(sys.executable).with_name("ray")
-    env = {
-        **os.environ,
-        "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-        # the head made a token (~/.ray/auth_token); a joining `ray start` reads it only in token mode
-        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
-    }
-    proc = subprocess.Popen(
-        [
-            str(ray_exe),
-            "start",
-            f"--address={gcs_address}",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--num-cpus={num_cpus}",
-            f"--num-gpus={num_gpus}",
-            *([f"--resources={json.dumps(resources)}"] if resources else []),
-            *(f"--{flag}={free_port()}" for flag in flags),
-            "--min-worker-port=0",
-            "--max-worker-port=0",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-            *extra_args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    try:
+    args = [
+        f"--address={gcs_address}",
+        f"--num-cpus={num_cpus}",
+        f"--num-gpus={num_gpus}",
+        *([f"--resources={json.dumps(resources)}"] if resources else []),
+        *(f"--{flag}={free_port()}" for flag in flags),
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        *extra_args,
+    ]
+    # the head made a token (~/.ray/auth_token); a joining `ray start` reads it only in token mode
+    with _ray_start("rw", args, {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}) as proc:
         yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)
