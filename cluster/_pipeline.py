@@ -60,6 +60,9 @@ class EmbedPlan:
     read_version: int | None = None
     #: a resumed run: ids its staging folder already holds are not embedded again
     resume: bool = False
+    #: where texts are tokenized: "tasks" (the CPU prepare tasks, so a GPU never waits for the
+    #: tokenizer), "actor" (inside the encoder actor), or "auto": tasks on GPU actors, actor on CPU ones
+    tokenize: str = "auto"
 
 
 @dataclass
@@ -81,6 +84,22 @@ class PipelineResult:
     missing_ids: list = field(default_factory=list)
     #: Ray node id -> rows this attempt embedded on it (the encoder actor's node)
     rows_per_node: dict[str, int] = field(default_factory=dict)
+    #: where texts were tokenized: "tasks" or "actor"
+    tokenize: str = "actor"
+
+
+TOKENIZE_CHOICES = ("auto", "actor", "tasks")
+
+
+def resolve_tokenize(choice: str, pool: PoolPlan) -> str:
+    """``auto``: tokenize in the CPU prepare tasks when the actors hold GPUs (the device must not wait
+    for the tokenizer), inside the actor on CPU-only pools, where both share the same cores and
+    one stage was faster (bench/pipeline.py measures both)."""
+    if choice not in TOKENIZE_CHOICES:
+        raise ValueError(f"tokenize must be one of {', '.join(TOKENIZE_CHOICES)}, got {choice!r}")
+    if choice == "auto":
+        return "tasks" if pool.uses_gpu else "actor"
+    return choice
 
 
 def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
@@ -132,7 +151,8 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
     t0 = time.perf_counter()
     pool = start_pool(plan)
     rows = _rows_per_block(plan, pool)
-    logger.info("actor pool: %s; %d rows per block", pool.describe(), rows)
+    tokenize = resolve_tokenize(plan.tokenize, pool)
+    logger.info("actor pool: %s; %d rows per block; tokenizing in the %s", pool.describe(), rows, tokenize)
     registry = (
         ray.remote(num_cpus=0)(IdRegistry)
         .options(max_restarts=0)
@@ -157,6 +177,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             "text_column": plan.text_column,
             "passthrough": list(plan.passthrough),
             "registry": registry,
+            "tokenizer": (plan.model_path, plan.encoder.max_length) if tokenize == "tasks" else None,
         },
     )
     ds = ds.map_batches(
@@ -191,7 +212,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             "overwrite": plan.mode in ("create", "overwrite"),
         },
     )
-    result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0)
+    result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0, tokenize=tokenize)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         _accumulate(result, batch)
     result.counts = ray.get(registry.counts.remote())

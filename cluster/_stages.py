@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedder import ElasticEncoder, EncoderConfig
+from embedder import ElasticEncoder, EncoderConfig, cached_tokenizer, tokenized_from_flat
 from storage import (
     REJECTS_SCHEMA,
     RunStaging,
@@ -35,6 +35,8 @@ REASON = "_reason"
 TOKENS = "_tokens"
 TRUNCATED = "_truncated"
 NODE = "_node"  # the Ray node id of the actor that encoded the row
+INPUT_IDS = "_input_ids"  # token ids made by a CPU task (tokenize = "tasks"), null for rejected rows
+CUT = "_cut"  # the text was longer than max_length and was truncated
 
 
 def prepare(
@@ -44,6 +46,7 @@ def prepare(
     text_column: str,
     passthrough: Sequence[str],
     registry: Any,
+    tokenizer: tuple[str, int | None] | None = None,
 ) -> pa.Table:
     """Normalise one input batch: ``id, text, content_hash, <passthrough>, _reason``.
 
@@ -51,6 +54,9 @@ def prepare(
     id, null / empty / whitespace-only / undecodable text, an id already
     claimed by an earlier row of this run, or (append) an id the table has.
     Rows that need no work (unchanged, or already staged) are dropped here.
+
+    ``tokenizer`` (model dir, max_length): also tokenize the rows to embed, into ``_input_ids`` and
+    ``_cut``, so the encoder actor gets ids ready and its device never waits for the tokenizer.
     """
     import ray
 
@@ -115,7 +121,30 @@ def prepare(
     for name in passthrough:
         columns[name] = batch.column(name)
     columns[REASON] = pa.array(reasons, pa.string())
+    if tokenizer is not None:
+        columns[INPUT_IDS], columns[CUT] = _token_columns(tokenizer, texts, reasons)
     return pa.table(columns)
+
+
+def _token_columns(
+    tokenizer: tuple[str, int | None], texts: list[str | None], reasons: list[str | None]
+) -> tuple[pa.Array, pa.Array]:
+    """The rows to embed as token ids (a list<int32> column, null where the row is rejected) and their
+    truncation flags."""
+    rows = [i for i, r in enumerate(reasons) if r is None]
+    values, offsets, truncated = cached_tokenizer(*tokenizer).tokenize_flat([texts[i] for i in rows])
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    lengths[rows] = np.diff(offsets)
+    cut = np.zeros(len(texts), dtype=bool)
+    cut[rows] = truncated
+    all_offsets = np.zeros(len(texts) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=all_offsets[1:])
+    valid = np.zeros(len(texts), dtype=bool)
+    valid[rows] = True
+    ids = pa.ListArray.from_arrays(
+        pa.array(all_offsets, pa.int32()), pa.array(values, pa.int32()), mask=pa.array(~valid)
+    )
+    return ids, pa.array(cut)
 
 
 def load_encoder(
@@ -169,19 +198,27 @@ class EncodeActor:
         n = batch.num_rows
         ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(ok)
-        texts = batch.column("text").take(pa.array(rows, pa.int64())).to_pylist()
+        texts = None if INPUT_IDS in batch.column_names else batch.column("text").take(pa.array(rows)).to_pylist()
         self.calls += 1
         if self.fault_marker:
             _maybe_die_once(self.fault_marker, self.calls)
         tokens = np.zeros(n, dtype=np.int32)
         truncated = np.zeros(n, dtype=bool)
         vectors: dict[Any, np.ndarray] = {}
-        if texts:
-            result = self.encoder.encode_with_stats(texts)
+        if len(rows):
+            if INPUT_IDS in batch.column_names:  # tokenized by the prepare tasks
+                ids = batch.column(INPUT_IDS).combine_chunks().take(pa.array(rows, pa.int64()))
+                offsets = ids.offsets.to_numpy()
+                cut = batch.column(CUT).to_numpy(zero_copy_only=False)[rows]
+                result = self.encoder.encode_tokenized(
+                    tokenized_from_flat(ids.flatten().to_numpy(), offsets - offsets[0], cut)
+                )
+            else:
+                result = self.encoder.encode_with_stats(texts)
             tokens[rows] = result.token_counts
             truncated[rows[list(result.stats.truncated_positions)]] = True
             vectors = result.vectors
-        out = batch
+        out = batch.drop_columns([c for c in (INPUT_IDS, CUT) if c in batch.column_names])
         for g in self.encoder.granularities:
             full = np.zeros((n, g.dim), dtype=np.float32)  # rejected rows: zeros, dropped by the writer
             if g in vectors:

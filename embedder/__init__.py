@@ -5,7 +5,7 @@ Knows nothing about Ray, files or Lance.
 
 from __future__ import annotations
 
-from ._batching import find_invalid_texts
+from ._batching import Tokenized, find_invalid_texts
 from ._calibration import Calibration, CalibrationInfo, LayerFit
 from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, fit_calibration, heldout_mask
 from ._config import EncoderConfig, Pooling
@@ -22,6 +22,7 @@ from ._errors import (
 from ._granularity import STARBUCKS, Granularity, parse_granularities, resolve_granularities
 from ._loading import read_model_dir, weights_fingerprint
 from ._quality import agreement, neighbours, pair_correlation, recall_at_k, recommend, spearman
+from ._tokenizer import TextTokenizer, cached_tokenizer, tokenized_from_flat
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -42,8 +43,11 @@ __all__ = [
     "LayerFit",
     "ModelError",
     "Pooling",
+    "TextTokenizer",
+    "Tokenized",
     "UnsupportedModelError",
     "agreement",
+    "cached_tokenizer",
     "find_invalid_texts",
     "fit_calibration",
     "heldout_mask",
@@ -55,5 +59,6 @@ __all__ = [
     "recommend",
     "resolve_granularities",
     "spearman",
+    "tokenized_from_flat",
     "weights_fingerprint",
 ]

@@ -46,7 +46,7 @@ def check_texts(texts: Sequence[Any]) -> None:
 
 @dataclass(frozen=True)
 class Tokenized:
-    ids: list[list[int]]
+    ids: Sequence[Sequence[int]]  # per text: a list, or a view into one flat array
     lengths: np.ndarray  # (n,) tokens per text after truncation, specials included
     truncated: np.ndarray  # (n,) bool: the text had more than max_length tokens
 
@@ -84,6 +84,18 @@ class Batch:
     @property
     def padded_tokens(self) -> int:
         return int(self.input_ids.size)
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop`` of this batch, trimmed to their own longest text (right padding)."""
+        mask = self.attention_mask[start:stop]
+        width = self.input_ids.shape[1]
+        if width and mask[:, -1].sum() == 0 and mask[:, 0].all():  # right-padded: drop all-pad columns
+            width = max(1, int(mask.sum(axis=1).max()))
+        return Batch(
+            positions=self.positions[start:stop],
+            input_ids=self.input_ids[start:stop, :width],
+            attention_mask=mask[:, :width],
+        )
 
 
 @dataclass(frozen=True)

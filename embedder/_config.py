@@ -54,7 +54,8 @@ _DTYPES = {
 
 #: Default padded tokens per forward batch, by device type. On a 2-core CPU, 512..4096
 #: ran within noise of each other and 16384 was ~30% slower (2,000 real passages, 2026-11-22).
-DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536, "mps": 16384}
+#: CUDA has no fixed default: the encoder sizes it to the device's free memory.
+DEFAULT_BATCH_TOKENS = {"cpu": 4096, "mps": 16384}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._batching import Batch, Plan, check_texts, plan_batches, tokenize
+from ._batching import Batch, Plan, Tokenized, plan_batches
 from ._calibration import Calibration
 from ._calibration_fit import CalibrationStats
 from ._config import (
@@ -33,10 +33,11 @@ from ._config import (
     resolve_dtype,
     resolve_num_threads,
 )
-from ._errors import GranularityError, ModelError, UnsupportedModelError
+from ._errors import EncoderConfigError, GranularityError, UnsupportedModelError
 from ._granularity import Granularity, GranularitySpec, parse_granularities, resolve_granularities
 from ._loading import ModelDir, find_blocks, read_model_dir, set_submodule, torch_dtype_name, weights_fingerprint
 from ._pooling import pool
+from ._tokenizer import TextTokenizer, load_hf_tokenizer
 
 __all__ = ["ElasticEncoder", "EncodeResult", "EncodeStats"]
 
@@ -123,7 +124,8 @@ class ElasticEncoder:
         self.max_length = max_length
         self.device = device
         self.dtype = dtype
-        self.batch_tokens = config.batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, 4096)
+        self.text_tokenizer = TextTokenizer(tokenizer, max_length=max_length, lowercase=model_dir.do_lower_case)
+        self.batch_tokens = config.batch_tokens or _default_batch_tokens(device, model_dir, dtype)
         self.depth = max(g.layer for g in granularities)
         self._fingerprint: str | None = None
         self._blocks_path, blocks = find_blocks(model, model_dir.num_layers)
@@ -242,7 +244,7 @@ class ElasticEncoder:
         calibration: Calibration | str | Path | None = None,
     ) -> ElasticEncoder:
         """Load with a ready :class:`EncoderConfig` (what the job layer builds)."""
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         if calibration is not None and not isinstance(calibration, Calibration):
             calibration = Calibration.load(calibration)
@@ -261,14 +263,7 @@ class ElasticEncoder:
             threads = resolve_num_threads(config.num_threads)
             if threads is not None:
                 torch.set_num_threads(threads)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(mdir.transformer_dir), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ModelError(str(path), f"cannot load its tokenizer: {exc}") from None
-        if tokenizer.pad_token_id is None:
-            if tokenizer.eos_token_id is None:
-                raise UnsupportedModelError(str(path), "its tokenizer has neither a pad nor an eos token")
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_hf_tokenizer(mdir, path)
         model = _load_model(AutoModel, str(mdir.transformer_dir), str(path), dtype)
         model.eval().to(device)
         return cls(
@@ -340,25 +335,50 @@ class ElasticEncoder:
         """Like :meth:`encode`, also returning token, padding, truncation and timing figures."""
         t0 = time.perf_counter()
         grans = self._select(granularities)
-        tok, plan = self._prepare(texts)
-        t1 = time.perf_counter()
-        out = {g: np.empty((len(texts), g.dim), dtype=np.float32) for g in grans}
+        tok = self.tokenize(texts)
+        return self._encode(tok, grans, t0, time.perf_counter())
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        """Validate and tokenize ``texts`` as :meth:`encode` does (what :meth:`encode_tokenized` takes)."""
+        return self.text_tokenizer(texts)
+
+    def encode_tokenized(self, tok: Tokenized, granularities: GranularitySpec | None = None) -> EncodeResult:
+        """Embed texts tokenized elsewhere: by :meth:`tokenize`, or by a :class:`TextTokenizer` of this model
+        in another process (the pipeline tokenizes in CPU tasks so a GPU never waits for the tokenizer).
+
+        The ids must fit this encoder's ``max_length``; ``seconds_tokenize`` in the stats is 0.
+        """
+        grans = self._select(granularities)
+        longest = int(tok.lengths.max()) if len(tok.lengths) else 0
+        if longest > self.max_length:
+            raise EncoderConfigError(
+                f"token ids of up to {longest} tokens were passed, but this encoder's max_length is "
+                f"{self.max_length}; tokenize with TextTokenizer.from_model(path, max_length={self.max_length})"
+            )
+        t0 = time.perf_counter()
+        return self._encode(tok, grans, t0, t0)
+
+    def _encode(self, tok: Tokenized, grans: tuple[Granularity, ...], t0: float, t_tokenized: float) -> EncodeResult:
+        plan = self._plan(tok)
+        out = {g: np.empty((len(tok.lengths), g.dim), dtype=np.float32) for g in grans}
         depth = max(g.layer for g in grans)
         layers = frozenset(g.layer for g in grans)
+        sink = _HostSink(out, self.device)
         with torch.inference_mode(), self._run_to(depth):
             for batch in plan.batches:
-                pooled = self._forward(batch, layers, depth)
-                self._post(pooled, grans, batch.positions, out)
+                for part, pooled in self._forward_fitting(batch, layers, depth):
+                    sink.add(part.positions, self._post(pooled, grans))
+            sink.drain()
         t2 = time.perf_counter()
         stats = EncodeStats(
-            texts=len(texts),
+            texts=len(tok.lengths),
             real_tokens=plan.real_tokens,
             padded_tokens=plan.padded_tokens,
             batches=len(plan.batches),
             truncated_positions=tuple(int(p) for p in plan.truncated_positions),
             depth=depth,
-            seconds_tokenize=t1 - t0,
-            seconds_forward=t2 - t1,
+            seconds_tokenize=t_tokenized - t0,
+            seconds_forward=t2 - t_tokenized,
             seconds_total=t2 - t0,
         )
         return EncodeResult(vectors=out, stats=stats, token_counts=tok.lengths)
@@ -375,14 +395,14 @@ class ElasticEncoder:
             raise GranularityError(
                 f"layer(s) {', '.join(map(str, missing))} are not exit layers of this encoder; it pools {served}"
             )
-        _tok, plan = self._prepare(texts)
+        plan = self._plan(self.tokenize(texts))
         out = {k: np.empty((len(texts), self.hidden_size), dtype=np.float32) for k in chosen}
         depth = max(chosen)
         with torch.inference_mode(), self._run_to(depth):
             for batch in plan.batches:
-                pooled = self._forward(batch, frozenset(chosen), depth)
-                for k in chosen:
-                    out[k][batch.positions] = pooled[k].to("cpu", torch.float32).numpy()
+                for part, pooled in self._forward_fitting(batch, frozenset(chosen), depth):
+                    for k in chosen:
+                        out[k][part.positions] = pooled[k].to("cpu", torch.float32).numpy()
         return out
 
     def calibration_stats(self, layers: Sequence[int] | None = None) -> CalibrationStats:
@@ -405,18 +425,15 @@ class ElasticEncoder:
         full /= np.clip(np.linalg.norm(full, axis=1, keepdims=True), 1e-12, None)
         stats.add(states, full, heldout)
 
-    def _prepare(self, texts: Sequence[str]) -> tuple[Any, Plan]:
-        """CPU pre-processing: validate, tokenize once, plan token-budget batches."""
-        check_texts(texts)
-        tok = tokenize(self.tokenizer, texts, self.max_length, lowercase=self.model_dir.do_lower_case)
-        plan = plan_batches(
+    def _plan(self, tok: Tokenized) -> Plan:
+        """CPU pre-processing after tokenizing: sort by length, cut into padded token-budget batches."""
+        return plan_batches(
             tok,
             batch_tokens=self.batch_tokens,
             max_batch_size=self.config.max_batch_size,
-            pad_token_id=int(self.tokenizer.pad_token_id),
-            padding_side=getattr(self.tokenizer, "padding_side", "right"),
+            pad_token_id=self.text_tokenizer.pad_token_id,
+            padding_side=self.text_tokenizer.padding_side,
         )
-        return tok, plan
 
     def _select(self, granularities: GranularitySpec | None) -> tuple[Granularity, ...]:
         if granularities is None:
@@ -457,24 +474,88 @@ class ElasticEncoder:
             self._capture = _Capture()
         return pooled
 
-    def _post(
-        self,
-        pooled: dict[int, torch.Tensor],
-        grans: tuple[Granularity, ...],
-        positions: np.ndarray,
-        out: dict[Granularity, np.ndarray],
-    ) -> None:
-        """Apply the calibration, cut each prefix, re-normalize after cutting, write rows back in input order."""
+    def _forward_fitting(
+        self, batch: Batch, layers: frozenset[int], depth: int
+    ) -> list[tuple[Batch, dict[int, torch.Tensor]]]:
+        """:meth:`_forward`, halving a batch that runs out of device memory (and the token budget for the
+        batches after it) until it fits; a single text that does not fit is the error."""
+        try:
+            return [(batch, self._forward(batch, layers, depth))]
+        except torch.cuda.OutOfMemoryError:
+            rows, width = batch.input_ids.shape
+            if rows == 1:
+                raise
+            torch.cuda.empty_cache()
+            budget = max(width, batch.padded_tokens // 2)
+            if budget < self.batch_tokens:
+                logger.warning(
+                    "out of device memory on a batch of %d texts x %d tokens; splitting it and lowering "
+                    "batch_tokens from %d to %d",
+                    rows,
+                    width,
+                    self.batch_tokens,
+                    budget,
+                )
+                self.batch_tokens = budget
+            half = rows // 2
+            return self._forward_fitting(batch.rows(0, half), layers, depth) + self._forward_fitting(
+                batch.rows(half, rows), layers, depth
+            )
+
+    def _post(self, pooled: dict[int, torch.Tensor], grans: tuple[Granularity, ...]) -> dict[Granularity, torch.Tensor]:
+        """Apply the calibration, cut each prefix, re-normalize after cutting; float32, still on the device."""
         projected: dict[int, torch.Tensor] = {}
         for layer, (weight, bias) in self._projections.items():
             if layer in pooled:
                 projected[layer] = pooled[layer] @ weight if bias is None else torch.addmm(bias, pooled[layer], weight)
+        result = {}
         for g in grans:
             source = projected[g.layer] if g.layer in projected and self._calibrated(g) else pooled[g.layer]
             vec = source[:, : g.dim]
             if self.config.normalize:
                 vec = F.normalize(vec, p=2.0, dim=-1)
-            out[g][positions] = vec.to("cpu", torch.float32).numpy()
+            result[g] = vec.float()
+        return result
+
+
+class _HostSink:
+    """Moves each batch's vectors to the host and writes them back in input order.
+
+    On CUDA the copies are asynchronous (into pinned memory, one event per batch), so the CPU goes on
+    queueing the next batches while the GPU works and the GPU never waits for a host copy; rows land in
+    ``out`` once their batch's event has fired. Elsewhere rows are written at once.
+    """
+
+    MAX_IN_FLIGHT = 8  # batches whose copies may be pending (bounds the pinned host memory held)
+
+    def __init__(self, out: dict[Granularity, np.ndarray], device: torch.device) -> None:
+        self.out = out
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[np.ndarray, dict[Granularity, torch.Tensor], Any]] = []
+
+    def add(self, positions: np.ndarray, vectors: dict[Granularity, torch.Tensor]) -> None:
+        if not self.cuda:
+            self._write(positions, vectors)
+            return
+        copies = {g: v.to("cpu", non_blocking=True) for g, v in vectors.items()}
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((positions, copies, event))
+        while self.pending and (len(self.pending) > self.MAX_IN_FLIGHT or self.pending[0][2].query()):
+            self._pop()
+
+    def drain(self) -> None:
+        while self.pending:
+            self._pop()
+
+    def _pop(self) -> None:
+        positions, copies, event = self.pending.pop(0)
+        event.synchronize()
+        self._write(positions, copies)
+
+    def _write(self, positions: np.ndarray, vectors: dict[Granularity, torch.Tensor]) -> None:
+        for g, v in vectors.items():
+            self.out[g][positions] = v.numpy()
 
 
 class _Depth:
@@ -507,6 +588,21 @@ def _load_model(auto_model: Any, model_dir: str, path: str, dtype: torch.dtype) 
             return auto_model.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         raise UnsupportedModelError(path, f"transformers cannot load it: {exc}") from None
+
+
+def _default_batch_tokens(device: torch.device, mdir: ModelDir, dtype: torch.dtype) -> int:
+    """Padded tokens per forward batch when the config sets none: fixed on CPU / MPS; on CUDA sized to
+    the device's free memory (40% of it over one block's live activations per token, with headroom),
+    between 8k and 256k tokens. A batch that still does not fit is split (:meth:`_forward_fitting`)."""
+    if device.type != "cuda":
+        return DEFAULT_BATCH_TOKENS.get(device.type, 4096)
+    free, _total = torch.cuda.mem_get_info(device)
+    hidden = mdir.hidden_size
+    inner = mdir.config.get("intermediate_size")
+    inner = inner if isinstance(inner, int) and inner > 0 else 4 * hidden
+    per_token = torch.empty((), dtype=dtype).element_size() * (8 * hidden + 2 * inner)
+    tokens = int(0.4 * free / per_token)
+    return max(8192, min(262144, tokens // 1024 * 1024))
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

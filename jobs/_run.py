@@ -328,7 +328,7 @@ def _execute(
         seconds_pipeline=result.seconds,
         started_at=started,
         finished_at=datetime.now(UTC),
-        pool=result.pool.describe(),
+        pool=f"{result.pool.describe()}; tokenizing in the {result.tokenize}",
         reject_reasons=result.reject_reasons,
         calibration=resolved.calibration.fingerprint if resolved.calibration else None,
         calibration_origin=resolved.calibration_origin,
@@ -494,6 +494,7 @@ def _plan(
         cpus_per_actor=spec.cluster.cpus_per_actor,
         rows_per_block=spec.cluster.rows_per_block,
         rows_per_part=spec.cluster.rows_per_part,
+        tokenize=spec.cluster.tokenize,
         progress=progress,
         calibration_uri=(
             calibration_uri(resolved.output_uri, resolved.calibration.fingerprint) if resolved.calibration else None

@@ -27,7 +27,8 @@ max_reject_fraction = 0.01
 address = "ray://head:10001"       # default: RAY_ADDRESS, else an embedded local Ray
 actors = 2
 gpus_per_actor = 1
-batch_tokens = 4096
+batch_tokens = 4096                # default: 4096 on CPU, sized to free memory on CUDA
+tokenize = "auto"                  # tasks | actor; auto: CPU tasks when actors hold GPUs
 rows_per_part = 16384              # rows per staged part: what a killed run may have to redo
 
 [calibrate]                        # how calibrations are fitted (embedjob calibrate, calibration = "auto")
@@ -113,6 +114,9 @@ class ClusterSpec(_Strict):
     cpus_per_actor: float | None = Field(default=None, gt=0)
     batch_tokens: int | None = Field(default=None, ge=16)
     rows_per_block: int | None = Field(default=None, ge=1)
+    #: where texts are tokenized: "tasks" (CPU tasks, so a GPU never waits for the tokenizer), "actor", or
+    #: "auto" (tasks on GPU actors, actor on CPU-only pools)
+    tokenize: Literal["auto", "actor", "tasks"] = "auto"
     #: rows per staged part (one write task, one set of fragments); a killed run redoes at most the parts
     #: in flight. Larger parts make fewer, larger fragments.
     rows_per_part: int = Field(default=16384, ge=1)

@@ -101,9 +101,15 @@ def test_parquet_job_end_to_end(ray_local, tmp_path, lee_parquet, lee_articles, 
 
 
 def test_jsonl_job_end_to_end(ray_local, tmp_path, lee_jsonl, lee_articles, minilm_path):
-    job = _job(tmp_path, lee_jsonl, minilm_path, cluster={"rows_per_block": 40})
+    """Tokenized in the CPU prepare tasks (what GPU pools do by default): the same vectors, tokens and
+    truncation counts as tokenizing inside the actor (the parquet test's default on CPU)."""
+    job = _job(tmp_path, lee_jsonl, minilm_path, cluster={"rows_per_block": 40, "tokenize": "tasks"})
     summary = run_job(job, progress=False)
     assert (summary.rows_read, summary.rows_embedded, summary.rows_rejected) == (300, 300, 0)
+    assert "tokenizing in the tasks" in summary.pool
+    enc = ElasticEncoder.from_pretrained(minilm_path, ["l1_d32"])
+    stats = enc.encode_with_stats(list(lee_articles)).stats
+    assert (summary.tokens, summary.truncated) == (stats.real_tokens, stats.truncated)
     _check_table(summary.table_uri, lee_articles, minilm_path)
 
 
@@ -117,7 +123,8 @@ def _bad_corpus(path, n_good=60):
     pq.write_table(table, path)
 
 
-def test_rejects_are_counted_kept_and_limited(ray_local, tmp_path, tiny_bert_dir):
+@pytest.mark.parametrize("tokenize", ["actor", "tasks"])
+def test_rejects_are_counted_kept_and_limited(ray_local, tmp_path, tiny_bert_dir, tokenize):
     corpus = tmp_path / "bad.parquet"
     _bad_corpus(corpus)
     # 7 of 67 rows are bad (10%): over the default 1% limit, nothing is committed
@@ -129,10 +136,16 @@ def test_rejects_are_counted_kept_and_limited(ray_local, tmp_path, tiny_bert_dir
     assert not (tmp_path / "tables" / "lee.lance" / "_versions").exists()
     # under a limit that allows them, the run commits and keeps them with their reasons
     job = _job(
-        tmp_path, corpus, tiny_bert_dir, granularities=["l2_d32", "l4_d64"], output={"max_reject_fraction": 0.15}
+        tmp_path,
+        corpus,
+        tiny_bert_dir,
+        granularities=["l2_d32", "l4_d64"],
+        output={"max_reject_fraction": 0.15},
+        cluster={"tokenize": tokenize},
     )
     summary = run_job(job, progress=False)
     assert (summary.rows_read, summary.rows_embedded, summary.rows_rejected) == (67, 60, 7)
+    assert f"tokenizing in the {tokenize}" in summary.pool
     tbl = open_table(summary.table_uri)
     kept = tbl.to_arrow(["id"])["id"].to_pylist()
     assert sorted(kept) == sorted(f"g{i}" for i in range(60))  # each id once

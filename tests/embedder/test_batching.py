@@ -68,3 +68,17 @@ def test_tokenize_lowercase_option(minilm_path, lowercase):
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path), local_files_only=True)
     tok = tokenize(tokenizer, ["Hello"], max_length=16, lowercase=lowercase)
     assert tok.ids[0] == tokenizer("hello")["input_ids"]  # this vocab is uncased either way
+
+
+def test_rows_of_a_batch_are_trimmed_to_their_own_longest_text():
+    tok = Tokenized(
+        ids=[[1, 2, 3, 4, 5], [1, 2, 3], [1, 2], [1]],
+        lengths=np.array([5, 3, 2, 1]),
+        truncated=np.zeros(4, dtype=bool),
+    )
+    (batch,) = plan_batches(tok, batch_tokens=100, max_batch_size=10, pad_token_id=0).batches
+    tail = batch.rows(2, 4)
+    assert tail.input_ids.tolist() == [[1, 2], [1, 0]]
+    assert tail.attention_mask.tolist() == [[1, 1], [1, 0]]
+    assert tail.positions.tolist() == [2, 3]
+    assert batch.rows(0, 2).input_ids.shape == (2, 5)

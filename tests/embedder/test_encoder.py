@@ -17,7 +17,9 @@ from embedder import (
     InvalidTextError,
     ModelError,
     Pooling,
+    TextTokenizer,
     UnsupportedModelError,
+    tokenized_from_flat,
 )
 from embedder._loading import find_blocks
 
@@ -271,3 +273,60 @@ def test_fingerprint_tells_weights_apart(tiny_bert_dir, tmp_path):
     assert info["granularities"] == ["l1_d8"]
     assert info["weights_fingerprint"] == enc.fingerprint
     assert info["pooling"] == "mean" and info["normalize"] is True
+
+
+def test_ids_tokenized_elsewhere_give_the_same_vectors(tiny_bert_dir, lee_articles):
+    """What the pipeline's CPU tasks do for GPU actors: tokenize with a TextTokenizer, hand over flat ids."""
+    texts = list(lee_articles[:30])
+    enc = ElasticEncoder.from_pretrained(tiny_bert_dir, ["l2_d16", "l4_d64"], max_length=64)
+    direct = enc.encode_with_stats(texts)
+    tokenizer = TextTokenizer.from_model(tiny_bert_dir, 64)
+    values, offsets, cut = tokenizer.tokenize_flat(texts)
+    assert values.dtype == np.int32 and offsets.shape == (31,)
+    res = enc.encode_tokenized(tokenized_from_flat(values, offsets, cut))
+    for g in enc.granularities:
+        np.testing.assert_allclose(res.vectors[g], direct.vectors[g], atol=1e-6)
+    assert res.stats.truncated_positions == direct.stats.truncated_positions
+    assert res.stats.truncated > 0 and res.stats.real_tokens == direct.stats.real_tokens
+    assert res.stats.seconds_tokenize == 0
+    # ids made for a longer max_length are refused, naming both
+    longer = TextTokenizer.from_model(tiny_bert_dir, 128)(texts)
+    with pytest.raises(EncoderConfigError, match=r"up to 128 tokens .* max_length is 64"):
+        enc.encode_tokenized(longer)
+
+
+def test_text_tokenizer_resolves_max_length_as_the_encoder_does(minilm_path):
+    assert TextTokenizer.from_model(minilm_path).max_length == 256  # sentence_bert_config.json
+    assert TextTokenizer.from_model(minilm_path, 40).max_length == 40
+    with pytest.raises(EncoderConfigError, match="max_length 9999 is out of range"):
+        TextTokenizer.from_model(minilm_path, 9999)
+
+
+def test_a_batch_that_runs_out_of_device_memory_is_split(tiny_bert_dir, lee_articles, monkeypatch, caplog):
+    """Out of device memory, a batch is halved until it fits and the token budget follows. The fault is
+    injected (a CPU cannot run out of CUDA memory): a device that holds 640 padded tokens."""
+    texts = list(lee_articles[:40])
+    g = Granularity(4, 64)
+    enc = ElasticEncoder.from_pretrained(tiny_bert_dir, [str(g)], batch_tokens=1_000_000, max_length=64)
+    expected = enc.encode(texts)[g]
+    real_forward = enc._forward
+    rows: list[int] = []
+
+    def forward(batch, layers, depth):
+        if batch.padded_tokens > 640:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        rows.append(batch.input_ids.shape[0])
+        return real_forward(batch, layers, depth)
+
+    monkeypatch.setattr(enc, "_forward", forward)
+    with caplog.at_level("WARNING", logger="embedder"):
+        got = enc.encode(texts)[g]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert sum(rows) == 40 and max(rows) <= 10
+    assert enc.batch_tokens == 640
+    assert "out of device memory on a batch of 40 texts x 64 tokens" in caplog.text
+    # one text that does not fit on its own is the error
+    enc.batch_tokens = 1_000_000
+    monkeypatch.setattr(enc, "_forward", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("full")))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        enc.encode(texts[:1])
