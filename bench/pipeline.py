@@ -9,11 +9,21 @@
   (the 10x corpus repeats the real passages with distinct ids), at a cheap
   granularity so it runs in minutes. Target: flat (10x/1x close to 1).
 
+* where to tokenize (``--tokenize actor,tasks``): the job once per choice, side
+  by side; the figure is the rate of ``auto``'s choice for this machine over the
+  other's (``[cluster] tokenize``: tasks on GPU actors, actor on CPU-only pools).
+  Target >= 0.97 (auto is not the slower choice, within noise).
+* on a GPU: each job's tokens/s, MFU (useful forward FLOPs over the device's
+  dense bf16 peak) and GPU busy (NVML), over the whole job and over its encode
+  span (first to last busy sample: Ray start and model load excluded).
+
 Each pipeline run is a child process that starts its own embedded Ray first,
 so driver figures are the driver's alone.
 
     python -m bench.pipeline [--n 3000] [--memory-n 2000] [--no-marginal]
     python -m bench.pipeline --repeat 8 --no-marginal --memory-n 0   # a 24,000-passage job
+    python -m bench.pipeline --tokenize actor,tasks --no-marginal --memory-n 0
+    python -m bench.pipeline --model bert-base --n 30000 --repeat 10 --tokenize actor,tasks --no-marginal --memory-n 0
 """
 
 from __future__ import annotations
@@ -28,12 +38,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._gpu import GpuBusy, bert_base_like, forward_flops, peak_tflops
 from bench._jobs import default_model
 from bench._report import Check, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-GRANS = ["l3_d64", "l3_d128", "l6_d128", "l6_d384"]
+
+def _grans(model: str) -> list[str]:
+    """Two at the middle layer, two at full depth (l3_d64, l3_d128, l6_d128, l6_d384 for MiniLM)."""
+    from embedder import read_model_dir
+
+    mdir = read_model_dir(model)
+    half, depth = mdir.num_layers // 2, mdir.num_layers
+    return [f"l{half}_d64", f"l{half}_d128", f"l{depth}_d128", f"l{depth}_d{mdir.hidden_size}"]
 
 
 def _write_corpus(path: Path, passages: list[str], repeat: int) -> None:
@@ -47,13 +65,13 @@ def _write_corpus(path: Path, passages: list[str], repeat: int) -> None:
     pq.write_table(pa.table({"id": ids, "text": texts}), path, row_group_size=2048)
 
 
-def _write_job(folder: Path, corpus: Path, model: str, grans: list[str]) -> Path:
-    job = folder / f"{corpus.stem}.toml"
+def _write_job(folder: Path, corpus: Path, model: str, grans: list[str], tokenize: str = "auto") -> Path:
+    job = folder / f"{corpus.stem}-{tokenize}.toml"
     job.write_text(
         f"granularities = {json.dumps(grans)}\n[input]\nuri = {json.dumps(str(corpus))}\n"
         f"[model]\npath = {json.dumps(model)}\n"
         f'[output]\nuri = {json.dumps(str(folder / (corpus.stem + ".lance")))}\nmode = "overwrite"\n'
-        f"store_text = false\n"
+        f'store_text = false\n[cluster]\ntokenize = "{tokenize}"\n'
     )
     return job
 
@@ -65,21 +83,25 @@ def child(job: str) -> int:
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     from jobs import run_job
 
+    gpu = GpuBusy() if any(r.get("GPU") for r in [ray.cluster_resources()]) else None
+    if gpu is not None:
+        gpu.__enter__()
     t0 = time.perf_counter()
     summary = run_job(job, progress=False)
     seconds = time.perf_counter() - t0
+    if gpu is not None:
+        gpu.__exit__(None, None, None)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "rows": summary.rows_embedded,
-                "tokens": summary.tokens,
-                "driver_peak_mb": peak_mb,
-                "pool": summary.pool,
-            }
-        )
-    )
+    figures = {
+        "seconds": seconds,
+        "rows": summary.rows_embedded,
+        "tokens": summary.tokens,
+        "driver_peak_mb": peak_mb,
+        "pool": summary.pool,
+    }
+    if gpu is not None:
+        figures.update(gpu.span())
+    print(json.dumps(figures))
     ray.shutdown()
     return 0
 
@@ -102,6 +124,12 @@ def main() -> int:
         default=1,
         help="the job's corpus is the n passages repeated this often with distinct ids (in-process rate: on n)",
     )
+    parser.add_argument("--model", default=None, help="model dir, or 'bert-base' (random weights); default MiniLM")
+    parser.add_argument(
+        "--tokenize",
+        default="auto",
+        help="[cluster] tokenize choices, one job each: auto,actor,tasks",
+    )
     parser.add_argument("--no-marginal", dest="marginal", action="store_false", help="skip the 2N run")
     parser.add_argument("--memory-n", type=int, default=2000, help="passages at 1x for the memory check (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -117,20 +145,35 @@ def main() -> int:
     from embedder import ElasticEncoder
 
     console = Console(width=150)
-    model = default_model()
+    modes = [m.strip() for m in args.tokenize.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("auto", "actor", "tasks")]
+    if bad or not modes:
+        parser.error(f"--tokenize {args.tokenize!r}: each choice must be auto, actor or tasks")
     texts = passages(args.n)
     results = []
+    extra: dict = {"runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         folder = Path(tmp)
+        model = args.model or default_model()
+        if model == "bert-base":
+            model = str(bert_base_like(folder, default_model()))
+        grans = _grans(model)
         corpus = folder / "corpus.parquet"
         _write_corpus(corpus, texts, args.repeat)
-        job = _write_job(folder, corpus, model, GRANS)
 
-        console.print(
-            f"[bold]bench/pipeline[/bold]: {len(texts)} real passages, all-MiniLM-L6-v2 at {', '.join(GRANS)}"
-        )
-        enc = ElasticEncoder.from_pretrained(model, GRANS)
+        enc = ElasticEncoder.from_pretrained(model, grans)
+        cuda = enc.device.type == "cuda"
         enc.encode(texts[:64])
+        console.print(
+            f"[bold]bench/pipeline[/bold]: {len(texts)} real passages x {args.repeat}, {enc.model_dir.name} at "
+            f"{', '.join(grans)} on {enc.device} ({str(enc.dtype).removeprefix('torch.')})"
+        )
+        flops = forward_flops(enc, enc.tokenize(texts).lengths.tolist()) * args.repeat
+        peak = None
+        if cuda:
+            import torch
+
+            peak = peak_tflops(torch.cuda.get_device_name(enc.device))
 
         def in_process() -> tuple[float, int]:
             t0 = time.perf_counter()
@@ -140,30 +183,45 @@ def main() -> int:
         # in-process runs bracket the pipeline runs, so a slow spell on this shared machine shows up
         before, tokens = in_process()
         console.print(f"  in-process encode: {before:.1f} s, {tokens / before:,.0f} tokens/s")
-        pipe = _run_child(job)
-        console.print(
-            f"  embedjob run:      {pipe['seconds']:.1f} s, {pipe['tokens'] / pipe['seconds']:,.0f} tokens/s "
-            f"({pipe['pool']})"
-        )
+        pipes: dict[str, dict] = {}
+        for mode in modes:
+            pipe = pipes[mode] = _run_child(_write_job(folder, corpus, model, grans, mode))
+            line = (
+                f"  embedjob run ({mode}): {pipe['seconds']:.1f} s, {pipe['tokens'] / pipe['seconds']:,.0f} tokens/s "
+                f"({pipe['pool']})"
+            )
+            if "busy_run" in pipe:
+                span = pipe["span_seconds"] or float("nan")
+                pipe["mfu_run"] = flops / pipe["seconds"] / 1e12 / peak if peak else None
+                pipe["mfu_span"] = flops / span / 1e12 / peak if peak else None
+                line += (
+                    f"\n    GPU busy {pipe['busy_run']:.1%} of the job, {pipe['busy_span']:.1%} of its {span:.1f} s "
+                    f"encode span; {pipe['tokens'] / span:,.0f} tokens/s over the span"
+                )
+                if peak:
+                    line += f"; MFU {pipe['mfu_run']:.1%} of the job, {pipe['mfu_span']:.1%} of the span"
+            console.print(line, highlight=False)
+            extra["runs"][mode] = pipe
+        first = pipes[modes[0]]
         pipe2 = None
         if args.marginal:
             double = folder / "corpus2x.parquet"
             _write_corpus(double, passages(2 * args.n), 1) if args.repeat == 1 else _write_corpus(
                 double, texts, 2 * args.repeat
             )
-            pipe2 = _run_child(_write_job(folder, double, model, GRANS))
+            pipe2 = _run_child(_write_job(folder, double, model, grans, modes[0]))
             console.print(f"  embedjob run 2x:   {pipe2['seconds']:.1f} s, {pipe2['tokens']:,} tokens")
         after, _ = in_process()
         console.print(f"  in-process again:  {after:.1f} s, {tokens / after:,.0f} tokens/s")
         inproc_rate = tokens / ((before + after) / 2)
-        ratio = (pipe["tokens"] / pipe["seconds"]) / inproc_rate
+        ratio = (first["tokens"] / first["seconds"]) / inproc_rate
         size = f"{len(texts) * args.repeat:,} passages" + (
             f" ({len(texts):,} x {args.repeat})" if args.repeat > 1 else ""
         )
         results.append((f"pipeline / in-process throughput, {size}", ratio, ">= 0.85", ratio >= 0.85))
         if pipe2 is not None:
-            marginal = (pipe2["tokens"] - pipe["tokens"]) / (pipe2["seconds"] - pipe["seconds"])
-            fixed = pipe["seconds"] - pipe["tokens"] / marginal
+            marginal = (pipe2["tokens"] - first["tokens"]) / (pipe2["seconds"] - first["seconds"])
+            fixed = first["seconds"] - first["tokens"] / marginal
             console.print(f"  steady state: {marginal:,.0f} tokens/s; fixed start-up cost ~{fixed:.0f} s")
             results.append(
                 (
@@ -172,6 +230,20 @@ def main() -> int:
                     ">= 0.85",
                     marginal / inproc_rate >= 0.85,
                 )
+            )
+        if "actor" in pipes and "tasks" in pipes:
+            chosen = "tasks" if "GPU actor" in first["pool"] else "actor"
+            other = "actor" if chosen == "tasks" else "tasks"
+            rate = {m: pipes[m]["tokens"] / pipes[m]["seconds"] for m in ("actor", "tasks")}
+            value = rate[chosen] / rate[other]
+            results.append((f"tokenize: auto's choice ({chosen}) / {other}", value, ">= 0.97", value >= 0.97))
+        if cuda and peak:
+            where = "tasks" if "tasks" in pipes else modes[0]
+            run = pipes[where]
+            label = f"{enc.model_dir.name} {str(enc.dtype).removeprefix('torch.')}, tokenize {where}"
+            results.append((f"{label}: MFU over the encode span", run["mfu_span"], ">= 0.40", run["mfu_span"] >= 0.40))
+            results.append(
+                (f"{label}: GPU busy over the encode span", run["busy_span"], ">= 0.90", run["busy_span"] >= 0.90)
             )
 
         if args.memory_n:
@@ -195,7 +267,9 @@ def main() -> int:
     for name, value, target, ok in results:
         table.add_row(name, f"{value:.3f}", target, "yes" if ok else "[red]NO[/red]")
     console.print(table)
-    write_report(args.json, "pipeline", [Check(name, value, target, ok) for name, value, target, ok in results])
+    write_report(
+        args.json, "pipeline", [Check(name, value, target, ok) for name, value, target, ok in results], **extra
+    )
     return 0 if all(ok for *_, ok in results) else 1
 
 

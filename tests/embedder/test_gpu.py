@@ -37,3 +37,18 @@ def test_cuda_float32_matches_cpu_closely(minilm_path, lee_articles):
     a, b = gpu.encode(texts), cpu.encode(texts)
     for g in a:
         assert row_cosines(a[g], b[g]).min() >= 0.9999, str(g)
+
+
+def test_cuda_async_host_copies_keep_input_order(minilm_path, lee_articles):
+    """Many small batches: more than _HostSink keeps in flight, each copied back asynchronously."""
+    texts = list(lee_articles[:200])
+    small = ElasticEncoder.from_pretrained(minilm_path, GRANS, batch_tokens=2048)
+    res = small.encode_with_stats(texts)
+    assert res.stats.batches > 8
+    big = ElasticEncoder.from_pretrained(minilm_path, GRANS)
+    assert 8192 <= big.batch_tokens <= 262144  # sized to the device's free memory
+    expected = big.encode(texts)
+    tokenized = small.encode_tokenized(small.tokenize(texts)).vectors
+    for g in expected:
+        assert row_cosines(res.vectors[g], expected[g]).min() >= 0.99, str(g)
+        assert row_cosines(tokenized[g], expected[g]).min() >= 0.99, str(g)
