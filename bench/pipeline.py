@@ -81,6 +81,12 @@ def child(job: str) -> int:
     import ray
 
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if os.environ.get("BENCH_RAY_STATS"):  # per-operator times of each run, appended to this file
+        import logging
+
+        handler = logging.FileHandler(os.environ["BENCH_RAY_STATS"])
+        logging.getLogger("cluster").addHandler(handler)
+        logging.getLogger("cluster").setLevel(logging.DEBUG)
     from jobs import run_job
 
     gpu = GpuBusy() if any(r.get("GPU") for r in [ray.cluster_resources()]) else None

@@ -108,8 +108,10 @@ def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
     total = plan.source.row_count()
     if total is None:
         return 512
-    # enough blocks that every actor gets several, none so small that per-call overhead dominates
-    return int(min(2048, max(32, math.ceil(total / (pool.actors * 4)))))
+    # enough blocks that every actor gets several, none so small that per-call overhead dominates; a GPU
+    # actor's call is a few hundred ms of device work at most, so it gets larger blocks
+    cap = 8192 if pool.uses_gpu else 2048
+    return int(min(cap, max(32, math.ceil(total / (pool.actors * 4)))))
 
 
 class _PoolRequest(Protocol):
@@ -215,6 +217,8 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
     result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0, tokenize=tokenize)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         _accumulate(result, batch)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("Ray Data stats of run %s:\n%s", plan.run_id, ds.stats())
     result.counts = ray.get(registry.counts.remote())
     result.rows_read = result.counts["read"]  # (rows that needed no work never reach the writer)
     result.replaced_ids, result.missing_ids = ray.get(registry.deletions.remote(delete_missing))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -131,6 +132,9 @@ def _token_columns(
 ) -> tuple[pa.Array, pa.Array]:
     """The rows to embed as token ids (a list<int32> column, null where the row is rejected) and their
     truncation flags."""
+    # Ray runs one prepare task per CPU: a tokenizer thread pool per task would oversubscribe the cores
+    # (seen on 16 cores: prepare at 1,650 rows/s per task, the GPU waiting half the time)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rows = [i for i, r in enumerate(reasons) if r is None]
     values, offsets, truncated = cached_tokenizer(*tokenizer).tokenize_flat([texts[i] for i in rows])
     lengths = np.zeros(len(texts), dtype=np.int64)

@@ -100,7 +100,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class Plan:
-    batches: list[Batch]
+    batches: list[Any]  # Batch (padded), or PackedBatch (embedder._packed)
     real_tokens: int
     padded_tokens: int
     truncated_positions: np.ndarray

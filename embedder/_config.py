@@ -74,8 +74,11 @@ class EncoderConfig:
     device: str | None = None
     dtype: str | None = None
     batch_tokens: int | None = None
-    max_batch_size: int = 1024
+    #: most texts per batch; None: 1024 padded, no cap packed (the token budget alone)
+    max_batch_size: int | None = None
     num_threads: int | None = None
+    #: run batches packed (no padding) instead of padded: None = on CUDA for BERT-architecture models
+    packed: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "granularities", parse_granularities(self.granularities))
@@ -87,6 +90,8 @@ class EncoderConfig:
         _check_positive_int("batch_tokens", self.batch_tokens, minimum=1)
         _check_positive_int("max_batch_size", self.max_batch_size, minimum=1)
         _check_positive_int("num_threads", self.num_threads, minimum=1)
+        if self.packed is not None and not isinstance(self.packed, bool):
+            raise EncoderConfigError(f"packed must be true, false or unset, got {self.packed!r}")
         if self.dtype is not None:
             key = str(self.dtype).strip().lower().removeprefix("torch.")
             if key != "auto" and key not in _DTYPES:

@@ -36,6 +36,7 @@ from ._config import (
 from ._errors import EncoderConfigError, GranularityError, UnsupportedModelError
 from ._granularity import Granularity, GranularitySpec, parse_granularities, resolve_granularities
 from ._loading import ModelDir, find_blocks, read_model_dir, set_submodule, torch_dtype_name, weights_fingerprint
+from ._packed import PackedBatch, PackedBert, plan_packed
 from ._pooling import pool
 from ._tokenizer import TextTokenizer, load_hf_tokenizer
 
@@ -139,6 +140,16 @@ class ElasticEncoder:
             self._blocks[layer - 1].register_forward_hook(self._make_hook(layer))
         self.calibration: Calibration | None = None
         self._projections: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._packed: PackedBert | None = None
+        packed = config.packed if config.packed is not None else device.type == "cuda"
+        if packed:
+            if PackedBert.supports(model, model_dir.config, self._blocks):
+                self._packed = PackedBert(model, self._blocks, pooling)
+            elif config.packed:
+                raise EncoderConfigError(
+                    f"packed = true needs a BERT-architecture model (model_type 'bert'); "
+                    f"{model_dir.name} is {model_dir.config.get('model_type')!r}; leave packed unset to pad"
+                )
         if calibration is not None:
             self._set_calibration(calibration)
 
@@ -190,9 +201,10 @@ class ElasticEncoder:
         device: str | None = None,
         dtype: str | None = None,
         batch_tokens: int | None = None,
-        max_batch_size: int = 1024,
+        max_batch_size: int | None = None,
         num_threads: int | None = None,
         calibration: Calibration | str | Path | None = None,
+        packed: bool | None = None,
     ) -> ElasticEncoder:
         """Load a local Hugging Face or sentence-transformers model dir, offline.
 
@@ -203,6 +215,9 @@ class ElasticEncoder:
         ``device``/``dtype`` ``None``: CUDA with bf16 (fp16 where bf16 is not
         supported) when available, else CPU float32. Everything is validated
         before the weights are read.
+
+        ``packed``: run batches without padding (``None``: on CUDA for BERT-architecture models;
+        :mod:`embedder._packed`).
 
         ``calibration``: a :class:`Calibration` or the path of a saved one; it
         is applied inside :meth:`encode` to every granularity except full depth
@@ -218,6 +233,7 @@ class ElasticEncoder:
             batch_tokens=batch_tokens,
             max_batch_size=max_batch_size,
             num_threads=num_threads,
+            packed=packed,
         )
         return cls.from_config(path, config, granularity_spec=granularities, calibration=calibration)
 
@@ -425,12 +441,26 @@ class ElasticEncoder:
         full /= np.clip(np.linalg.norm(full, axis=1, keepdims=True), 1e-12, None)
         stats.add(states, full, heldout)
 
+    @property
+    def packed(self) -> bool:
+        """Whether batches run packed (no padding; :mod:`embedder._packed`) rather than padded."""
+        return self._packed is not None
+
     def _plan(self, tok: Tokenized) -> Plan:
-        """CPU pre-processing after tokenizing: sort by length, cut into padded token-budget batches."""
+        """CPU pre-processing after tokenizing: packed batches of real tokens, or sorted by length and cut
+        into padded token-budget batches."""
+        if self._packed is not None:
+            batches = plan_packed(
+                tok, batch_tokens=self.batch_tokens, max_batch_size=self.config.max_batch_size or len(tok.lengths) or 1
+            )
+            real = int(tok.lengths.sum())
+            return Plan(
+                batches=batches, real_tokens=real, padded_tokens=real, truncated_positions=np.flatnonzero(tok.truncated)
+            )
         return plan_batches(
             tok,
             batch_tokens=self.batch_tokens,
-            max_batch_size=self.config.max_batch_size,
+            max_batch_size=self.config.max_batch_size or 1024,
             pad_token_id=self.text_tokenizer.pad_token_id,
             padding_side=self.text_tokenizer.padding_side,
         )
@@ -459,8 +489,11 @@ class ElasticEncoder:
 
         return hook
 
-    def _forward(self, batch: Batch, layers: frozenset[int], depth: int) -> dict[int, torch.Tensor]:
+    def _forward(self, batch: Batch | PackedBatch, layers: frozenset[int], depth: int) -> dict[int, torch.Tensor]:
         """Run the blocks up to ``depth`` on one batch; return each exit layer pooled, (B, H) float32."""
+        if isinstance(batch, PackedBatch):
+            assert self._packed is not None
+            return self._packed.forward(batch, layers, depth, self.device)
         ids = _to_device(batch.input_ids, self.device)
         mask = _to_device(batch.attention_mask, self.device)
         self._capture = _Capture(mask=mask, layers=layers)
@@ -475,14 +508,15 @@ class ElasticEncoder:
         return pooled
 
     def _forward_fitting(
-        self, batch: Batch, layers: frozenset[int], depth: int
-    ) -> list[tuple[Batch, dict[int, torch.Tensor]]]:
+        self, batch: Batch | PackedBatch, layers: frozenset[int], depth: int
+    ) -> list[tuple[Batch | PackedBatch, dict[int, torch.Tensor]]]:
         """:meth:`_forward`, halving a batch that runs out of device memory (and the token budget for the
         batches after it) until it fits; a single text that does not fit is the error."""
         try:
             return [(batch, self._forward(batch, layers, depth))]
         except torch.cuda.OutOfMemoryError:
-            rows, width = batch.input_ids.shape
+            rows = len(batch.positions)
+            width = batch.longest if isinstance(batch, PackedBatch) else batch.input_ids.shape[1]
             if rows == 1:
                 raise
             torch.cuda.empty_cache()

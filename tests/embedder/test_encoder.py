@@ -330,3 +330,53 @@ def test_a_batch_that_runs_out_of_device_memory_is_split(tiny_bert_dir, lee_arti
     monkeypatch.setattr(enc, "_forward", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("full")))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         enc.encode(texts[:1])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "lasttoken"])
+def test_packed_batches_match_padded_ones(tiny_bert_dir, lee_articles, pooling):
+    """The packed path (CUDA's default for BERT) gives the padded path's vectors, with no padding."""
+    texts = [a[: 30 + 41 * i] for i, a in enumerate(lee_articles[:24])]
+    grans = ["l2_d16", "l4_d64"]
+    padded = ElasticEncoder.from_pretrained(tiny_bert_dir, grans, pooling=pooling, max_length=96)
+    packed = ElasticEncoder.from_pretrained(
+        tiny_bert_dir, grans, pooling=pooling, max_length=96, packed=True, batch_tokens=500
+    )
+    assert packed.packed and not padded.packed  # on a CPU the default is padded
+    expected, res = padded.encode(texts), packed.encode_with_stats(texts)
+    assert res.stats.batches > 1 and res.stats.padding_overhead == 0
+    for g, vectors in expected.items():
+        assert row_cosines(res.vectors[g], vectors).min() >= 0.99999, str(g)
+
+
+def test_packed_matches_padded_on_real_minilm(minilm_path, lee_articles):
+    texts = list(lee_articles[:40])
+    grans = ["l3_d64", "l6_d384"]
+    expected = ElasticEncoder.from_pretrained(minilm_path, grans).encode(texts)
+    got = ElasticEncoder.from_pretrained(minilm_path, grans, packed=True).encode(texts)
+    for g, vectors in expected.items():
+        assert row_cosines(got[g], vectors).min() >= 0.99999, str(g)
+
+
+def test_packed_is_refused_for_other_architectures(tiny_other_arch):
+    with pytest.raises(EncoderConfigError, match="packed = true needs a BERT-architecture model"):
+        ElasticEncoder.from_pretrained(tiny_other_arch, ["l1_d8"], packed=True)
+
+
+def test_a_packed_batch_that_runs_out_of_device_memory_is_split(tiny_bert_dir, lee_articles, monkeypatch):
+    """As for padded batches; the fault is injected: a device that holds 600 real tokens."""
+    texts = list(lee_articles[:40])
+    g = Granularity(4, 64)
+    enc = ElasticEncoder.from_pretrained(tiny_bert_dir, [str(g)], packed=True, max_length=64)
+    expected = enc.encode(texts)[g]
+    real_forward = enc._forward
+    sizes: list[int] = []
+
+    def forward(batch, layers, depth):
+        if batch.padded_tokens > 600:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        sizes.append(len(batch.positions))
+        return real_forward(batch, layers, depth)
+
+    monkeypatch.setattr(enc, "_forward", forward)
+    np.testing.assert_allclose(enc.encode(texts)[g], expected, atol=1e-5)
+    assert sum(sizes) == 40 and enc.batch_tokens <= 600

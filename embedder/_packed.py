@@ -1,0 +1,195 @@
+"""Packed (unpadded) forward for BERT encoders: every text of a batch in one ``(tokens, hidden)`` tensor.
+
+A padded batch computes ``rows x longest`` tokens; on short passages of mixed
+length a quarter of that is padding, and small padded batches leave a GPU
+waiting on kernel launches. Packed, the linear layers, norms and activations
+run on real tokens only, as one large matrix product per weight, and attention
+runs per text over a jagged (nested) tensor with PyTorch's fused SDPA kernels.
+The same weights and modules run (Hugging Face's own ``BertEmbeddings``,
+``BertSelfOutput``, ``BertIntermediate``, ``BertOutput``); only the attention
+core is called directly, so the vectors match the padded path up to rounding.
+
+Used on CUDA for BERT-architecture models (``model_type = "bert"``: BERT,
+MiniLM, BGE, E5 and GTE's BERT-based checkpoints, ...); other architectures
+keep the padded path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._batching import Tokenized
+from ._config import Pooling
+
+__all__ = ["PackedBatch", "PackedBert", "plan_packed"]
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    positions: np.ndarray  # input positions of the texts, in batch order
+    ids: np.ndarray  # (N,) int64: every text's ids, one after another
+    lengths: np.ndarray  # (B,) tokens per text
+
+    @property
+    def padded_tokens(self) -> int:
+        """Tokens computed: the real ones (nothing is padded)."""
+        return int(self.ids.size)
+
+    @property
+    def longest(self) -> int:
+        return int(self.lengths.max()) if len(self.lengths) else 0
+
+    @property
+    def shortest(self) -> int:
+        return int(self.lengths.min()) if len(self.lengths) else 0
+
+    def rows(self, start: int, stop: int) -> PackedBatch:
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        return PackedBatch(
+            positions=self.positions[start:stop],
+            ids=self.ids[offsets[start] : offsets[stop]],
+            lengths=self.lengths[start:stop],
+        )
+
+
+def plan_packed(tok: Tokenized, *, batch_tokens: int, max_batch_size: int) -> list[PackedBatch]:
+    """Cut texts (in input order; nothing is padded, so no sorting) into batches of at most
+    ``batch_tokens`` real tokens and ``max_batch_size`` texts. A text longer than the budget gets a
+    batch of its own."""
+    batches: list[PackedBatch] = []
+    n = len(tok.lengths)
+    start = 0
+    while start < n:
+        stop, total = start, 0
+        while stop < n and stop - start < max_batch_size:
+            length = int(tok.lengths[stop])
+            if stop > start and total + length > batch_tokens:
+                break
+            total += length
+            stop += 1
+        pieces = [np.asarray(tok.ids[i], dtype=np.int64) for i in range(start, stop)]
+        batches.append(
+            PackedBatch(
+                positions=np.arange(start, stop),
+                ids=np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64),
+                lengths=tok.lengths[start:stop].astype(np.int64),
+            )
+        )
+        start = stop
+    return batches
+
+
+class PackedBert:
+    """Runs a Hugging Face ``BertModel``'s embeddings and blocks on packed tokens."""
+
+    def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], pooling: Pooling) -> None:
+        self.model = model
+        self.blocks = blocks
+        self.pooling = pooling
+        cfg = model.config
+        self.heads = int(cfg.num_attention_heads)
+        self.head_dim = int(cfg.hidden_size) // self.heads
+
+    @staticmethod
+    def supports(model: nn.Module, config: dict[str, Any], blocks: Sequence[nn.Module]) -> bool:
+        """BERT with absolute positions, no cross-attention, and the module layout this runner calls."""
+        if config.get("model_type") != "bert" or config.get("position_embedding_type", "absolute") != "absolute":
+            return False
+        if config.get("is_decoder") or config.get("add_cross_attention"):
+            return False
+        if not hasattr(getattr(model, "embeddings", None), "word_embeddings"):
+            return False
+        for block in blocks:
+            attention = getattr(block, "attention", None)
+            self_attn = getattr(attention, "self", None)
+            if not all(hasattr(self_attn, name) for name in ("query", "key", "value")):
+                return False
+            if not (hasattr(attention, "output") and hasattr(block, "intermediate") and hasattr(block, "output")):
+                return False
+        return True
+
+    def forward(
+        self, batch: PackedBatch, layers: frozenset[int], depth: int, device: torch.device
+    ) -> dict[int, torch.Tensor]:
+        """Each exit layer in ``layers`` pooled per text, (B, H) float32, running blocks 1..``depth``."""
+        lengths = torch.from_numpy(batch.lengths)
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        ids = _to(torch.from_numpy(batch.ids), device)
+        lengths, offsets = _to(lengths, device), _to(offsets, device)
+        n = ids.shape[0]
+        text_of = torch.repeat_interleave(torch.arange(len(batch.lengths), device=device), lengths, output_size=n)
+        position = torch.arange(n, device=device) - offsets[:-1][text_of]
+        hidden = self.model.embeddings(
+            input_ids=ids[None], position_ids=position[None], token_type_ids=torch.zeros_like(ids)[None]
+        )[0]
+        pooled: dict[int, torch.Tensor] = {}
+        for k, block in enumerate(list(self.blocks)[:depth], start=1):
+            hidden = self._block(block, hidden, offsets, batch.shortest, batch.longest)
+            if k in layers:
+                pooled[k] = _segment_pool(hidden, text_of, offsets, lengths, self.pooling)
+        return pooled
+
+    def _block(
+        self, block: nn.Module, hidden: torch.Tensor, offsets: torch.Tensor, shortest: int, longest: int
+    ) -> torch.Tensor:
+        n = hidden.shape[0]
+        attn = block.attention
+        q, k, v = (
+            getattr(attn.self, name)(hidden).view(n, self.heads, self.head_dim) for name in ("query", "key", "value")
+        )
+        context = _jagged_attention(q, k, v, offsets, shortest, longest).reshape(n, self.heads * self.head_dim)
+        hidden = attn.output(context, hidden)  # dense, dropout, LayerNorm(. + hidden)
+        return block.output(block.intermediate(hidden), hidden)
+
+
+def _jagged_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor, shortest: int, longest: int
+) -> torch.Tensor:
+    """Bidirectional attention within each text: (N, heads, d) in, (N, heads, d) out. The shortest and
+    longest lengths come from the host: left for the nested tensor to find, each is a device sync."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "nested tensors are a prototype" (the jagged layout is the supported one)
+
+        def nested(x: torch.Tensor) -> torch.Tensor:
+            return torch.nested.nested_tensor_from_jagged(
+                x, offsets, min_seqlen=shortest, max_seqlen=longest
+            ).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(nested(q), nested(k), nested(v))
+        return out.transpose(1, 2).values()
+
+
+def _segment_pool(
+    hidden: torch.Tensor, text_of: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, mode: Pooling
+) -> torch.Tensor:
+    """Pool packed token states (N, H) into one float32 vector per text (B, H), as ``pool`` does padded."""
+    hidden = hidden.float()
+    rows = lengths.shape[0]
+    if mode is Pooling.MEAN:
+        sums = torch.zeros(rows, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
+        sums.index_add_(0, text_of, hidden)
+        return sums / lengths.clamp(min=1).unsqueeze(1).to(hidden.dtype)
+    if mode is Pooling.CLS:
+        return hidden[offsets[:-1]]
+    if mode is Pooling.LAST_TOKEN:
+        return hidden[offsets[1:] - 1]
+    if mode is Pooling.MAX:
+        out = torch.full((rows, hidden.shape[1]), -1e9, dtype=hidden.dtype, device=hidden.device)
+        index = text_of.unsqueeze(1).expand_as(hidden)
+        return out.scatter_reduce(0, index, hidden, reduce="amax", include_self=True)
+    raise ValueError(f"unknown pooling {mode!r}")  # unreachable: Pooling is closed
+
+
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
