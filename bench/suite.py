@@ -25,7 +25,7 @@ from bench._report import Check, read_report
 #: name -> (full-size arguments, quick arguments)
 BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "encoder": (["--n", "2000", "--rounds", "2"], ["--n", "200", "--rounds", "1", "--chunk", "100"]),
-    "pipeline": ([], ["--n", "300", "--no-marginal", "--memory-n", "200"]),
+    "pipeline": (["--tokenize", "actor,tasks,tasks,actor"], ["--n", "300", "--no-marginal", "--memory-n", "200"]),
     "calibration": ([], ["--fit", "400", "--eval", "300", "--dims", "64,384"]),
     "incremental": (["--n", "20000"], ["--n", "800"]),
     "funnel": (["--n", "20000"], ["--n", "2000", "--queries", "50", "--folder", "out/bench/funnel-quick"]),
