@@ -302,6 +302,22 @@ def test_text_tokenizer_resolves_max_length_as_the_encoder_does(minilm_path):
         TextTokenizer.from_model(minilm_path, 9999)
 
 
+def _small_device(enc, monkeypatch, tokens: int) -> list[int]:
+    """Inject the fault a CPU cannot produce: batches over ``tokens`` computed tokens raise CUDA's
+    out-of-memory error; the rows of each batch that ran are recorded."""
+    real_forward = enc._forward
+    rows: list[int] = []
+
+    def forward(batch, layers, depth):
+        if batch.padded_tokens > tokens:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        rows.append(len(batch.positions))
+        return real_forward(batch, layers, depth)
+
+    monkeypatch.setattr(enc, "_forward", forward)
+    return rows
+
+
 def test_a_batch_that_runs_out_of_device_memory_is_split(tiny_bert_dir, lee_articles, monkeypatch, caplog):
     """Out of device memory, a batch is halved until it fits and the token budget follows. The fault is
     injected (a CPU cannot run out of CUDA memory): a device that holds 640 padded tokens."""
@@ -309,16 +325,7 @@ def test_a_batch_that_runs_out_of_device_memory_is_split(tiny_bert_dir, lee_arti
     g = Granularity(4, 64)
     enc = ElasticEncoder.from_pretrained(tiny_bert_dir, [str(g)], batch_tokens=1_000_000, max_length=64)
     expected = enc.encode(texts)[g]
-    real_forward = enc._forward
-    rows: list[int] = []
-
-    def forward(batch, layers, depth):
-        if batch.padded_tokens > 640:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        rows.append(batch.input_ids.shape[0])
-        return real_forward(batch, layers, depth)
-
-    monkeypatch.setattr(enc, "_forward", forward)
+    rows = _small_device(enc, monkeypatch, 640)
     with caplog.at_level("WARNING", logger="embedder"):
         got = enc.encode(texts)[g]
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -368,15 +375,6 @@ def test_a_packed_batch_that_runs_out_of_device_memory_is_split(tiny_bert_dir, l
     g = Granularity(4, 64)
     enc = ElasticEncoder.from_pretrained(tiny_bert_dir, [str(g)], packed=True, max_length=64)
     expected = enc.encode(texts)[g]
-    real_forward = enc._forward
-    sizes: list[int] = []
-
-    def forward(batch, layers, depth):
-        if batch.padded_tokens > 600:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        sizes.append(len(batch.positions))
-        return real_forward(batch, layers, depth)
-
-    monkeypatch.setattr(enc, "_forward", forward)
+    sizes = _small_device(enc, monkeypatch, 600)
     np.testing.assert_allclose(enc.encode(texts)[g], expected, atol=1e-5)
     assert sum(sizes) == 40 and enc.batch_tokens <= 600
