@@ -18,8 +18,8 @@ import pyarrow as pa
 from embedder import EncoderConfig
 from storage import backfill_fragment, fragment_ids, vector_array, vector_column
 
-from ._pipeline import start_pool
-from ._stages import load_encoder
+from ._pipeline import actor_placement, start_pool
+from ._stages import _node_id, load_encoder
 
 __all__ = ["BackfillPlan", "BackfillResult", "run_backfill"]
 
@@ -47,6 +47,8 @@ class BackfillResult:
     rows: int
     seconds: float
     pool: str
+    #: Ray node id -> rows embedded there (the actor's node), most first
+    rows_per_node: dict[str, int] = field(default_factory=dict)
 
 
 class BackfillActor:
@@ -61,6 +63,9 @@ class BackfillActor:
         )
         self.plan = plan
         self.rows = 0
+        self.node_id = _node_id()
+        # the new columns' schema, given to Lance so it does not call the model on a sample row to learn it
+        self.schema = self._compute(pa.RecordBatch.from_arrays([pa.array([], pa.string())], names=["text"])).schema
 
     def _compute(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         texts = batch.column("text").to_pylist()
@@ -74,16 +79,17 @@ class BackfillActor:
         self.rows += n
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
-    def fragment(self, fragment_id: int) -> tuple[str, int]:
+    def fragment(self, fragment_id: int) -> tuple[str, int, str]:
         before = self.rows
         meta = backfill_fragment(
             self.plan.table_uri,
             self.plan.read_version,
             fragment_id,
             self._compute,
+            output_schema=self.schema,
             storage_options=self.plan.storage_options,
         )
-        return meta, self.rows - before
+        return meta, self.rows - before, self.node_id
 
 
 def run_backfill(plan: BackfillPlan) -> BackfillResult:
@@ -95,18 +101,21 @@ def run_backfill(plan: BackfillPlan) -> BackfillResult:
     pool = start_pool(plan)
     frags = fragment_ids(plan.table_uri, plan.read_version, plan.storage_options)
     n_actors = max(1, min(pool.actors, len(frags)))
-    cls = ray.remote(num_cpus=pool.num_cpus, num_gpus=pool.num_gpus or None, max_restarts=2, max_task_retries=2)(
-        BackfillActor
-    )
-    actors = [cls.remote(plan, pool.torch_threads, pool.uses_gpu) for _ in range(n_actors)]
     out: list[str] = []
     rows = 0
-    try:
-        for k, (meta, n) in enumerate(ActorPool(actors).map(lambda a, fid: a.fragment.remote(fid), frags), start=1):
-            out.append(meta)
-            rows += n
-            logger.info("backfill: fragment %d/%d done (%d rows so far)", k, len(frags), rows)
-    finally:
-        for a in actors:
-            ray.kill(a)
-    return BackfillResult(out, rows, time.perf_counter() - t0, pool.describe())
+    per_node: dict[str, int] = {}
+    with actor_placement(pool, plan.model_path) as placement:
+        cls = ray.remote(max_restarts=2, max_task_retries=2, **placement)(BackfillActor)
+        actors = [cls.remote(plan, pool.torch_threads, pool.uses_gpu) for _ in range(n_actors)]
+        try:
+            done = ActorPool(actors).map(lambda a, fid: a.fragment.remote(fid), frags)
+            for k, (meta, n, node) in enumerate(done, start=1):
+                out.append(meta)
+                rows += n
+                per_node[node] = per_node.get(node, 0) + n
+                logger.info("backfill: fragment %d/%d done (%d rows so far)", k, len(frags), rows)
+        finally:
+            for a in actors:
+                ray.kill(a)
+    ordered = dict(sorted(per_node.items(), key=lambda kv: (-kv[1], kv[0])))
+    return BackfillResult(out, rows, time.perf_counter() - t0, pool.describe(), rows_per_node=ordered)

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from embedder import CalibrationStats, EncoderConfig, Granularity, heldout_mask, read_model_dir
 
-from ._pipeline import start_pool
+from ._pipeline import actor_placement, start_pool
 from ._pool import PoolPlan
 from ._sources import Source
 from ._stages import load_encoder
@@ -148,28 +148,28 @@ def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
             "seed": plan.seed,
         },
     )
-    ds = ds.map_batches(
-        CalibrateActor,
-        batch_format="pyarrow",
-        batch_size=batch_rows,
-        compute=ActorPoolStrategy(size=pool.actors),
-        num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus or None,
-        fn_constructor_kwargs={
-            "model_path": plan.model_path,
-            "config": plan.encoder,
-            "layers": plan.layers,
-            "torch_threads": pool.torch_threads,
-            "use_gpu": pool.uses_gpu,
-        },
-    )
-    mdir = read_model_dir(plan.model_path)
-    stats = CalibrationStats.empty(num_layers=mdir.num_layers, hidden_size=mdir.hidden_size, layers=plan.layers)
-    sampled = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for blob, rows in zip(batch.column("stats").to_pylist(), batch.column("rows").to_pylist(), strict=True):
-            stats = stats + CalibrationStats.from_bytes(blob)
-            sampled += rows
+    with actor_placement(pool, plan.model_path) as placement:
+        ds = ds.map_batches(
+            CalibrateActor,
+            batch_format="pyarrow",
+            batch_size=batch_rows,
+            compute=ActorPoolStrategy(size=pool.actors),
+            **placement,
+            fn_constructor_kwargs={
+                "model_path": plan.model_path,
+                "config": plan.encoder,
+                "layers": plan.layers,
+                "torch_threads": pool.torch_threads,
+                "use_gpu": pool.uses_gpu,
+            },
+        )
+        mdir = read_model_dir(plan.model_path)
+        stats = CalibrationStats.empty(num_layers=mdir.num_layers, hidden_size=mdir.hidden_size, layers=plan.layers)
+        sampled = 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for blob, rows in zip(batch.column("stats").to_pylist(), batch.column("rows").to_pylist(), strict=True):
+                stats = stats + CalibrationStats.from_bytes(blob)
+                sampled += rows
     return CalibrationSample(
         stats=stats, rows_total=total, rows_sampled=sampled, pool=pool, seconds=time.perf_counter() - t0
     )

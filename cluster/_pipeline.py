@@ -6,13 +6,16 @@ corpus streams through the cluster and is never collected here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -23,7 +26,7 @@ from ._registry import IdRegistry
 from ._sources import Source
 from ._stages import EncodeActor, prepare, write
 
-__all__ = ["EmbedPlan", "PipelineResult", "run_pipeline"]
+__all__ = ["EmbedPlan", "PipelineResult", "actor_placement", "run_pipeline"]
 
 logger = logging.getLogger("cluster")
 
@@ -139,6 +142,75 @@ def start_pool(plan: _PoolRequest) -> PoolPlan:
     )
 
 
+#: how long the driver waits for the spread placement group before placing the actors without it
+PLACEMENT_TIMEOUT_S = 60.0
+_MIN_PLACEMENT_MEMORY = 64 * 1024**2
+
+
+def _weights_bytes(model_path: str) -> int:
+    """Bytes of the model's weight files: the memory an actor holds at the least (0 if unreadable)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for f in Path(model_path).expanduser().rglob("*"):
+            if f.suffix in (".safetensors", ".bin", ".pt", ".pth") and f.is_file():
+                total += f.stat().st_size
+    return total
+
+
+@contextlib.contextmanager
+def actor_placement(pool: PoolPlan, model_path: str, *, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+    """The Ray options that place the encoder actors: ``num_cpus``/``num_gpus`` and, for CPU actors over
+    several nodes, one bundle per actor in a SPREAD placement group.
+
+    Ray places CPU actors on any node with room, and best effort SPREAD scheduling lets them land on
+    one node when other SPREAD actors (Ray Data's own) are created at the same time; a 0-CPU reservation
+    (1-CPU nodes) does not stop it. Each bundle holds the actor's CPU reservation and a logical
+    ``memory`` of the model's weight size (at least 64 MiB; no task asks for memory, so none is
+    starved), and each actor asks for exactly one bundle's worth, so the group's even spread of bundles
+    over the nodes is the actors' spread. GPU actors and single-node pools need no group. If the group
+    cannot be placed within ``timeout_s`` (other jobs hold the resources), the actors are placed without
+    it and a warning says so. The group is removed on exit.
+    """
+
+    args: dict[str, Any] = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus or None}
+    if not pool.spread:
+        yield args
+        return
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    memory = max(_weights_bytes(model_path), _MIN_PLACEMENT_MEMORY)
+    bundle: dict[str, float] = {"memory": float(memory)}
+    if pool.num_cpus > 0:
+        bundle["CPU"] = pool.num_cpus
+    pg = placement_group([dict(bundle) for _ in range(pool.actors)], strategy="SPREAD")
+    wait = PLACEMENT_TIMEOUT_S if timeout_s is None else timeout_s
+    try:
+        if pg.wait(timeout_seconds=wait):
+            logger.info(
+                "actor placement: %d bundle(s) of %s in a SPREAD placement group over %d nodes",
+                pool.actors,
+                bundle,
+                pool.nodes,
+            )
+            args.update(
+                memory=memory,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=False),
+            )
+        else:
+            logger.warning(
+                "the placement group spreading %d actor(s) over %d nodes (bundles of %s) was not placed in %g s; "
+                "placing the actors without it (Ray may put several on one node)",
+                pool.actors,
+                pool.nodes,
+                bundle,
+                wait,
+            )
+        yield args
+    finally:
+        remove_placement_group(pg)
+
+
 def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineResult:
     """Run read -> prepare -> encode -> write on the connected Ray cluster; commit nothing.
 
@@ -166,59 +238,59 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             storage_options=plan.storage_options,
         )
     )
-    columns = [plan.id_column, plan.text_column, *plan.passthrough]
-    ds = plan.source.read(columns)
-    ds = ds.repartition(target_num_rows_per_block=rows)
-    ds = ds.map_batches(
-        prepare,
-        batch_format="pyarrow",
-        batch_size=None,
-        zero_copy_batch=True,
-        fn_kwargs={
-            "id_column": plan.id_column,
-            "text_column": plan.text_column,
-            "passthrough": list(plan.passthrough),
-            "registry": registry,
-            "tokenizer": (plan.model_path, plan.encoder.max_length) if tokenize == "tasks" else None,
-        },
-    )
-    ds = ds.map_batches(
-        EncodeActor,
-        batch_format="pyarrow",
-        batch_size=rows,
-        compute=ActorPoolStrategy(size=pool.actors),
-        num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus or None,
-        fn_constructor_kwargs={
-            "model_path": plan.model_path,
-            "config": plan.encoder,
-            "torch_threads": pool.torch_threads,
-            "use_gpu": pool.uses_gpu,
-            "vector_dtype": plan.vector_dtype,
-            "run_id": plan.run_id,
-            "calibration_uri": plan.calibration_uri,
-            "storage_options": plan.storage_options,
-            "fault_marker": os.environ.get("EMBEDJOB_FAULT_KILL_ONCE") or None,
-        },
-    )
-    ds = ds.map_batches(
-        write,
-        batch_format="pyarrow",
-        batch_size=plan.rows_per_part,
-        fn_kwargs={
-            "uri": plan.output_uri,
-            "rejects_uri": plan.rejects_uri,
-            "schema": plan.schema,
-            "run_id": plan.run_id,
-            "storage_options": plan.storage_options,
-            "overwrite": plan.mode in ("create", "overwrite"),
-        },
-    )
-    result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0, tokenize=tokenize)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        _accumulate(result, batch)
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("Ray Data stats of run %s:\n%s", plan.run_id, ds.stats())
+    with actor_placement(pool, plan.model_path) as placement:
+        columns = [plan.id_column, plan.text_column, *plan.passthrough]
+        ds = plan.source.read(columns)
+        ds = ds.repartition(target_num_rows_per_block=rows)
+        ds = ds.map_batches(
+            prepare,
+            batch_format="pyarrow",
+            batch_size=None,
+            zero_copy_batch=True,
+            fn_kwargs={
+                "id_column": plan.id_column,
+                "text_column": plan.text_column,
+                "passthrough": list(plan.passthrough),
+                "registry": registry,
+                "tokenizer": (plan.model_path, plan.encoder.max_length) if tokenize == "tasks" else None,
+            },
+        )
+        ds = ds.map_batches(
+            EncodeActor,
+            batch_format="pyarrow",
+            batch_size=rows,
+            compute=ActorPoolStrategy(size=pool.actors),
+            **placement,
+            fn_constructor_kwargs={
+                "model_path": plan.model_path,
+                "config": plan.encoder,
+                "torch_threads": pool.torch_threads,
+                "use_gpu": pool.uses_gpu,
+                "vector_dtype": plan.vector_dtype,
+                "run_id": plan.run_id,
+                "calibration_uri": plan.calibration_uri,
+                "storage_options": plan.storage_options,
+                "fault_marker": os.environ.get("EMBEDJOB_FAULT_KILL_ONCE") or None,
+            },
+        )
+        ds = ds.map_batches(
+            write,
+            batch_format="pyarrow",
+            batch_size=plan.rows_per_part,
+            fn_kwargs={
+                "uri": plan.output_uri,
+                "rejects_uri": plan.rejects_uri,
+                "schema": plan.schema,
+                "run_id": plan.run_id,
+                "storage_options": plan.storage_options,
+                "overwrite": plan.mode in ("create", "overwrite"),
+            },
+        )
+        result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0, tokenize=tokenize)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            _accumulate(result, batch)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Ray Data stats of run %s:\n%s", plan.run_id, ds.stats())
     result.counts = ray.get(registry.counts.remote())
     result.rows_read = result.counts["read"]  # (rows that needed no work never reach the writer)
     result.replaced_ids, result.missing_ids = ray.get(registry.deletions.remote(delete_missing))

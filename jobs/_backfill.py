@@ -113,6 +113,7 @@ def backfill_job(
         calibration_origin=resolved.calibration_origin,
         read_version=read_version,
         indexes=indexes,
+        rows_per_node=result.rows_per_node,
     )
     append_rows(resolved.runs_uri, summary.record(), storage_options=opts)
     return summary

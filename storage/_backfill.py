@@ -16,6 +16,7 @@ import lance
 import pyarrow as pa
 from lance.fragment import FragmentMetadata
 from lance.schema import LanceSchema
+from lance.udf import BatchUDF
 
 from ._lance_io import commit_operation, dataset_at
 
@@ -32,13 +33,18 @@ def backfill_fragment(
     fragment_id: int,
     compute: Callable[[pa.RecordBatch], pa.RecordBatch],
     *,
+    output_schema: pa.Schema | None = None,
     columns: Sequence[str] = ("text",),
     batch_size: int = 1024,
     storage_options: Mapping[str, str] | None = None,
 ) -> str:
-    """Write the new columns of one fragment (uncommitted); returns the fragment's new metadata as JSON."""
+    """Write the new columns of one fragment (uncommitted); returns the fragment's new metadata as JSON.
+
+    ``output_schema``: the new columns' schema. Without it Lance calls ``compute`` once more, on the
+    fragment's first row, to learn it (for an encoder: one more model call, and that row counted twice)."""
     frag = dataset_at(uri, version, storage_options).get_fragment(fragment_id)
-    meta, _ = frag.merge_columns(compute, columns=list(columns), batch_size=batch_size)
+    udf = BatchUDF(compute, output_schema=output_schema)
+    meta, _ = frag.merge_columns(udf, columns=list(columns), batch_size=batch_size)
     return json.dumps(meta.to_json())
 
 

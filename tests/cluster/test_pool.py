@@ -21,6 +21,18 @@ def test_explicit_actor_count_on_two_cpus_uses_fractional_reservations():
     pool = plan_pool({"CPU": 2.0}, actors=2)
     assert pool.actors == 2 and pool.torch_threads == 1
     assert pool.num_cpus == 0.5
+    assert not pool.spread and "spread" not in pool.describe()
+
+
+@pytest.mark.parametrize(
+    ("resources", "actors"),
+    [({"CPU": 1.0}, None), ({"CPU": 1.0}, 2), ({"CPU": 1.0, "GPU": 1.0}, None), ({"CPU": 1.0, "GPU": 2.0}, None)],
+)
+def test_a_one_cpu_machine_reserves_no_cpu_so_read_and_write_tasks_can_run(resources, actors):
+    # half a CPU per actor left half a CPU, and a task needs a whole one: the run waited forever
+    pool = plan_pool(resources, actors=actors)
+    assert pool.num_cpus == 0.0, pool
+    assert pool.uses_gpu == ("GPU" in resources)
 
 
 def test_one_actor_per_gpu_by_default():

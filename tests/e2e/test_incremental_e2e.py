@@ -187,7 +187,9 @@ def test_add_granularity_backfills_only_the_new_column(ray_local, tmp_path, tiny
     stored = np.asarray(after["vec_l3_d16"].to_pylist(), dtype=np.float32)
     assert float(np.min(np.sum(fresh * stored, axis=1))) > 0.999
     assert tbl.search(rows["d007"], "l3_d16", k=1)["id"].to_pylist() == ["d007"]
-    assert tbl.runs()[-1]["mode"] == "backfill l3_d16"
+    last = tbl.runs()[-1]
+    assert last["mode"] == "backfill l3_d16"
+    assert last["rows_embedded"] == 300  # each row once (Lance gets the schema, not a sample call)
     # the grown job now runs incrementally with nothing to do, and keeps its index
     again = run_job(grown, progress=False)
     assert again.rows_unchanged == 300 and [i["action"] for i in again.indexes] == ["kept"]

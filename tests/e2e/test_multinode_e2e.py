@@ -27,9 +27,14 @@ from .audit import audit_table
 # as `embedjob run` does and writes the RunSummary's fields as JSON
 _DRIVER = """
 import dataclasses, json, sys
+from jobs._backfill import backfill_job
 from jobs._run import run_job
 from jobs.cli import _print_summary
-summary = run_job(sys.argv[1], progress=False, overrides={"cluster.address": sys.argv[2]})
+overrides = {"cluster.address": sys.argv[2]}
+if len(sys.argv) > 4:  # --add-granularity
+    summary = backfill_job(sys.argv[1], sys.argv[4].split(","), progress=False, overrides=overrides)
+else:
+    summary = run_job(sys.argv[1], progress=False, overrides=overrides)
 _print_summary(summary)
 with open(sys.argv[3], "w") as fh:
     json.dump(dataclasses.asdict(summary), fh, default=str)
@@ -42,6 +47,8 @@ def test_pool_over_several_nodes_leaves_a_whole_cpu_on_each():
     one_cpu_nodes = [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
     pool = plan_pool({"CPU": 2.0, "GPU": 1.0}, actors=2, gpus_per_actor=0, nodes=one_cpu_nodes)
     assert (pool.actors, pool.num_cpus, pool.torch_threads) == (2, 0.0, 1)
+    assert pool.spread and pool.describe().endswith("(reserving 0 CPU each, spread over 2 nodes)")
+    assert not plan_pool({"CPU": 2.0, "GPU": 1.0}, nodes=one_cpu_nodes).spread  # GPUs place GPU actors
     assert plan_pool({"CPU": 2.0}, nodes=one_cpu_nodes[:1]) == plan_pool({"CPU": 2.0})  # one node: as before
     big = plan_pool({"CPU": 64.0}, nodes=[{"CPU": 16.0}] * 4)
     assert (big.actors, big.torch_threads) == (8, 8)
@@ -65,11 +72,20 @@ def two_nodes():
         yield cluster
 
 
-def _run(tmp_path: Path, address: str, lee_parquet: Path, model: Path, timeout: float, **cluster) -> tuple[dict, str]:
+def _run(
+    tmp_path: Path,
+    address: str,
+    lee_parquet: Path,
+    model: Path,
+    timeout: float,
+    add: tuple[str, ...] = (),
+    **cluster,
+) -> tuple[dict, str]:
+    """Run the job (or, with ``add``, backfill those granularities) in a driver process of its own."""
     out = tmp_path / "out.lance"
     job = write_job(
         tmp_path / "job.toml",
-        granularities=["l2_d32", "l4_d64"],
+        granularities=["l2_d32", "l4_d64", *add],
         input={"uri": str(lee_parquet), "id_column": "doc_id", "text_column": "body"},
         model={"path": str(model)},
         output={"uri": str(out)},
@@ -77,7 +93,7 @@ def _run(tmp_path: Path, address: str, lee_parquet: Path, model: Path, timeout: 
     )
     result = tmp_path / "summary.json"
     proc = subprocess.run(
-        [sys.executable, "-c", _DRIVER, str(job), address, str(result)],
+        [sys.executable, "-c", _DRIVER, str(job), address, str(result), *([",".join(add)] if add else [])],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -108,6 +124,8 @@ def test_both_nodes_encode_and_every_id_is_committed_once(two_nodes, tmp_path, l
         rows_per_block=15,
         rows_per_part=15,
     )
+    # 0-CPU actors (1-CPU nodes): only the spread placement group keeps them off a single node
+    assert summary["pool"].startswith("2 CPU actor(s) x 1 torch threads (reserving 0 CPU each, spread over 2 nodes)")
     per_node = summary["rows_per_node"]
     assert set(per_node) == {two_nodes.head_id, two_nodes.worker_id}, per_node
     assert all(n > 0 for n in per_node.values()), per_node
@@ -118,6 +136,19 @@ def test_both_nodes_encode_and_every_id_is_committed_once(two_nodes, tmp_path, l
     assert "rows per node (2 nodes)" in stdout, stdout
     for node, n in per_node.items():
         assert f"{node[:8]}: {n:,}" in stdout, stdout
+
+    # a backfill spreads its fragments over the same two nodes and says so
+    cluster = {"actors": 2, "gpus_per_actor": 0, "rows_per_block": 15, "rows_per_part": 15}
+    summary, stdout = _run(
+        tmp_path, two_nodes.address, lee_parquet, tiny_bert_dir, timeout=300, add=("l3_d16",), **cluster
+    )
+    assert summary["mode"] == "backfill l3_d16", summary["mode"]
+    per_node = summary["rows_per_node"]
+    assert set(per_node) == {two_nodes.head_id, two_nodes.worker_id}, per_node
+    assert sum(per_node.values()) == summary["rows_embedded"] == len(expected)
+    assert "rows per node (2 nodes)" in stdout, stdout
+    audit = audit_table(str(tmp_path / "out.lance"), expected, tiny_bert_dir, "l3_d16")
+    assert audit.clean and audit.rows == len(expected), audit
 
 
 @pytest.mark.slow
