@@ -47,7 +47,7 @@ class BackfillResult:
     rows: int
     seconds: float
     pool: str
-    #: Ray node id -> rows embedded there (the actor's node), most first
+    #: Ray node id -> rows embedded there (the actor's node)
     rows_per_node: dict[str, int] = field(default_factory=dict)
 
 
@@ -117,5 +117,4 @@ def run_backfill(plan: BackfillPlan) -> BackfillResult:
         finally:
             for a in actors:
                 ray.kill(a)
-    ordered = dict(sorted(per_node.items(), key=lambda kv: (-kv[1], kv[0])))
-    return BackfillResult(out, rows, time.perf_counter() - t0, pool.describe(), rows_per_node=ordered)
+    return BackfillResult(out, rows, time.perf_counter() - t0, pool.describe(), rows_per_node=per_node)

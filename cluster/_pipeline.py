@@ -14,12 +14,11 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
 
-from embedder import EncoderConfig
+from embedder import EncoderConfig, weight_files
 
 from ._pool import PoolPlan, plan_pool
 from ._registry import IdRegistry
@@ -149,12 +148,9 @@ _MIN_PLACEMENT_MEMORY = 64 * 1024**2
 
 def _weights_bytes(model_path: str) -> int:
     """Bytes of the model's weight files: the memory an actor holds at the least (0 if unreadable)."""
-    total = 0
     with contextlib.suppress(OSError):
-        for f in Path(model_path).expanduser().rglob("*"):
-            if f.suffix in (".safetensors", ".bin", ".pt", ".pth") and f.is_file():
-                total += f.stat().st_size
-    return total
+        return sum(f.stat().st_size for f in weight_files(model_path))
+    return 0
 
 
 @contextlib.contextmanager

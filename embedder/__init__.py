@@ -20,7 +20,7 @@ from ._errors import (
     UnsupportedModelError,
 )
 from ._granularity import STARBUCKS, Granularity, parse_granularities, resolve_granularities
-from ._loading import read_model_dir, weights_fingerprint
+from ._loading import read_model_dir, weight_files, weights_fingerprint
 from ._quality import agreement, neighbours, pair_correlation, recall_at_k, recommend, spearman
 from ._tokenizer import TextTokenizer, cached_tokenizer, tokenized_from_flat
 
@@ -60,5 +60,6 @@ __all__ = [
     "resolve_granularities",
     "spearman",
     "tokenized_from_flat",
+    "weight_files",
     "weights_fingerprint",
 ]

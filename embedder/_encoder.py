@@ -36,7 +36,7 @@ from ._config import (
 from ._errors import EncoderConfigError, GranularityError, UnsupportedModelError
 from ._granularity import Granularity, GranularitySpec, parse_granularities, resolve_granularities
 from ._loading import ModelDir, find_blocks, read_model_dir, set_submodule, torch_dtype_name, weights_fingerprint
-from ._packed import PackedBatch, PackedBert, plan_packed
+from ._packed import PackedBatch, PackedBert, host_to_device, plan_packed
 from ._pooling import pool
 from ._tokenizer import TextTokenizer, load_hf_tokenizer
 
@@ -640,7 +640,4 @@ def _default_batch_tokens(device: torch.device, mdir: ModelDir, dtype: torch.dty
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(array)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    return host_to_device(torch.from_numpy(array), device)

@@ -220,11 +220,16 @@ def set_submodule(model: nn.Module, dotted: str, value: nn.Module) -> None:
     setattr(parent, attr, value)
 
 
+def weight_files(path: str | Path) -> list[Path]:
+    """The model dir's weight files (safetensors, bin, pt, pth), sorted."""
+    return sorted(p for p in Path(path).expanduser().rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+
+
 def weights_fingerprint(path: str | Path, *, chunk: int = 1 << 22) -> str:
     """sha256 over the names, sizes and bytes of the model dir's weight files (first 16 hex digits)."""
     root = Path(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    files = weight_files(root)
     if not files:
         raise ModelError(str(path), f"no weight files ({', '.join(_WEIGHT_SUFFIXES)}) found")
     for file in files:

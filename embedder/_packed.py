@@ -29,7 +29,7 @@ from torch import nn
 from ._batching import Tokenized
 from ._config import Pooling
 
-__all__ = ["PackedBatch", "PackedBert", "plan_packed"]
+__all__ = ["PackedBatch", "PackedBert", "host_to_device", "plan_packed"]
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,8 @@ class PackedBert:
         lengths = torch.from_numpy(batch.lengths)
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
         torch.cumsum(lengths, 0, out=offsets[1:])
-        ids = _to(torch.from_numpy(batch.ids), device)
-        lengths, offsets = _to(lengths, device), _to(offsets, device)
+        ids = host_to_device(torch.from_numpy(batch.ids), device)
+        lengths, offsets = host_to_device(lengths, device), host_to_device(offsets, device)
         n = ids.shape[0]
         text_of = torch.repeat_interleave(torch.arange(len(batch.lengths), device=device), lengths, output_size=n)
         position = torch.arange(n, device=device) - offsets[:-1][text_of]
@@ -189,7 +189,8 @@ def _segment_pool(
     raise ValueError(f"unknown pooling {mode!r}")  # unreachable: Pooling is closed
 
 
-def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: on CUDA through pinned memory, without waiting for the copy."""
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)

@@ -25,7 +25,7 @@ from storage import (
 
 from ._checks import check_job
 from ._indexing import refresh_indexes
-from ._run import RunSummary, new_run_id
+from ._run import RunSummary, most_rows_first, new_run_id
 from ._spec import JobSpec, load_job
 
 __all__ = ["backfill_job"]
@@ -113,7 +113,7 @@ def backfill_job(
         calibration_origin=resolved.calibration_origin,
         read_version=read_version,
         indexes=indexes,
-        rows_per_node=result.rows_per_node,
+        rows_per_node=most_rows_first(result.rows_per_node),
     )
     append_rows(resolved.runs_uri, summary.record(), storage_options=opts)
     return summary

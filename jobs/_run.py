@@ -353,7 +353,12 @@ def _rows_per_node(parts: list[StagedPart]) -> dict[str, int]:
     for part in parts:
         for node, n in part.nodes.items():
             total[node] = total.get(node, 0) + n
-    return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
+    return most_rows_first(total)
+
+
+def most_rows_first(per_node: dict[str, int]) -> dict[str, int]:
+    """Rows per node, the node with most rows first (ties by node id)."""
+    return dict(sorted(per_node.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _check_exactly_once(parts: list[StagedPart], run_id: str) -> None:
