@@ -10,7 +10,7 @@ from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import ray_session
 from ._errors import ClusterError, SourceError
 from ._pipeline import EmbedPlan, PipelineResult, run_pipeline
-from ._pool import PoolPlan, plan_pool
+from ._pool import NodeShare, PoolPlan, plan_pool
 from ._sources import FORMATS, Source, resolve_source
 from ._submit import (
     TERMINAL_STATUSES,
@@ -30,6 +30,7 @@ __all__ = [
     "CalibrationSample",
     "ClusterError",
     "EmbedPlan",
+    "NodeShare",
     "PipelineResult",
     "PoolPlan",
     "RayJobInfo",

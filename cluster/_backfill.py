@@ -19,6 +19,7 @@ from embedder import EncoderConfig
 from storage import backfill_fragment, fragment_ids, vector_array, vector_column
 
 from ._pipeline import actor_placement, start_pool
+from ._pool import PoolPlan
 from ._stages import _node_id, load_encoder
 
 __all__ = ["BackfillPlan", "BackfillResult", "run_backfill"]
@@ -52,12 +53,11 @@ class BackfillResult:
 
 
 class BackfillActor:
-    def __init__(self, plan: BackfillPlan, torch_threads: int | None, use_gpu: bool) -> None:
+    def __init__(self, plan: BackfillPlan, pool: PoolPlan) -> None:
         self.encoder = load_encoder(
             plan.model_path,
             plan.encoder,
-            torch_threads=torch_threads,
-            use_gpu=use_gpu,
+            pool,
             calibration_uri=plan.calibration_uri,
             storage_options=plan.storage_options,
         )
@@ -106,7 +106,7 @@ def run_backfill(plan: BackfillPlan) -> BackfillResult:
     per_node: dict[str, int] = {}
     with actor_placement(pool, plan.model_path) as placement:
         cls = ray.remote(max_restarts=2, max_task_retries=2, **placement)(BackfillActor)
-        actors = [cls.remote(plan, pool.torch_threads, pool.uses_gpu) for _ in range(n_actors)]
+        actors = [cls.remote(plan, pool) for _ in range(n_actors)]
         try:
             done = ActorPool(actors).map(lambda a, fid: a.fragment.remote(fid), frags)
             for k, (meta, n, node) in enumerate(done, start=1):

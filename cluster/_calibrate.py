@@ -97,14 +97,13 @@ class CalibrateActor:
         model_path: str,
         config: EncoderConfig,
         layers: Sequence[int],
-        torch_threads: int | None,
-        use_gpu: bool,
+        pool: PoolPlan,
     ) -> None:
         mdir = read_model_dir(model_path)
         grans = {Granularity(int(k), mdir.hidden_size) for k in layers}
         grans.add(Granularity(mdir.num_layers, mdir.hidden_size))
         config = dataclasses.replace(config, granularities=tuple(sorted(grans)))
-        self.encoder = load_encoder(model_path, config, torch_threads=torch_threads, use_gpu=use_gpu)
+        self.encoder = load_encoder(model_path, config, pool)
         self.layers = tuple(layers)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -159,8 +158,7 @@ def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
                 "model_path": plan.model_path,
                 "config": plan.encoder,
                 "layers": plan.layers,
-                "torch_threads": pool.torch_threads,
-                "use_gpu": pool.uses_gpu,
+                "pool": pool,
             },
         )
         mdir = read_model_dir(plan.model_path)

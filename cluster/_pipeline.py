@@ -137,7 +137,7 @@ def start_pool(plan: _PoolRequest) -> PoolPlan:
         actors=plan.actors,
         gpus_per_actor=plan.gpus_per_actor,
         cpus_per_actor=plan.cpus_per_actor,
-        nodes=[node["Resources"] for node in ray.nodes() if node.get("Alive")],
+        nodes={node["NodeID"]: node["Resources"] for node in ray.nodes() if node.get("Alive")},
     )
 
 
@@ -156,16 +156,18 @@ def _weights_bytes(model_path: str) -> int:
 @contextlib.contextmanager
 def actor_placement(pool: PoolPlan, model_path: str, *, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
     """The Ray options that place the encoder actors: ``num_cpus``/``num_gpus`` and, for CPU actors over
-    several nodes, one bundle per actor in a SPREAD placement group.
+    several nodes, one bundle per actor in a placement group, each pinned to its node's share.
 
     Ray places CPU actors on any node with room, and best effort SPREAD scheduling lets them land on
     one node when other SPREAD actors (Ray Data's own) are created at the same time; a 0-CPU reservation
-    (1-CPU nodes) does not stop it. Each bundle holds the actor's CPU reservation and a logical
-    ``memory`` of the model's weight size (at least 64 MiB; no task asks for memory, so none is
-    starved), and each actor asks for exactly one bundle's worth, so the group's even spread of bundles
-    over the nodes is the actors' spread. GPU actors and single-node pools need no group. If the group
-    cannot be placed within ``timeout_s`` (other jobs hold the resources), the actors are placed without
-    it and a warning says so. The group is removed on exit.
+    (1-CPU nodes) does not stop it. Each bundle holds its node's CPU reservation for one actor and a
+    logical ``memory`` of the model's weight size (at least 64 MiB; no task asks for memory, so none is
+    starved), and is pinned to the node by its ``ray.io/node-id`` label. Each actor asks for exactly one
+    bundle's memory and the smallest bundle's CPUs, so it takes a whole bundle, whichever it gets, and the
+    bundles' nodes are the actors' nodes. An actor sets its threads from the node it lands on
+    (``PoolPlan.threads_on``). GPU actors and single-node pools need no group. If the group cannot be
+    placed within ``timeout_s`` (other jobs hold the resources, a node left), the actors are placed
+    without it and a warning says so. The group is removed on exit.
     """
 
     args: dict[str, Any] = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus or None}
@@ -176,30 +178,32 @@ def actor_placement(pool: PoolPlan, model_path: str, *, timeout_s: float | None 
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     memory = max(_weights_bytes(model_path), _MIN_PLACEMENT_MEMORY)
-    bundle: dict[str, float] = {"memory": float(memory)}
-    if pool.num_cpus > 0:
-        bundle["CPU"] = pool.num_cpus
-    pg = placement_group([dict(bundle) for _ in range(pool.actors)], strategy="SPREAD")
+    bundles: list[dict[str, float]] = []
+    selectors: list[dict[str, str]] = []
+    for share in pool.per_node:
+        bundle = {"memory": float(memory), **({"CPU": share.num_cpus} if share.num_cpus > 0 else {})}
+        bundles += [dict(bundle) for _ in range(share.actors)]
+        selectors += [{"ray.io/node-id": share.node_id} for _ in range(share.actors)]
+    try:
+        pg = placement_group(bundles, strategy="SPREAD", bundle_label_selector=selectors)
+    except TypeError:  # a Ray without bundle label selectors (< 2.5x): spread by count only
+        pg = placement_group(bundles, strategy="SPREAD")
     wait = PLACEMENT_TIMEOUT_S if timeout_s is None else timeout_s
+    shares = ", ".join(f"{s.actors} x {s.num_cpus:g} CPU on {s.node_id[:8]}" for s in pool.per_node)
     try:
         if pg.wait(timeout_seconds=wait):
-            logger.info(
-                "actor placement: %d bundle(s) of %s in a SPREAD placement group over %d nodes",
-                pool.actors,
-                bundle,
-                pool.nodes,
-            )
+            logger.info("actor placement: a placement group of %d bundle(s): %s", len(bundles), shares)
             args.update(
                 memory=memory,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=False),
             )
         else:
             logger.warning(
-                "the placement group spreading %d actor(s) over %d nodes (bundles of %s) was not placed in %g s; "
+                "the placement group holding %d actor(s) on %d nodes (%s) was not placed in %g s; "
                 "placing the actors without it (Ray may put several on one node)",
                 pool.actors,
                 pool.nodes,
-                bundle,
+                shares,
                 wait,
             )
         yield args
@@ -260,8 +264,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             fn_constructor_kwargs={
                 "model_path": plan.model_path,
                 "config": plan.encoder,
-                "torch_threads": pool.torch_threads,
-                "use_gpu": pool.uses_gpu,
+                "pool": pool,
                 "vector_dtype": plan.vector_dtype,
                 "run_id": plan.run_id,
                 "calibration_uri": plan.calibration_uri,

@@ -30,6 +30,7 @@ from storage import (
     write_fragments,
 )
 
+from ._pool import PoolPlan
 from ._registry import DUPLICATE, EXISTS, SKIP
 
 REASON = "_reason"
@@ -154,16 +155,15 @@ def _token_columns(
 def load_encoder(
     model_path: str,
     config: EncoderConfig,
+    pool: PoolPlan,
     *,
-    torch_threads: int | None,
-    use_gpu: bool,
     calibration_uri: str | None = None,
     storage_options: dict[str, str] | None = None,
 ) -> ElasticEncoder:
-    """The encoder of one actor pool slot: on CPU with the slot's torch threads unless it holds a GPU,
-    through the run's calibration (loaded from its stored URI) when it has one."""
-    if not use_gpu:
-        config = dataclasses.replace(config, device="cpu", num_threads=torch_threads or config.num_threads)
+    """The encoder of one actor pool slot: on CPU with the torch threads the pool gives this slot's node
+    unless it holds a GPU, through the run's calibration (loaded from its stored URI) when it has one."""
+    if not pool.uses_gpu:
+        config = dataclasses.replace(config, device="cpu", num_threads=pool.threads_on(_node_id()))
     calibration = load_calibration(calibration_uri, storage_options=storage_options) if calibration_uri else None
     return ElasticEncoder.from_config(model_path, config, calibration=calibration)
 
@@ -176,8 +176,7 @@ class EncodeActor:
         *,
         model_path: str,
         config: EncoderConfig,
-        torch_threads: int | None,
-        use_gpu: bool,
+        pool: PoolPlan,
         vector_dtype: str,
         run_id: str,
         calibration_uri: str | None = None,
@@ -187,8 +186,7 @@ class EncodeActor:
         self.encoder = load_encoder(
             model_path,
             config,
-            torch_threads=torch_threads,
-            use_gpu=use_gpu,
+            pool,
             calibration_uri=calibration_uri,
             storage_options=storage_options,
         )

@@ -78,6 +78,7 @@ class EncoderConfig:
     max_batch_size: int | None = None
     num_threads: int | None = None
     #: run batches packed (no padding) instead of padded: None = on CUDA for BERT-architecture models
+    #: (model_type bert, roberta, xlm-roberta: ``embedder._packed.PACKED_MODEL_TYPES``)
     packed: bool | None = None
 
     def __post_init__(self) -> None:

@@ -36,7 +36,7 @@ from ._config import (
 from ._errors import EncoderConfigError, GranularityError, UnsupportedModelError
 from ._granularity import Granularity, GranularitySpec, parse_granularities, resolve_granularities
 from ._loading import ModelDir, find_blocks, read_model_dir, set_submodule, torch_dtype_name, weights_fingerprint
-from ._packed import PackedBatch, PackedBert, host_to_device, plan_packed
+from ._packed import PACKED_MODEL_TYPES, PackedBatch, PackedBert, host_to_device, plan_packed
 from ._pooling import pool
 from ._tokenizer import TextTokenizer, load_hf_tokenizer
 
@@ -147,7 +147,8 @@ class ElasticEncoder:
                 self._packed = PackedBert(model, self._blocks, pooling)
             elif config.packed:
                 raise EncoderConfigError(
-                    f"packed = true needs a BERT-architecture model (model_type 'bert'); "
+                    f"packed = true needs a BERT-architecture model (model_type one of "
+                    f"{', '.join(map(repr, PACKED_MODEL_TYPES))}); "
                     f"{model_dir.name} is {model_dir.config.get('model_type')!r}; leave packed unset to pad"
                 )
         if calibration is not None:
@@ -216,8 +217,8 @@ class ElasticEncoder:
         supported) when available, else CPU float32. Everything is validated
         before the weights are read.
 
-        ``packed``: run batches without padding (``None``: on CUDA for BERT-architecture models;
-        :mod:`embedder._packed`).
+        ``packed``: run batches without padding (``None``: on CUDA for BERT-architecture models,
+        RoBERTa and XLM-R included; :mod:`embedder._packed`).
 
         ``calibration``: a :class:`Calibration` or the path of a saved one; it
         is applied inside :meth:`encode` to every granularity except full depth

@@ -9,9 +9,11 @@ The same weights and modules run (Hugging Face's own ``BertEmbeddings``,
 ``BertSelfOutput``, ``BertIntermediate``, ``BertOutput``); only the attention
 core is called directly, so the vectors match the padded path up to rounding.
 
-Used on CUDA for BERT-architecture models (``model_type = "bert"``: BERT,
-MiniLM, BGE, E5 and GTE's BERT-based checkpoints, ...); other architectures
-keep the padded path.
+Used on CUDA for models with BERT's blocks: ``model_type`` "bert" (BERT,
+MiniLM, BGE, E5 and GTE's BERT-based checkpoints, ...), "roberta" and
+"xlm-roberta" (multilingual E5, BGE-M3, ...), whose position ids start after
+the padding index (``pad_token_id + 1``). Other architectures keep the padded
+path.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from torch import nn
 from ._batching import Tokenized
 from ._config import Pooling
 
-__all__ = ["PackedBatch", "PackedBert", "host_to_device", "plan_packed"]
+__all__ = ["PACKED_MODEL_TYPES", "PackedBatch", "PackedBert", "host_to_device", "plan_packed"]
+
+#: model types the packed path runs -> whether position ids start after the padding index (RoBERTa's
+#: ``create_position_ids_from_input_ids``) instead of at 0
+PACKED_MODEL_TYPES = {"bert": False, "roberta": True, "xlm-roberta": True}
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def plan_packed(tok: Tokenized, *, batch_tokens: int, max_batch_size: int) -> li
 
 
 class PackedBert:
-    """Runs a Hugging Face ``BertModel``'s embeddings and blocks on packed tokens."""
+    """Runs a Hugging Face ``BertModel``'s (or ``RobertaModel``'s) embeddings and blocks on packed tokens."""
 
     def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], pooling: Pooling) -> None:
         self.model = model
@@ -97,11 +103,16 @@ class PackedBert:
         cfg = model.config
         self.heads = int(cfg.num_attention_heads)
         self.head_dim = int(cfg.hidden_size) // self.heads
+        after_padding = PACKED_MODEL_TYPES.get(getattr(cfg, "model_type", "bert"), False)
+        self.first_position = int(cfg.pad_token_id) + 1 if after_padding else 0
 
     @staticmethod
     def supports(model: nn.Module, config: dict[str, Any], blocks: Sequence[nn.Module]) -> bool:
-        """BERT with absolute positions, no cross-attention, and the module layout this runner calls."""
-        if config.get("model_type") != "bert" or config.get("position_embedding_type", "absolute") != "absolute":
+        """BERT's blocks (``PACKED_MODEL_TYPES``) with absolute positions, no cross-attention, and the module
+        layout this runner calls."""
+        if config.get("model_type") not in PACKED_MODEL_TYPES:
+            return False
+        if config.get("position_embedding_type", "absolute") != "absolute":
             return False
         if config.get("is_decoder") or config.get("add_cross_attention"):
             return False
@@ -127,7 +138,7 @@ class PackedBert:
         lengths, offsets = host_to_device(lengths, device), host_to_device(offsets, device)
         n = ids.shape[0]
         text_of = torch.repeat_interleave(torch.arange(len(batch.lengths), device=device), lengths, output_size=n)
-        position = torch.arange(n, device=device) - offsets[:-1][text_of]
+        position = torch.arange(n, device=device) - offsets[:-1][text_of] + self.first_position
         hidden = self.model.embeddings(
             input_ids=ids[None], position_ids=position[None], token_type_ids=torch.zeros_like(ids)[None]
         )[0]

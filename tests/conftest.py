@@ -36,21 +36,24 @@ def _tiny_models(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) ->
         DistilBertModel,
         ModernBertConfig,
         ModernBertModel,
+        RobertaConfig,
+        RobertaModel,
+        XLMRobertaConfig,
+        XLMRobertaModel,
     )
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path), local_files_only=True)
     root = tmp_path_factory.mktemp("tiny-models")
     torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=128,
-            max_position_embeddings=128,
-        )
-    )
+    # BERT's blocks, 4 layers, hidden 64
+    shape = {
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+    }
+    bert = BertModel(BertConfig(**shape, max_position_embeddings=128))
     distil = DistilBertModel(
         DistilBertConfig(
             vocab_size=tokenizer.vocab_size,
@@ -76,8 +79,16 @@ def _tiny_models(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) ->
             sep_token_id=tokenizer.sep_token_id,
         )
     )
+    # RoBERTa and XLM-R: BERT's blocks, positions counted from pad_token_id + 1
+    roberta_like = {
+        name: cls(config(**shape, max_position_embeddings=130, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id))
+        for name, cls, config in (
+            ("roberta", RobertaModel, RobertaConfig),
+            ("xlm-roberta", XLMRobertaModel, XLMRobertaConfig),
+        )
+    }
     out = {}
-    for name, model in (("bert", bert), ("distilbert", distil), ("modernbert", modernbert)):
+    for name, model in (("bert", bert), ("distilbert", distil), ("modernbert", modernbert), *roberta_like.items()):
         path = root / name
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
@@ -90,6 +101,15 @@ def tiny_bert_dir(_tiny_models: dict[str, Path], tmp_path: Path) -> Path:
     """A copy per test of a tiny random BERT (4 layers, hidden 64), plain Hugging Face layout."""
     dst = tmp_path / "tiny-bert"
     shutil.copytree(_tiny_models["bert"], dst)
+    return dst
+
+
+@pytest.fixture(params=["bert", "roberta", "xlm-roberta"])
+def tiny_bert_family(request: pytest.FixtureRequest, _tiny_models: dict[str, Path], tmp_path: Path) -> Path:
+    """Tiny random models with BERT's blocks (4 layers, hidden 64): BERT, RoBERTa and XLM-R, whose position
+    ids start after the padding index."""
+    dst = tmp_path / f"tiny-{request.param}"
+    shutil.copytree(_tiny_models[request.param], dst)
     return dst
 
 
@@ -240,6 +260,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ray_auth_mode() -> str:
+    """The auth mode of every node a test starts: token, unless RAY_AUTH_MODE says otherwise.
+
+    Left unset, `ray start --head` turns token mode on only when ~/.ray/auth_token already exists (a local
+    ``ray.init()`` writes one), so on a fresh machine the head ran without auth and a joining node in token
+    mode was refused: the outcome hung on test order. A head in token mode does not write a token, so one
+    is made here when none is found (`ray get-auth-token --generate`, what a local ``ray.init()`` does);
+    the nodes and the drivers (``cluster.connect``, a plain ``ray.init(address=...)``) read it from there."""
+    import subprocess
+    import sys
+
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if mode == "token" and not os.environ.get("RAY_AUTH_TOKEN") and not token_file.is_file():
+        ray_exe = Path(sys.executable).with_name("ray")
+        subprocess.run([str(ray_exe), "get-auth-token", "--generate"], capture_output=True, check=True, timeout=120)
+    return mode
+
+
 @contextlib.contextmanager
 def _ray_start(prefix: str, args: Sequence[str], extra_env: dict[str, str] | None = None):
     """`ray start ARGS --block` on loopback, in its own process group and temp dir; yields the process and
@@ -300,7 +339,7 @@ def ray_head_process(*, dashboard: bool, num_cpus: int = 2, extra_args: Sequence
         *(f"--{flag}={p}" for flag, p in zip(_RAY_FIXED_PORT_FLAGS, fixed, strict=True)),
         *extra_args,
     ]
-    with _ray_start("rh", args) as proc:
+    with _ray_start("rh", args, {"RAY_AUTH_MODE": _ray_auth_mode()}) as proc:
         yield proc, port, (dash if dashboard else None)
 
 
@@ -394,8 +433,7 @@ def ray_worker_process(
         "--max-worker-port=0",
         *extra_args,
     ]
-    # the head made a token (~/.ray/auth_token); a joining `ray start` reads it only in token mode
-    with _ray_start("rw", args, {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}) as proc:
+    with _ray_start("rw", args, {"RAY_AUTH_MODE": _ray_auth_mode()}) as proc:
         yield proc
 
 

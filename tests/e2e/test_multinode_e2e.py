@@ -44,14 +44,17 @@ with open(sys.argv[3], "w") as fh:
 def test_pool_over_several_nodes_leaves_a_whole_cpu_on_each():
     """Ray Data spreads the actors over the nodes and a read/write task needs a whole CPU on one node: the
     single-node sizing (2 actors x 0.5 CPU on 2 CPUs) leaves half a CPU on each 1-CPU node, and the run hangs."""
-    one_cpu_nodes = [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
+    one_cpu_nodes = {"head": {"CPU": 1.0}, "gpu": {"CPU": 1.0, "GPU": 1.0}}
     pool = plan_pool({"CPU": 2.0, "GPU": 1.0}, actors=2, gpus_per_actor=0, nodes=one_cpu_nodes)
     assert (pool.actors, pool.num_cpus, pool.torch_threads) == (2, 0.0, 1)
     assert pool.spread and pool.describe().endswith("(reserving 0 CPU each, spread over 2 nodes)")
+    assert [(s.node_id, s.actors) for s in pool.per_node] == [("head", 1), ("gpu", 1)]
     assert not plan_pool({"CPU": 2.0, "GPU": 1.0}, nodes=one_cpu_nodes).spread  # GPUs place GPU actors
-    assert plan_pool({"CPU": 2.0}, nodes=one_cpu_nodes[:1]) == plan_pool({"CPU": 2.0})  # one node: as before
-    big = plan_pool({"CPU": 64.0}, nodes=[{"CPU": 16.0}] * 4)
+    one_node = {"head": one_cpu_nodes["head"]}
+    assert plan_pool({"CPU": 2.0}, nodes=one_node) == plan_pool({"CPU": 2.0})  # one node: as before
+    big = plan_pool({"CPU": 64.0}, nodes={f"n{i}": {"CPU": 16.0} for i in range(4)})
     assert (big.actors, big.torch_threads) == (8, 8)
+    assert [s.actors for s in big.per_node] == [2] * 4
     assert 16 - 2 * big.num_cpus >= 1  # two actors per node, one whole CPU left on each
     assert plan_pool({"CPU": 64.0}).num_cpus > 7.5  # (the single-node sizing would leave 0.25 per node)
 
