@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from embedder import CalibrationStats, EncoderConfig, Granularity, heldout_mask, read_model_dir
 
-from ._pipeline import actor_placement, start_pool
+from ._pipeline import actor_placement, map_with_actors, start_pool
 from ._pool import PoolPlan
 from ._sources import Source
 from ._stages import load_encoder
@@ -116,8 +116,6 @@ class CalibrateActor:
 
 def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
     """Sample the corpus and sum the actors' statistics on the connected Ray cluster."""
-    from ray.data import ActorPoolStrategy
-
     t0 = time.perf_counter()
     pool = start_pool(plan)
     ds = plan.source.read([plan.id_column, plan.text_column])
@@ -148,18 +146,15 @@ def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
         },
     )
     with actor_placement(pool, plan.model_path) as placement:
-        ds = ds.map_batches(
+        ds = map_with_actors(
+            ds,
             CalibrateActor,
-            batch_format="pyarrow",
+            pool,
+            placement,
             batch_size=batch_rows,
-            compute=ActorPoolStrategy(size=pool.actors),
-            **placement,
-            fn_constructor_kwargs={
-                "model_path": plan.model_path,
-                "config": plan.encoder,
-                "layers": plan.layers,
-                "pool": pool,
-            },
+            model_path=plan.model_path,
+            config=plan.encoder,
+            layers=plan.layers,
         )
         mdir = read_model_dir(plan.model_path)
         stats = CalibrationStats.empty(num_layers=mdir.num_layers, hidden_size=mdir.hidden_size, layers=plan.layers)

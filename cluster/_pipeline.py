@@ -25,7 +25,7 @@ from ._registry import IdRegistry
 from ._sources import Source
 from ._stages import EncodeActor, prepare, write
 
-__all__ = ["EmbedPlan", "PipelineResult", "actor_placement", "run_pipeline"]
+__all__ = ["EmbedPlan", "PipelineResult", "actor_placement", "map_with_actors", "run_pipeline"]
 
 logger = logging.getLogger("cluster")
 
@@ -211,6 +211,23 @@ def actor_placement(pool: PoolPlan, model_path: str, *, timeout_s: float | None 
         remove_placement_group(pg)
 
 
+def map_with_actors(
+    ds: Any, actor: type, pool: PoolPlan, placement: dict[str, Any], *, batch_size: int, **constructor_kwargs: Any
+) -> Any:
+    """``ds`` mapped (pyarrow batches of ``batch_size`` rows) through the pool's ``actor`` instances, each
+    built with ``constructor_kwargs`` and the pool, placed as ``actor_placement`` said."""
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(
+        actor,
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=pool.actors),
+        **placement,
+        fn_constructor_kwargs={**constructor_kwargs, "pool": pool},
+    )
+
+
 def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineResult:
     """Run read -> prepare -> encode -> write on the connected Ray cluster; commit nothing.
 
@@ -220,7 +237,6 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
     """
     import ray
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     t0 = time.perf_counter()
     pool = start_pool(plan)
@@ -255,22 +271,19 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
                 "tokenizer": (plan.model_path, plan.encoder.max_length) if tokenize == "tasks" else None,
             },
         )
-        ds = ds.map_batches(
+        ds = map_with_actors(
+            ds,
             EncodeActor,
-            batch_format="pyarrow",
+            pool,
+            placement,
             batch_size=rows,
-            compute=ActorPoolStrategy(size=pool.actors),
-            **placement,
-            fn_constructor_kwargs={
-                "model_path": plan.model_path,
-                "config": plan.encoder,
-                "pool": pool,
-                "vector_dtype": plan.vector_dtype,
-                "run_id": plan.run_id,
-                "calibration_uri": plan.calibration_uri,
-                "storage_options": plan.storage_options,
-                "fault_marker": os.environ.get("EMBEDJOB_FAULT_KILL_ONCE") or None,
-            },
+            model_path=plan.model_path,
+            config=plan.encoder,
+            vector_dtype=plan.vector_dtype,
+            run_id=plan.run_id,
+            calibration_uri=plan.calibration_uri,
+            storage_options=plan.storage_options,
+            fault_marker=os.environ.get("EMBEDJOB_FAULT_KILL_ONCE") or None,
         )
         ds = ds.map_batches(
             write,
