@@ -20,20 +20,26 @@ from ._lance_io import (
     TableMovedError,
     append_rows,
     commit,
+    commit_message,
+    committed_by,
+    count_rows,
     dataset_schema,
     dataset_version,
     read_provenance,
+    read_rows,
     sibling_uri,
     table_exists,
     write_fragments,
 )
-from ._lock import TableLock, TableLocked
+from ._lock import LockLost, LockStoreWarning, TableLock, TableLocked
+from ._names import has_control_characters, split_table_uri, table_name_problem
+from ._process import process_alive, process_start_ticks
 from ._provenance import METADATA_KEY, Provenance
-from ._s3 import ObjectStore
+from ._s3 import ObjectStore, StoreError, check_store
 from ._sample import NoStoredTextError, sample_texts
 from ._schema import REJECTS_SCHEMA, VECTOR_DTYPES, content_hash, output_schema, vector_array, vector_column
-from ._staging import RunStaging, StagedPart, staged_runs, staging_dir
-from ._table import EmbeddingTable, TableNotFoundError, open_table, split_table_uri
+from ._staging import RunIdError, RunStaging, StagedPart, is_run_id, new_run_id, staged_runs, staging_dir
+from ._table import EmbeddingTable, TableNotFoundError, open_table
 
 __all__ = [
     "INDEX_TYPES",
@@ -46,11 +52,15 @@ __all__ = [
     "GcReport",
     "IndexParams",
     "IndexReport",
+    "LockLost",
+    "LockStoreWarning",
     "NoStoredTextError",
     "ObjectStore",
     "Provenance",
+    "RunIdError",
     "RunStaging",
     "StagedPart",
+    "StoreError",
     "TableLock",
     "TableLocked",
     "TableMovedError",
@@ -61,22 +71,32 @@ __all__ = [
     "build_index",
     "calibration_dir",
     "calibration_uri",
+    "check_store",
     "collect_garbage",
     "commit",
     "commit_changes",
+    "commit_message",
     "commit_new_columns",
+    "committed_by",
     "content_hash",
+    "count_rows",
     "dataset_schema",
     "dataset_version",
     "fragment_ids",
+    "has_control_characters",
     "index_params",
+    "is_run_id",
     "list_calibrations",
     "load_calibration",
+    "new_run_id",
     "open_table",
     "output_schema",
     "parse_stages",
+    "process_alive",
+    "process_start_ticks",
     "read_hashes",
     "read_provenance",
+    "read_rows",
     "sample_texts",
     "save_calibration",
     "sibling_uri",
@@ -84,6 +104,7 @@ __all__ = [
     "staged_runs",
     "staging_dir",
     "table_exists",
+    "table_name_problem",
     "vector_array",
     "vector_column",
     "write_fragments",

@@ -11,10 +11,11 @@ import lance
 
 from ._calibrations import calibration_uri, list_calibrations
 from ._files import filesystem
-from ._lance_io import sibling_uri, table_exists
+from ._lance_io import read_provenance, sibling_uri, table_exists
 from ._lock import TableLock
 from ._provenance import METADATA_KEY, Provenance
 from ._staging import staged_runs
+from ._table import TableNotFoundError
 
 __all__ = ["GcReport", "collect_garbage"]
 
@@ -24,7 +25,8 @@ logger = logging.getLogger("storage")
 @dataclass
 class GcReport:
     staging_removed: list[str] = field(default_factory=list)
-    staging_kept: list[str] = field(default_factory=list)  # resumable runs younger than the retention
+    #: resumable runs younger than the retention, and committed runs whose bookkeeping is pending
+    staging_kept: list[str] = field(default_factory=list)
     versions_removed: dict[str, int] = field(default_factory=dict)  # per dataset (table, runs, rejects)
     bytes_removed: int = 0
     calibrations_removed: list[str] = field(default_factory=list)
@@ -42,13 +44,20 @@ def collect_garbage(
     - staging folders: removed when their run committed, can no longer be
       resumed (the table moved past the version it planned against), or is
       older than ``older_than``; kept otherwise (``embedjob resume`` can
-      still finish them).
+      still finish them), and kept while a committed run's bookkeeping (its
+      runs-table record, its rejects) is pending.
     - Lance versions older than ``older_than`` of the table, its runs and its
       rejects are removed (the newest version always stays). Files no version
       references (fragments of abandoned runs) go too when no staged run is kept.
     - calibration files no remaining version uses and older than ``older_than``.
     """
     opts = dict(storage_options or {}) or None
+    # only around a table embedjob wrote: a "<stem>_staging" folder next to anything else is not ours to delete
+    if read_provenance(table_uri, opts) is None:
+        what = "is a Lance dataset embedjob did not write" if table_exists(table_uri, opts) else "is not a table"
+        raise TableNotFoundError(
+            f"{table_uri!r} {what} (no embedjob provenance); gc cleans up only around embedjob tables"
+        )
     report = GcReport()
     lock = TableLock(table_uri, run_id="gc", storage_options=opts)
     lock.acquire(wait_s=wait_s)
@@ -57,6 +66,12 @@ def collect_garbage(
         now = datetime.now(UTC)
         for staging in staged_runs(table_uri, opts):
             record = staging.read_record() or {}
+            status = record.get("status")
+            if status == "committing" or (status == "committed" and record.get("pending")):
+                # committed (or maybe: the table's commit message says), its bookkeeping not finished: the
+                # job's next run or `embedjob resume RUN_ID` needs this record to write it
+                report.staging_kept.append(staging.run_id)
+                continue
             started = record.get("started_at")
             age = now - datetime.fromisoformat(started) if started else timedelta.max
             resumable = record.get("status") != "committed" and record.get("read_version") == int(ds.version)

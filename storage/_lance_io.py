@@ -10,6 +10,7 @@ Lance's cleanup removes.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -24,16 +25,53 @@ __all__ = [
     "TableMovedError",
     "append_rows",
     "commit",
+    "commit_message",
     "commit_operation",
+    "committed_by",
+    "count_rows",
     "dataset_schema",
     "dataset_version",
     "read_provenance",
+    "read_rows",
     "sibling_uri",
     "table_exists",
     "write_fragments",
 ]
 
 Mode = Literal["create", "overwrite", "append"]
+
+logger = logging.getLogger("storage")
+
+
+def commit_message(run_id: str) -> str:
+    """The message of the commit run ``run_id`` makes: the table's own record that the run committed."""
+    return f"embedjob run {run_id}"
+
+
+def committed_by(
+    uri: str, run_id: str, after_version: int | None, storage_options: Mapping[str, str] | None = None
+) -> int | None:
+    """The table version run ``run_id`` committed after ``after_version``, read from the commits' messages;
+    None when it made none (the commit, not a record written after it, is what says a run committed)."""
+    from lance.dataset import LANCE_COMMIT_MESSAGE_KEY
+
+    ds = _open(uri, storage_options)
+    if ds is None:
+        return None
+    wanted = commit_message(run_id)
+    for v in range(int(ds.version), (after_version or 0), -1):
+        txn = ds.read_transaction(v)
+        props = (getattr(txn, "transaction_properties", None) or {}) if txn is not None else {}
+        if props.get(LANCE_COMMIT_MESSAGE_KEY) == wanted:
+            return v
+    return None
+
+
+def count_rows(uri: str, version: int | None, storage_options: Mapping[str, str] | None = None) -> int:
+    """Rows of the table at ``version`` (0 when there is no table)."""
+    if version is None:
+        return 0
+    return int(dataset_at(uri, version, storage_options).count_rows())
 
 
 def sibling_uri(uri: str, suffix: str) -> str:
@@ -77,6 +115,16 @@ def read_provenance(uri: str, storage_options: Mapping[str, str] | None = None) 
         return None
     raw = (ds.schema.metadata or {}).get(METADATA_KEY)
     return Provenance.from_json(raw) if raw else None
+
+
+def read_rows(
+    uri: str, columns: Sequence[str] | None = None, *, storage_options: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every row of a small side table (runs, rejects) as dicts; [] when it does not exist."""
+    ds = _open(uri, storage_options)
+    if ds is None:
+        return []
+    return ds.to_table(columns=list(columns) if columns else None).to_pylist()
 
 
 def write_fragments(
@@ -134,20 +182,46 @@ def commit_operation(
     ``strict``: refuse with TableMovedError unless the table is still at
     ``read_version`` (None: it must not exist yet). Lance itself only refuses
     *conflicting* concurrent commits; a run planned against one version must
-    not land on another.
+    not land on another. An Overwrite (create, overwrite) is committed as
+    exactly ``read_version + 1`` in one atomic step (Lance with no retries
+    writes that version's manifest only if no other writer did). Appends and
+    updates are rebased by Lance onto a commit that slipped in after the check
+    (data-safe: conflicting changes are refused); embedjob's own writers cannot
+    slip in, they hold the table's lock, so a rebase means a writer outside
+    embedjob and is logged as an error.
     """
+    from lance.commit import CommitConflictError
+
     if strict:
         current = dataset_version(uri, storage_options)
         if current != read_version:
             raise TableMovedError(uri, read_version, current)
-    ds = lance.LanceDataset.commit(
-        uri,
-        op,
-        read_version=read_version,
-        storage_options=dict(storage_options or {}) or None,
-        commit_message=message,
-    )
-    return int(ds.version)
+    one_step = strict and read_version is not None and isinstance(op, lance.LanceOperation.Overwrite)
+    try:
+        ds = lance.LanceDataset.commit(
+            uri,
+            op,
+            read_version=read_version,
+            storage_options=dict(storage_options or {}) or None,
+            commit_message=message,
+            **({"max_retries": 0} if one_step else {}),
+        )
+    except CommitConflictError:
+        if not strict:
+            raise
+        raise TableMovedError(uri, read_version, dataset_version(uri, storage_options)) from None
+    version = int(ds.version)
+    if strict and read_version is not None and version != read_version + 1:
+        logger.error(
+            "table %s: another writer committed between this commit's version check and the commit itself; "
+            "Lance merged this commit (%s) after it as version %d (planned against %d). embedjob's runs hold "
+            "the table's lock: look for a writer outside embedjob",
+            uri,
+            message,
+            version,
+            read_version,
+        )
+    return version
 
 
 def commit(

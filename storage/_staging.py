@@ -17,13 +17,42 @@ rows already staged are not embedded again.
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 
 from ._files import delete_tree, list_dir, read_bytes, table_stem, write_bytes
 
-__all__ = ["RunStaging", "StagedPart", "staged_runs", "staging_dir"]
+__all__ = ["RunIdError", "RunStaging", "StagedPart", "is_run_id", "new_run_id", "staged_runs", "staging_dir"]
+
+_RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+
+
+def new_run_id() -> str:
+    """Sortable and unique: ``20261122T161500Z-1a2b3c4d``."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def is_run_id(text: object) -> bool:
+    """True for what :func:`new_run_id` makes, and nothing else (no paths, no dots, no newlines)."""
+    return isinstance(text, str) and _RUN_ID.fullmatch(text) is not None
+
+
+class RunIdError(ValueError):
+    """Not a run id (``embedjob resume ../../x``)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        super().__init__(
+            f"{value!r} is not a run id; run ids look like 20261122T161500Z-1a2b3c4d "
+            f"(`embedjob inspect TABLE` lists a table's unfinished runs)"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.value,))
 
 
 def staging_dir(table_uri: str) -> str:
@@ -63,6 +92,8 @@ class RunStaging:
     """The staging folder of one run (local or ``s3://``, same store as the table)."""
 
     def __init__(self, table_uri: str, run_id: str, storage_options: Mapping[str, str] | None = None) -> None:
+        if not is_run_id(run_id):  # the id becomes a path: never let it leave the staging folder
+            raise RunIdError(run_id)
         self.table_uri = table_uri
         self.run_id = run_id
         self.uri = f"{staging_dir(table_uri)}/{run_id}"
@@ -103,8 +134,10 @@ class RunStaging:
 
 
 def staged_runs(table_uri: str, storage_options: Mapping[str, str] | None = None) -> list[RunStaging]:
-    """Every run with a staging folder next to the table, oldest first (run ids sort by start time)."""
+    """Every run with a staging folder next to the table, oldest first (run ids sort by start time); other
+    folders there are not embedjob's and are left alone."""
     return [
         RunStaging(table_uri, name, storage_options)
         for name in list_dir(staging_dir(table_uri), storage_options, dirs=True)
+        if is_run_id(name)
     ]

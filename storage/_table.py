@@ -20,22 +20,15 @@ from ._calibrations import calibration_uri, load_calibration
 from ._funnel import FunnelStage, StageSpec, funnel_search_vectors, parse_stages
 from ._index import IndexReport, build_index, describe_indexes
 from ._lance_io import sibling_uri, table_exists
+from ._names import split_table_uri
 from ._provenance import METADATA_KEY, Provenance
 from ._schema import vector_column
 
-__all__ = ["EmbeddingTable", "TableNotFoundError", "open_table", "split_table_uri"]
+__all__ = ["EmbeddingTable", "TableNotFoundError", "open_table"]
 
 
 class TableNotFoundError(FileNotFoundError):
     """No embedjob table at the given URI."""
-
-
-def split_table_uri(uri: str) -> tuple[str, str]:
-    """``s3://b/db/articles.lance`` -> (``s3://b/db``, ``articles``): LanceDB's database and table name."""
-    base = uri.rstrip("/")
-    parent, _, leaf = base.rpartition("/")
-    name = leaf[: -len(".lance")] if leaf.endswith(".lance") else leaf
-    return (parent or "."), name
 
 
 def open_table(

@@ -40,8 +40,8 @@ def test_append_refuses_ids_the_table_has_and_create_takes_all(tmp_path):
 def test_a_resume_skips_what_the_earlier_attempt_staged(tmp_path):
     uri = str(tmp_path / "t.lance")
     lance.write_dataset(pa.table({"id": ["a", "b"], "content_hash": ["ha", "hb"]}), uri)
-    RunStaging(uri, "r1").add_part(StagedPart(key="k", fragments=[], ids=["b", "n1"]))
-    reg = IdRegistry(mode="incremental", table_uri=uri, read_version=1, staging_uri=(uri, "r1"))
+    RunStaging(uri, "20261101T000000Z-000000a1").add_part(StagedPart(key="k", fragments=[], ids=["b", "n1"]))
+    reg = IdRegistry(mode="incremental", table_uri=uri, read_version=1, staging_uri=(uri, "20261101T000000Z-000000a1"))
     assert _claim(reg, b"b", [("a", "ha"), ("b", "XX"), ("n1", "h1"), ("n2", "h2")]) == [
         "unchanged",
         "staged",

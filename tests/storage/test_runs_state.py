@@ -13,6 +13,8 @@ import pyarrow as pa
 import pytest
 
 from storage import (
+    METADATA_KEY,
+    Provenance,
     RunStaging,
     StagedPart,
     TableLock,
@@ -88,24 +90,38 @@ def test_lock_with_an_expired_lease_is_taken_over_and_the_loser_notices(tmp_path
 
 def test_staging_parts_are_durable_and_idempotent(tmp_path):
     uri = str(tmp_path / "t.lance")
-    staging = RunStaging(uri, "20261123T000000Z-aaaa")
+    staging = RunStaging(uri, "20261123T000000Z-aaaaaaaa")
     staging.write_record({"status": "running", "read_version": 3})
     staging.add_part(StagedPart(key="k1", fragments=["f1"], ids=["a", "b"], tokens=7))
     staging.add_part(StagedPart(key="k1", fragments=["f1b"], ids=["a", "b"], tokens=7))  # a retried task
     staging.add_part(StagedPart(key="k2", fragments=["f2"], ids=[3], reasons={"null text": 1}, rejected=1))
-    again = RunStaging(uri, "20261123T000000Z-aaaa")
+    again = RunStaging(uri, "20261123T000000Z-aaaaaaaa")
     parts = sorted(again.parts(), key=lambda p: p.key)
     assert [(p.key, p.fragments, p.ids) for p in parts] == [("k1", ["f1b"], ["a", "b"]), ("k2", ["f2"], [3])]
     assert again.update_record(status="failed")["read_version"] == 3
-    assert [s.run_id for s in staged_runs(uri)] == ["20261123T000000Z-aaaa"]
+    assert [s.run_id for s in staged_runs(uri)] == ["20261123T000000Z-aaaaaaaa"]
     again.remove()
     assert staged_runs(uri) == []
 
 
+_PROVENANCE = Provenance(
+    model_path="m",
+    weights_fingerprint="w",
+    granularities=("l1_d2",),
+    pooling="mean",
+    normalize=True,
+    max_length=8,
+    num_layers=1,
+    hidden_size=2,
+    vector_dtype="float32",
+)
+
+
 def _table(uri, ids, hashes):
-    return lance.write_dataset(
-        pa.table({"id": ids, "content_hash": hashes, "v": list(range(len(ids)))}), uri, max_rows_per_file=3
-    )
+    """A small Lance table carrying an embedjob provenance (what gc looks for)."""
+    table = pa.table({"id": ids, "content_hash": hashes, "v": list(range(len(ids)))})
+    table = table.replace_schema_metadata({METADATA_KEY: _PROVENANCE.to_json()})
+    return lance.write_dataset(table, uri, max_rows_per_file=3)
 
 
 def test_commit_changes_adds_and_deletes_in_one_version(tmp_path):
@@ -140,17 +156,19 @@ def test_gc_removes_abandoned_staging_orphan_files_and_old_versions(tmp_path):
     ds = _table(uri, ["a", "b", "c"], ["h"] * 3)
     lance.write_dataset(pa.table({"id": ["d"], "content_hash": ["h"], "v": [3]}), uri, mode="append")  # v2
     # a run that planned against version 1 and died: the table moved on, so it can't be resumed
-    dead = RunStaging(uri, "20261101T000000Z-dead")
+    dead = RunStaging(uri, "20261101T000000Z-0000dead")
     orphan = write_fragments(pa.table({"id": ["x"], "content_hash": ["h"], "v": [9]}), uri, ds.schema)
     dead.write_record({"status": "running", "read_version": 1, "started_at": "2026-11-01T00:00:00+00:00"})
     dead.add_part(StagedPart(key="k", fragments=orphan, ids=["x"]))
     # a run against the current version that can still be resumed
-    live = RunStaging(uri, "20261123T000000Z-live")
+    live = RunStaging(uri, "20261123T000000Z-00001111")
     live.write_record({"status": "failed", "read_version": 2, "started_at": "2099-01-01T00:00:00+00:00"})
     files_before = len(list((tmp_path / "t.lance" / "data").iterdir()))
 
     report = collect_garbage(uri, older_than=timedelta(days=1))
-    assert report.staging_removed == ["20261101T000000Z-dead"] and report.staging_kept == ["20261123T000000Z-live"]
+    assert report.staging_removed == ["20261101T000000Z-0000dead"] and report.staging_kept == [
+        "20261123T000000Z-00001111"
+    ]
     assert len(list((tmp_path / "t.lance" / "data").iterdir())) == files_before  # a kept run: files stay
 
     live.remove()
