@@ -49,7 +49,8 @@ def ray_session(address: str | None = None, *, connect_timeout_s: float = 15.0) 
                 logging_level=logging.WARNING,
             )
         else:
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+            with _loopback_only():
+                ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
         started = True
     except ConnectionError as exc:
         raise ClusterError(
@@ -62,6 +63,33 @@ def ray_session(address: str | None = None, *, connect_timeout_s: float = 15.0) 
     finally:
         if started:
             ray.shutdown()
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """An embedded local Ray listens on 127.0.0.1 only: nobody else on the network can reach its GCS,
+    raylet, object manager or agents (by default they listen on all interfaces, the dashboard agent on 0.0.0.0).
+
+    Ray binds every server to the node IP, and takes 127.0.0.1 as the node IP only when its
+    ``ENABLE_RAY_CLUSTER`` constant is off (read once at import from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, which
+    would also stop a later ``ray.init(address=...)`` in this process from finding its own IP). So the
+    constant is switched off for this ``ray.init`` only and restored; the node keeps its address after.
+    ``tests/cluster/test_connect.py`` checks every listener in the process table.
+    """
+    try:
+        import ray._private.ray_constants as constants
+    except ImportError:  # another Ray layout: it binds where it binds (the test says so)
+        yield
+        return
+    saved = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if saved is None:
+        yield
+        return
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
 
 
 def _in_submitted_job() -> bool:

@@ -299,8 +299,14 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             },
         )
         result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0, tokenize=tokenize)
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            _accumulate(result, batch)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                _accumulate(result, batch)
+        except Exception as exc:
+            explained = plan.source.explain_read_error(exc)  # a damaged input file, named
+            if explained is None:
+                raise
+            raise explained from None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Ray Data stats of run %s:\n%s", plan.run_id, ds.stats())
     result.counts = ray.get(registry.counts.remote())

@@ -130,6 +130,12 @@ def plan_pool(
         )
     if use_gpu:
         return _gpu_pool(cpus, gpus, nodes or {}, actors=actors, per=float(gpus_per_actor or 1))
+    if actors is not None and actors > cpus:
+        raise ClusterError(
+            f"cluster.actors = {actors} CPU actors, but the Ray cluster has {cpus:g} CPUs: at most "
+            f"{int(cpus)} (each needs a core for its torch thread); lower cluster.actors, or leave it unset to size "
+            f"the pool from the cluster"
+        )
     threads = int(cpus_per_actor) if cpus_per_actor else None
     node_cpus = {node: float(r.get("CPU", 0)) for node, r in (nodes or {}).items() if float(r.get("CPU", 0)) > 0}
     if len(node_cpus) > 1:

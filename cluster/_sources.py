@@ -76,6 +76,38 @@ class Source:
             raise SourceError(f"cannot read the schema of {first!r} as {self.format}: {exc}") from None
         raise SourceError(f"input format {self.format!r} is not supported; allowed: {', '.join(FORMATS)}")
 
+    def check_readable(self, max_files: int = 256) -> None:
+        """Every parquet file's footer can be read (up to ``max_files`` files): a truncated or damaged file is
+        named here, before any work, instead of failing a run with an error that names no file. (A damaged
+        data page behind a good footer is found when the run reads it: :meth:`explain_read_error`.)"""
+        if self.format != "parquet":
+            return
+        import pyarrow.parquet as pq
+
+        fs = self.filesystem()
+        for path in self.paths[:max_files]:
+            try:
+                with _open(path, fs) as fh:
+                    pq.ParquetFile(fh).metadata  # noqa: B018  (reads the footer)
+            except (OSError, pa.ArrowInvalid, ValueError) as exc:
+                raise SourceError(
+                    f"input file {path!r} is not a readable parquet file ({_first_line(exc)}); fix or remove it"
+                ) from None
+
+    def explain_read_error(self, exc: BaseException) -> SourceError | None:
+        """A failed read whose error names one of this input's files (Ray: "Failed to read fragment PATH"),
+        as one line naming that file; None when it names none."""
+        texts = [str(exc), str(getattr(exc, "cause", "") or "")]
+        for path in self.paths:
+            bare = path.removeprefix("s3://")
+            if any(bare in t for t in texts):
+                cause = getattr(exc, "cause", None) or exc
+                return SourceError(
+                    f"input file {path!r} cannot be read as {self.format} ({_first_line(cause)}); nothing was "
+                    f"committed: fix or remove the file and run again"
+                )
+        return None
+
     def row_count(self) -> int | None:
         """Rows in the input when the format says so cheaply (parquet footers, lance), else None."""
         try:
@@ -110,6 +142,12 @@ class Source:
         else:
             ds = ray.data.read_csv(paths, filesystem=fs, override_num_blocks=num_blocks)
         return ds.select_columns(cols)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _open(path: str, fs: Any):

@@ -1,7 +1,15 @@
 from __future__ import annotations
 
+import ipaddress
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +37,108 @@ def test_probe_accepts_a_listening_port_and_skips_non_tcp_forms():
         assert _probe(f"127.0.0.1:{s.getsockname()[1]}", timeout=2.0) is None
         assert _probe(f"ray://127.0.0.1:{s.getsockname()[1]}", timeout=2.0) is None
     assert _probe("auto", timeout=0.1) is None  # nothing to probe: Ray resolves it
+
+
+# ----------------------------------------------------------------- exposure
+
+_EMBEDDED = """
+import sys
+from cluster import ray_session
+with ray_session():
+    print("up", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rpartition(")")[2].split()[1])
+    found, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def _listening(pids: set[int]) -> list[tuple[int, str, str]]:
+    """(pid, command, local address) of every TCP socket in LISTEN state the processes hold, from /proc."""
+    listen: dict[str, str] = {}
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                listen[fields[9]] = _address(fields[1], v6)
+    out = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            command = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()[:80]
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in listen:
+                out.append((pid, command, listen[target[8:-1]]))
+    return out
+
+
+def _address(hex_addr: str, v6: bool) -> str:
+    ip_hex, port_hex = hex_addr.split(":")
+    raw = bytes.fromhex(ip_hex)
+    # /proc stores each 32-bit word in host (little-endian) order
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = str(ipaddress.IPv6Address(words) if v6 else ipaddress.IPv4Address(words))
+    return f"{ip}:{int(port_hex, 16)}"
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.rpartition(":")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def test_the_embedded_local_ray_listens_on_loopback_only():
+    """Every TCP listener of every process the embedded Ray starts (GCS, raylet, agents, workers) is on
+    127.0.0.1, read from the process table while it runs."""
+    ray_tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")  # Ray's unix sockets need a short path
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EMBEDDED],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == b"up"
+        time.sleep(3)  # the agents start their servers a moment after ray.init returns
+        sockets = _listening(_descendants(proc.pid))
+        commands = " ".join(c for _, c, _ in sockets)
+        assert "gcs_server" in commands and "raylet" in commands, sockets  # the check sees Ray's servers
+        exposed = [s for s in sockets if not _is_loopback(s[2])]
+        assert exposed == [], exposed
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)  # anything of that Ray still left
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -26,13 +26,21 @@ def test_explicit_actor_count_on_two_cpus_uses_fractional_reservations():
 
 @pytest.mark.parametrize(
     ("resources", "actors"),
-    [({"CPU": 1.0}, None), ({"CPU": 1.0}, 2), ({"CPU": 1.0, "GPU": 1.0}, None), ({"CPU": 1.0, "GPU": 2.0}, None)],
+    [({"CPU": 1.0}, None), ({"CPU": 1.0}, 1), ({"CPU": 1.0, "GPU": 1.0}, None), ({"CPU": 1.0, "GPU": 2.0}, None)],
 )
 def test_a_one_cpu_machine_reserves_no_cpu_so_read_and_write_tasks_can_run(resources, actors):
     # half a CPU per actor left half a CPU, and a task needs a whole one: the run waited forever
     pool = plan_pool(resources, actors=actors)
     assert pool.num_cpus == 0.0, pool
     assert pool.uses_gpu == ("GPU" in resources)
+
+
+@pytest.mark.parametrize(("cpus", "actors"), [(2.0, 3), (2.0, 10000), (1.0, 2)])
+def test_more_cpu_actors_than_cpus_is_refused_naming_both(cpus, actors):
+    with pytest.raises(
+        ClusterError, match=rf"cluster.actors = {actors} CPU actors, but the Ray cluster has {cpus:g} CPUs"
+    ):
+        plan_pool({"CPU": cpus}, actors=actors)
 
 
 def test_one_actor_per_gpu_by_default():
