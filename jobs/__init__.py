@@ -10,11 +10,13 @@ __version__ = "0.1.0"
 from ._calibrate import CalibrationReport, calibrate_job
 from ._checks import ResolvedJob, check_job
 from ._evaluate import QualityMap, QualityRow, evaluate, evaluate_job, evaluate_table
-from ._run import RejectLimitExceeded, RunSummary, run_job
+from ._guards import DeletionRefused, RejectLimitExceeded
+from ._run import RunSummary, resume_run, run_job
 from ._spec import JobSpec, JobSpecError, load_job, parse_job
 
 __all__ = [
     "CalibrationReport",
+    "DeletionRefused",
     "JobSpec",
     "JobSpecError",
     "QualityMap",
@@ -30,5 +32,6 @@ __all__ = [
     "evaluate_table",
     "load_job",
     "parse_job",
+    "resume_run",
     "run_job",
 ]

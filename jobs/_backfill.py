@@ -16,7 +16,6 @@ from embedder import Granularity
 from storage import (
     METADATA_KEY,
     TableLock,
-    append_rows,
     calibration_uri,
     commit_new_columns,
     dataset_schema,
@@ -25,7 +24,7 @@ from storage import (
 
 from ._checks import check_job
 from ._indexing import refresh_indexes
-from ._run import RunSummary, most_rows_first, new_run_id
+from ._run import RunSummary, after_commit, append_run_record, most_rows_first, new_run_id
 from ._spec import JobSpec, load_job
 
 __all__ = ["backfill_job"]
@@ -88,8 +87,13 @@ def backfill_job(
         version = commit_new_columns(
             uri, result.fragments, schema=schema, read_version=read_version, storage_options=opts
         )
-        # the Merge keeps the old columns' indexes; the [index] section's new columns get theirs now
-        indexes = refresh_indexes(resolved, changed=False)
+        # ---- committed: what follows is bookkeeping, and never makes the backfill a failed one
+        warnings = []
+        try:  # the Merge keeps the old columns' indexes; the [index] section's new columns get theirs now
+            indexes = refresh_indexes(resolved, changed=False)
+        except Exception as exc:
+            indexes = []
+            warnings.append(f"the indexes could not be refreshed ({exc}); run `embedjob index {uri} --all`")
     finally:
         lock.release()
     summary = RunSummary(
@@ -114,6 +118,14 @@ def backfill_job(
         read_version=read_version,
         indexes=indexes,
         rows_per_node=most_rows_first(result.rows_per_node),
+        warnings=warnings,
     )
-    append_rows(resolved.runs_uri, summary.record(), storage_options=opts)
+    after_commit(
+        summary,
+        lambda: append_run_record(resolved, summary),
+        f"backfill {run_id} committed version {version}, but its record could not be added to the runs table "
+        f"({{error}})",
+    )
+    for warning in summary.warnings:
+        logger.warning(warning)
     return summary

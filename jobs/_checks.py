@@ -29,7 +29,9 @@ from storage import (
     METADATA_KEY,
     ObjectStore,
     Provenance,
+    StoreError,
     calibration_uri,
+    check_store,
     dataset_schema,
     list_calibrations,
     load_calibration,
@@ -146,6 +148,17 @@ def check_job(
         problems.append(
             "storage: an S3 endpoint is set but AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not in the environment"
         )
+    if store is not None:
+        # the store itself first, fast and in one line each: the checks below would only repeat an
+        # unreachable endpoint or bad credentials, slowly, through three libraries' retries
+        for key, uri in (("input.uri", spec.input.uri), ("output.uri", spec.output.uri)):
+            if uri.startswith("s3://"):
+                try:
+                    check_store(uri, store.lance_options())
+                except StoreError as exc:
+                    problems.append(f"{key} = {uri!r}: {exc}")
+        if problems:
+            raise JobSpecError(source_name, problems)
 
     # --- input: files exist, columns exist, text column holds text
     source = None
@@ -154,6 +167,7 @@ def check_job(
     try:
         source = resolve_source(spec.input.uri, spec.input.format, store=store)
         schema = source.schema()
+        source.check_readable()
         names = schema.names
         for key, col in (("id_column", spec.input.id_column), ("text_column", spec.input.text_column)):
             if col not in names:

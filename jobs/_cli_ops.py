@@ -9,17 +9,17 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._console import console, err_console
+from ._console import fail as _fail
+
 __all__ = ["register"]
 
-console = Console()
-err_console = Console(stderr=True)
 
 AddressOpt = Annotated[
     str | None,
@@ -380,9 +380,3 @@ def _quiet_ray_client() -> None:
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-
-
-def _fail(exc: Exception, code: int = 2) -> NoReturn:
-    """Print a user error unwrapped and unstyled (paths may hold brackets), then exit."""
-    err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
-    raise typer.Exit(code) from None

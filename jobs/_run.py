@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from cluster import EmbedPlan, ray_session, run_pipeline
 from storage import (
     REJECTS_SCHEMA,
     ObjectStore,
+    RunIdError,
     RunStaging,
     StagedPart,
     TableLock,
@@ -24,14 +25,22 @@ from storage import (
     calibration_uri,
     commit,
     commit_changes,
+    commit_message,
+    committed_by,
+    count_rows,
     dataset_version,
+    is_run_id,
+    new_run_id,
+    read_rows,
     save_calibration,
     staged_runs,
+    table_exists,
 )
 
 from . import __version__
 from ._calibrate import fit_for_job
 from ._checks import ResolvedJob, check_job
+from ._guards import RejectLimitExceeded, check_deletions, check_rejects
 from ._indexing import refresh_indexes
 from ._spec import JobSpec, load_job, parse_job
 from ._state import lookup_run, remember_run, state_dir
@@ -40,20 +49,10 @@ __all__ = ["RejectLimitExceeded", "RunNotResumable", "RunSummary", "new_run_id",
 
 logger = logging.getLogger("embedjob")
 
-
-class RejectLimitExceeded(RuntimeError):
-    """More rows were rejected than ``output.max_reject_fraction`` allows; nothing was committed."""
-
-    def __init__(self, rejected: int, read: int, limit: float, reasons: dict[str, int]) -> None:
-        self.rejected, self.read, self.limit, self.reasons = rejected, read, limit, dict(reasons)
-        top = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
-        super().__init__(
-            f"{rejected} of {read} rows rejected ({rejected / max(read, 1):.2%}), above "
-            f"output.max_reject_fraction = {limit:g}; nothing was committed. Reasons: {top}"
-        )
-
-    def __reduce__(self):
-        return (type(self), (self.rejected, self.read, self.limit, self.reasons))
+#: bookkeeping after a commit, in order: each step is retried, and one that still fails stays pending in the
+#: run's staging record for the next run of the job (or `embedjob resume RUN_ID`) to finish
+_AFTER_COMMIT = ("rejects", "runs")
+_BOOKKEEPING_ATTEMPTS = 3
 
 
 @dataclass
@@ -64,16 +63,16 @@ class RunSummary:
     mode: str
     status: str
     table_version: int | None
-    rows_read: int
-    rows_embedded: int
-    rows_rejected: int
-    tokens: int
-    truncated: int
-    seconds: float
-    seconds_pipeline: float
     started_at: datetime
     finished_at: datetime
-    pool: str
+    rows_read: int = 0
+    rows_embedded: int = 0
+    rows_rejected: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    seconds_pipeline: float = 0.0
+    pool: str = ""
     reject_reasons: dict[str, int] = field(default_factory=dict)
     calibration: str | None = None  # the calibration's fingerprint (also in the table's provenance)
     calibration_origin: str = "none"
@@ -88,6 +87,8 @@ class RunSummary:
     indexes: list[dict[str, Any]] = field(default_factory=list)  # the job's [index] section, after the commit
     #: Ray node id -> rows whose encoder actor ran there (summed over the committed parts; not in the runs table)
     rows_per_node: dict[str, int] = field(default_factory=dict)
+    #: what went wrong after the commit (bookkeeping that could not be finished), and what to run about it
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rows_per_s(self) -> float:
@@ -102,6 +103,21 @@ class RunSummary:
         row["reject_reasons"] = json.dumps(self.reject_reasons)
         row["embedjob_version"] = __version__
         return pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values (kept in the staging record across the commit)."""
+        data = asdict(self)
+        for key in ("started_at", "finished_at"):
+            data[key] = data[key].isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSummary:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("started_at", "finished_at"):
+            values[key] = datetime.fromisoformat(values[key])
+        return cls(**values)
 
 
 RUNS_SCHEMA = pa.schema(
@@ -139,11 +155,6 @@ class RunNotResumable(ValueError):
     """``resume`` named a run that cannot be finished; the message says why and what to do."""
 
 
-def new_run_id() -> str:
-    """Sortable and unique: ``20261122T161500Z-1a2b3c4d``."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-
-
 def run_job(
     job: str | Path | JobSpec,
     *,
@@ -152,6 +163,7 @@ def run_job(
     resume: str | None = None,
     wait_s: float = 0.0,
     source_name: str | None = None,
+    allow_deletes: bool = False,
 ) -> RunSummary:
     """Run one embedding job end to end and return its summary.
 
@@ -161,21 +173,32 @@ def run_job(
     version, or none when an incremental run finds nothing changed. A run that
     fails or is killed leaves the table at its previous version; running the
     job again (or ``resume=RUN_ID``) finishes it without embedding the rows it
-    already staged.
+    already staged. A run that would delete more of the table than
+    ``[output] max_delete_fraction`` allows is refused before its commit
+    (:class:`DeletionRefused`) unless ``allow_deletes``.
+
+    Once the commit succeeded the run is ``committed``, whatever happens
+    after: bookkeeping that still fails after retries (the rejects table, the
+    runs table) becomes a warning in ``RunSummary.warnings`` and is finished by
+    the job's next run.
     """
     t0 = time.perf_counter()
     started = datetime.now(UTC)
     if source_name is None:
         source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
+    if resume is not None and not is_run_id(resume):
+        raise RunIdError(resume)
     spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
     resolved = check_job(spec, source_name=source_name)
     opts = resolved.storage_options
     uri = resolved.output_uri
     lock = TableLock(uri, run_id=resume or new_run_id(), storage_options=opts)
     lock.acquire(wait_s=wait_s)
-    staging: RunStaging | None = None
-    summary: RunSummary | None = None
+    attempt = _Attempt()
     try:
+        finished = finish_committed_runs(resolved)
+        if resume is not None and resume in finished:
+            return finished[resume]  # it had committed: its bookkeeping is done now
         read_version = dataset_version(uri, opts) if resolved.output_exists else None
         mode = resolved.mode
         staging = _resumable(resolved, read_version, resume)
@@ -200,19 +223,31 @@ def run_job(
             record = staging.read_record() or {}
             staging.update_record(status="running", attempts=int(record.get("attempts", 1)) + 1)
             logger.info("resuming run %s: its staged rows are kept, the rest is embedded now", staging.run_id)
+        attempt.staging = staging
         run_id = staging.run_id
         remember_run(run_id, uri, source_name, spec.storage.model_dump(exclude_none=True))
         logger.info("run %s (%s): %s -> %s", run_id, mode, resolved.source.uri, uri)
-        summary = _execute(resolved, staging, lock, mode, read_version, resumed, progress, source_name, started, t0)
+        summary = _execute(
+            resolved, attempt, lock, mode, read_version, resumed, progress, source_name, started, t0, allow_deletes
+        )
         if resolved.spec.index is not None:
-            summary.indexes = refresh_indexes(resolved, changed=summary.table_version != read_version)
+            try:
+                summary.indexes = refresh_indexes(resolved, changed=summary.table_version != read_version)
+            except Exception as exc:  # committed: an index is bookkeeping too
+                summary.warnings.append(
+                    f"the indexes could not be refreshed ({_one_line(exc)}); run `embedjob index {uri} --all`"
+                )
         return summary
     except BaseException as exc:
-        if staging is not None and summary is None:
-            _record_failure(resolved, staging, exc, source_name, started, t0)
+        if attempt.staging is not None and attempt.committed is None:
+            _record_failure(resolved, attempt.staging, exc, source_name, started, t0)
+        if attempt.committed is not None and isinstance(exc, Exception):
+            # the commit is the truth: nothing after it turns the run into a failed one
+            attempt.committed.warnings.append(f"after the commit: {_one_line(exc)}")
+            return attempt.committed
         raise
     finally:
-        lock.release()
+        lock.release()  # (never raises: it cannot hide the run's outcome)
 
 
 def resume_run(
@@ -222,8 +257,11 @@ def resume_run(
     progress: bool = True,
     address: str | None = None,
     wait_s: float = 0.0,
+    allow_deletes: bool = False,
 ) -> RunSummary:
     """Finish run ``run_id`` with the job config it started with (kept in its staging record)."""
+    if not is_run_id(run_id):
+        raise RunIdError(run_id)
     known = lookup_run(run_id) or {}
     uri = table_uri or known.get("table_uri")
     if not uri:
@@ -242,12 +280,27 @@ def resume_run(
     spec = parse_job(record["spec"], source=str(record.get("job", run_id)))
     if address:
         spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"address": address})})
-    return run_job(spec, progress=progress, resume=run_id, wait_s=wait_s, source_name=record.get("job"))
+    return run_job(
+        spec,
+        progress=progress,
+        resume=run_id,
+        wait_s=wait_s,
+        source_name=record.get("job"),
+        allow_deletes=allow_deletes,
+    )
+
+
+@dataclass
+class _Attempt:
+    """What one call of run_job got to: its staging folder, and its summary once the commit succeeded."""
+
+    staging: RunStaging | None = None
+    committed: RunSummary | None = None
 
 
 def _execute(
     resolved: ResolvedJob,
-    staging: RunStaging,
+    attempt: _Attempt,
     lock: TableLock,
     mode: str,
     read_version: int | None,
@@ -256,7 +309,10 @@ def _execute(
     source_name: str,
     started: datetime,
     t0: float,
+    allow_deletes: bool,
 ) -> RunSummary:
+    staging = attempt.staging
+    assert staging is not None
     spec, opts, uri, run_id = resolved.spec, resolved.storage_options, resolved.output_uri, staging.run_id
     seconds_calibration = 0.0
     with ray_session(spec.cluster.address):
@@ -270,14 +326,64 @@ def _execute(
             save_calibration(uri, resolved.calibration, storage_options=opts)
         plan = _plan(resolved, run_id, progress, mode=mode, read_version=read_version, resume=resumed)
         result = run_pipeline(plan, delete_missing=spec.output.delete_missing)
-    limit = spec.output.max_reject_fraction
-    if result.rows_read and result.rows_rejected / result.rows_read > limit:
-        raise RejectLimitExceeded(result.rows_rejected, result.rows_read, limit, result.reject_reasons)
+    counts = result.counts
+    fields = {
+        "rows_read": result.rows_read,
+        "rows_rejected": result.rows_rejected,
+        "reject_reasons": result.reject_reasons,
+        "rows_new": counts.get("new", 0),
+        "rows_changed": counts.get("changed", 0),
+        "rows_unchanged": counts.get("unchanged", 0),
+        "rows_deleted": len(result.missing_ids),
+        "pool": f"{result.pool.describe()}; tokenizing in the {result.tokenize}",
+        "seconds_pipeline": result.seconds,
+    }
+    check_rejects(result.rows_read, result.rows_rejected, result.reject_reasons, spec.output.max_reject_fraction)
+    check_deletions(
+        mode=mode,
+        job=source_name,
+        table_uri=uri,
+        read_version=read_version,
+        table_rows=count_rows(uri, read_version, opts),
+        rows_read=result.rows_read,
+        would_delete=len(result.missing_ids),
+        max_delete_fraction=spec.output.max_delete_fraction,
+        allow_empty=spec.output.allow_empty,
+        allow_deletes=allow_deletes,
+        run_fields=fields,
+    )
     parts = staging.parts()
     fragments = [f for p in parts for f in p.fragments]
     _check_exactly_once(parts, run_id)
-    lock.check()  # still ours: no other run can have committed since read_version
-    message = f"embedjob run {run_id}"
+    summary = RunSummary(
+        run_id=run_id,
+        job_name=spec.name or Path(source_name).stem,
+        table_uri=uri,
+        mode=mode,
+        status="committed",
+        table_version=None,
+        # what the commit adds, including rows an earlier attempt of this run staged (rows_resumed)
+        rows_embedded=sum(len(p.ids) for p in parts),
+        tokens=sum(p.tokens for p in parts),
+        truncated=sum(p.truncated for p in parts),
+        seconds=0.0,
+        started_at=started,
+        finished_at=started,
+        calibration=resolved.calibration.fingerprint if resolved.calibration else None,
+        calibration_origin=resolved.calibration_origin,
+        seconds_calibration=seconds_calibration,
+        rows_resumed=counts.get("staged", 0),
+        read_version=read_version,
+        rows_per_node=_rows_per_node(parts),
+        **fields,
+    )
+    # the summary goes into the staging record before the commit: a driver killed right after the commit
+    # leaves it there, and the table's commit message says the commit happened
+    staging.update_record(
+        status="committing", summary=summary.to_json(), rejects=result.reject_fragments, pending=list(_AFTER_COMMIT)
+    )
+    lock.check()  # renewed now, conditionally: still ours, with a whole lease ahead for the commit
+    message = commit_message(run_id)
     if mode == "incremental":
         assert read_version is not None
         version = commit_changes(
@@ -300,50 +406,149 @@ def _execute(
             message=message,
             strict=True,
         )
-    if result.reject_fragments:  # this attempt's only: a resumed run re-checks every row it reads
-        commit(
-            resolved.rejects_uri,
-            result.reject_fragments,
-            schema=REJECTS_SCHEMA,
-            mode="append",
-            read_version=dataset_version(resolved.rejects_uri, opts),
-            storage_options=opts,
-            message=message,
-        )
-    counts = result.counts
-    summary = RunSummary(
-        run_id=run_id,
-        job_name=spec.name or Path(source_name).stem,
-        table_uri=uri,
-        mode=mode,
-        status="committed",
-        table_version=version,
-        rows_read=result.rows_read,
-        # what the commit added, including rows an earlier attempt of this run staged (rows_resumed)
-        rows_embedded=sum(len(p.ids) for p in parts),
-        rows_rejected=result.rows_rejected,
-        tokens=sum(p.tokens for p in parts),
-        truncated=sum(p.truncated for p in parts),
-        seconds=time.perf_counter() - t0,
-        seconds_pipeline=result.seconds,
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        pool=f"{result.pool.describe()}; tokenizing in the {result.tokenize}",
-        reject_reasons=result.reject_reasons,
-        calibration=resolved.calibration.fingerprint if resolved.calibration else None,
-        calibration_origin=resolved.calibration_origin,
-        seconds_calibration=seconds_calibration,
-        rows_new=counts.get("new", 0),
-        rows_changed=counts.get("changed", 0),
-        rows_unchanged=counts.get("unchanged", 0),
-        rows_deleted=len(result.missing_ids),
-        rows_resumed=counts.get("staged", 0),
-        read_version=read_version,
-        rows_per_node=_rows_per_node(parts),
-    )
-    append_rows(resolved.runs_uri, summary.record(), storage_options=opts)
-    staging.remove()  # committed: its parts are in the table now
+    # ---- committed: from here on nothing can make this run a failed one
+    summary.table_version = version
+    summary.seconds = time.perf_counter() - t0
+    summary.finished_at = datetime.now(UTC)
+    attempt.committed = summary
+    _finish_bookkeeping(resolved, staging, summary)
     return summary
+
+
+def finish_committed_runs(resolved: ResolvedJob) -> dict[str, RunSummary]:
+    """Runs of this table that committed but whose bookkeeping is not finished (their driver died right after
+    the commit, or the rejects or runs table could not be written): finish it now. Returns their summaries.
+
+    A run whose record says it was committing, and whose commit is not in the table, did not commit: it is
+    marked failed (and can be resumed like any failed run).
+    """
+    uri, opts = resolved.output_uri, resolved.storage_options
+    done: dict[str, RunSummary] = {}
+    for staging in staged_runs(uri, opts):
+        record = staging.read_record() or {}
+        status = record.get("status")
+        if status not in ("committing", "committed") or not record.get("summary"):
+            continue
+        summary = RunSummary.from_json(record["summary"])
+        summary.table_version = record.get("table_version")
+        if status == "committing":
+            version = committed_by(uri, staging.run_id, record.get("read_version"), opts)
+            if version is None and summary.mode == "incremental" and not _changes(summary):
+                version = record.get("read_version")  # nothing to commit: it made no version
+            if version is None:
+                staging.update_record(
+                    status="failed", error="interrupted before its commit; nothing was committed", summary=None
+                )
+                continue
+            summary.table_version = version
+            staging.update_record(status="committed", table_version=version)
+        logger.warning(
+            "run %s committed version %s; finishing its bookkeeping now", staging.run_id, summary.table_version
+        )
+        _finish_bookkeeping(resolved, staging, summary)
+        done[staging.run_id] = summary
+    return done
+
+
+def _changes(summary: RunSummary) -> bool:
+    """Whether an incremental run had anything to commit (new fragments or deletions)."""
+    return bool(summary.rows_embedded or summary.rows_deleted or summary.rows_changed)
+
+
+def _finish_bookkeeping(resolved: ResolvedJob, staging: RunStaging, summary: RunSummary) -> None:
+    """After the commit: the staging record says committed, then the rejects and the run record are written
+    (each retried; each once: a step already done, by an earlier attempt, is seen and skipped), then the staging
+    folder goes. A step that still fails stays pending in the record and becomes a warning in ``summary``."""
+    uri, run_id = resolved.output_uri, staging.run_id
+    ok = after_commit(
+        summary,
+        lambda: staging.update_record(status="committed", table_version=summary.table_version),
+        f"the staging record of run {run_id} could not be marked committed ({{error}}); the table's commit "
+        f"message says it is, and the job's next run finishes its bookkeeping",
+    )
+    record = (staging.read_record() if ok else None) or {}
+    pending = list(record.get("pending", _AFTER_COMMIT)) if ok else list(_AFTER_COMMIT)
+    rejects = list(record.get("rejects") or [])
+    steps = {
+        "rejects": lambda: _commit_rejects(resolved, run_id, rejects),
+        "runs": lambda: append_run_record(resolved, summary),
+    }
+    for step in list(pending):
+        what = "the rejected rows" if step == "rejects" else "the run's record in the runs table"
+        done = after_commit(
+            summary,
+            steps[step],
+            f"run {run_id} committed version {summary.table_version}, but {what} could not be written "
+            f"({{error}}); the job's next run (or `embedjob resume {run_id} --table {uri}`) writes it",
+        )
+        if done:
+            pending.remove(step)
+            retry(lambda: staging.update_record(pending=pending))
+    if not pending:
+        after_commit(
+            summary,
+            staging.remove,
+            f"the staging folder of committed run {run_id} could not be removed ({{error}}); "
+            f"`embedjob gc {uri}` removes it",
+        )
+    for warning in summary.warnings:
+        logger.warning(warning)
+
+
+def _commit_rejects(resolved: ResolvedJob, run_id: str, fragments: list[str]) -> None:
+    """This attempt's rejected rows into the rejects table, once (a commit of this run found there is not
+    repeated)."""
+    uri, opts = resolved.rejects_uri, resolved.storage_options
+    if not fragments or committed_by(uri, run_id, None, opts) is not None:
+        return
+    commit(
+        uri,
+        fragments,
+        schema=REJECTS_SCHEMA,
+        mode="append",
+        read_version=dataset_version(uri, opts),
+        storage_options=opts,
+        message=commit_message(run_id),
+    )
+
+
+def append_run_record(resolved: ResolvedJob, summary: RunSummary) -> None:
+    """The run's row in the runs table, once."""
+    uri, opts = resolved.runs_uri, resolved.storage_options
+    if table_exists(uri, opts) and any(
+        r["run_id"] == summary.run_id and r["status"] == "committed"
+        for r in read_rows(uri, ["run_id", "status"], storage_options=opts)
+    ):
+        return
+    append_rows(uri, summary.record(), storage_options=opts)
+
+
+def after_commit(summary: RunSummary, step: Callable[[], Any], failed: str) -> bool:
+    """One piece of bookkeeping after a commit, retried; if it still fails, ``failed`` (with ``{error}``) becomes
+    a warning in ``summary``, never an exception: the commit is what counts."""
+    ok, error = retry(step)
+    if not ok:
+        summary.warnings.append(failed.format(error=error))
+    return ok
+
+
+def retry(step: Any, attempts: int = _BOOKKEEPING_ATTEMPTS, delay_s: float = 1.0) -> tuple[bool, str]:
+    """Run ``step`` up to ``attempts`` times (a store that blinks); (True, "") or (False, the last error)."""
+    error = ""
+    for i in range(attempts):
+        try:
+            step()
+            return True, ""
+        except Exception as exc:
+            error = _one_line(exc)
+            if i + 1 < attempts:
+                time.sleep(delay_s * 2**i)
+    return False, error
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _rows_per_node(parts: list[StagedPart]) -> dict[str, int]:
@@ -392,7 +597,7 @@ def _resumable(resolved: ResolvedJob, read_version: int | None, resume: str | No
         candidates = named
     for staging in reversed(candidates):
         record = staging.read_record()
-        if record is None or record.get("status") == "committed":
+        if record is None or record.get("status") in ("committed", "committing"):
             continue
         why = None
         if record.get("read_version") != read_version:
@@ -418,11 +623,21 @@ def _resumable(resolved: ResolvedJob, read_version: int | None, resume: str | No
 def _record_failure(
     resolved: ResolvedJob, staging: RunStaging, exc: BaseException, source_name: str, started: datetime, t0: float
 ) -> None:
-    """Best effort (the store may be what failed): the staging record and the runs table say it failed."""
+    """Best effort (the store may be what failed): the staging record and the runs table say it failed, with
+    the counts the run got to (a guard's refusal carries them)."""
     error = f"{type(exc).__name__}: {exc}"
     try:
-        staging.update_record(status="failed", error=error, failed_at=datetime.now(UTC).isoformat())
-        _record_unfinished(resolved, staging, "failed", error, started, time.perf_counter() - t0, source_name)
+        staging.update_record(status="failed", error=error, failed_at=datetime.now(UTC).isoformat(), summary=None)
+        _record_unfinished(
+            resolved,
+            staging,
+            "failed",
+            error,
+            started,
+            time.perf_counter() - t0,
+            source_name,
+            getattr(exc, "run_fields", None) or {},
+        )
     except Exception as inner:
         logger.warning("could not record the failure of run %s: %s", staging.run_id, inner)
 
@@ -435,8 +650,9 @@ def _record_unfinished(
     started: datetime,
     seconds: float,
     source_name: str,
+    counts: dict[str, Any] | None = None,
 ) -> None:
-    """A runs-table row for a run that did not commit (failed, or abandoned)."""
+    """A runs-table row for a run that did not commit (failed, or abandoned), with what it counted."""
     record = staging.read_record() or {}
     summary = RunSummary(
         run_id=staging.run_id,
@@ -445,18 +661,12 @@ def _record_unfinished(
         mode=str(record.get("mode", "")),
         status=status,
         table_version=None,
-        rows_read=0,
-        rows_embedded=0,
-        rows_rejected=0,
-        tokens=0,
-        truncated=0,
         seconds=seconds,
-        seconds_pipeline=0.0,
         started_at=started,
         finished_at=datetime.now(UTC),
-        pool="",
         read_version=record.get("read_version"),
         error=error[:2000],
+        **(counts or {}),
     )
     append_rows(resolved.runs_uri, summary.record(), storage_options=resolved.storage_options)
 

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 
-from ._state import state_dir
+from storage import process_alive, process_start_ticks
+
+from ._state import private_dir, state_dir
 
 __all__ = [
     "Fire",
@@ -43,7 +45,7 @@ __all__ = [
 
 logger = logging.getLogger("jobs.schedule")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # whole name (fullmatch: no trailing newline)
 _SCHEMA_VERSION = 1
 
 # Runs the job, then writes its exit code next to the store atomically: the outcome survives
@@ -52,7 +54,7 @@ _WRAPPER = """\
 import os, subprocess, sys
 code = subprocess.call(sys.argv[2:])
 tmp = sys.argv[1] + ".tmp"
-with open(tmp, "w") as fh:
+with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
     fh.write(str(code))
 os.replace(tmp, sys.argv[1])
 sys.exit(code if code >= 0 else 128 - code)
@@ -212,12 +214,13 @@ class Scheduler:
         self.local_command = local_command
         self.python = python  # the interpreter on a cluster's head node, for fires through the Jobs API
         self._children: dict[int, subprocess.Popen] = {}
-        try:
+        self.db_path = self.state_dir / "schedule.db"
+        try:  # what it keeps (job paths, logs of runs) is for its owner only: folders 0700, files 0600
             for sub in ("logs", "exits"):
-                (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+                private_dir(self.state_dir / sub)
+            os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT, 0o600))  # (SQLite's -wal, -shm: the same)
         except OSError as exc:
             raise ScheduleError(f"cannot use {str(self.state_dir)!r} as the state dir: {exc}") from None
-        self.db_path = self.state_dir / "schedule.db"
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -240,7 +243,7 @@ class Scheduler:
         """Add a schedule; its first fire is its first slot after now. The job file is validated now."""
         from ._spec import JobSpecError, load_job
 
-        if not _NAME.match(name or ""):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ScheduleError(
                 f"schedule name {name!r} is not allowed: 1-64 letters, digits, '.', '_' or '-', starting with a "
                 f"letter or digit"
@@ -333,18 +336,27 @@ class Scheduler:
         now = self.clock()
         fires = []
         for schedule in self.schedules():
-            zone = _zone(schedule.timezone)
-            base = schedule.last_slot if schedule.last_slot is not None else schedule.created_at
-            slot = _latest_due(schedule.cron, base, now, zone)
-            if slot is None:
+            try:
+                fire = self._fire_if_due(schedule, now)
+            except Exception as exc:  # one broken schedule must not stop the others
+                logger.error("schedule %s: could not be fired: %s", schedule.name, exc)
                 continue
-            fire = self._claim(schedule, slot, now)
-            if fire is None:
-                continue  # another scheduler took this slot
-            if fire.state == "starting":
-                fire = self._launch(schedule, fire)
-            fires.append(fire)
+            if fire is not None:
+                fires.append(fire)
         return fires
+
+    def _fire_if_due(self, schedule: Schedule, now: float) -> Fire | None:
+        zone = _zone(schedule.timezone)
+        base = schedule.last_slot if schedule.last_slot is not None else schedule.created_at
+        slot = _latest_due(schedule.cron, base, now, zone)
+        if slot is None:
+            return None
+        fire = self._claim(schedule, slot, now)
+        if fire is None:
+            return None  # another scheduler took this slot
+        if fire.state == "starting":
+            fire = self._launch(schedule, fire)
+        return fire
 
     def refresh(self) -> list[Fire]:
         """Look at every fire still marked running and record the outcome of those that ended."""
@@ -352,7 +364,11 @@ class Scheduler:
             active = [_fire(r) for r in db.execute("SELECT * FROM fires WHERE state IN ('starting', 'running')")]
         done = []
         for fire in active:
-            ended = self._check(fire)
+            try:
+                ended = self._check(fire)
+            except Exception as exc:  # one fire that cannot be read must not stop the other schedules
+                logger.warning("schedule %s: cannot tell how fire #%d ended: %s", fire.schedule, fire.id, exc)
+                continue
             if ended is not None:
                 done.append(ended)
         return done
@@ -439,7 +455,7 @@ class Scheduler:
         argv = [sys.executable, "-c", _WRAPPER, str(exit_path), *self.local_command(schedule.job)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         try:
-            with open(log_path, "ab") as log:
+            with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
                 proc = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -454,7 +470,7 @@ class Scheduler:
         self._children[fire.id] = proc
         logger.info("schedule %s: fired #%d locally (pid %d), log %s", schedule.name, fire.id, proc.pid, log_path)
         return self._update(
-            fire.id, state="running", pid=proc.pid, pid_start=_start_ticks(proc.pid), log_path=str(log_path)
+            fire.id, state="running", pid=proc.pid, pid_start=process_start_ticks(proc.pid), log_path=str(log_path)
         )
 
     def _launch_ray(self, schedule: Schedule, fire: Fire) -> Fire:
@@ -486,7 +502,16 @@ class Scheduler:
             del self._children[fire.id]  # reaped: no zombie left to look alive
         exit_path = self._exit_path(fire.id)
         if exit_path.exists():
-            code = int(exit_path.read_text().strip() or -1)
+            text = exit_path.read_text(errors="replace").strip()
+            try:
+                code = int(text)
+            except ValueError:  # a damaged exit file: this fire's outcome is unknown, and only this fire's
+                return self._update(
+                    fire.id,
+                    state="failed",
+                    finished_at=exit_path.stat().st_mtime,
+                    message=f"its exit file {exit_path} is damaged ({text[:40]!r}); see its log",
+                )
             return self._update(
                 fire.id,
                 state="succeeded" if code == 0 else "failed",
@@ -495,7 +520,7 @@ class Scheduler:
             )
         if fire.state == "starting" and self.clock() - fire.fired_at < 60:
             return None  # its scheduler may still be launching it
-        if fire.pid is None or not _alive(fire.pid, fire.pid_start):
+        if fire.pid is None or not process_alive(fire.pid, fire.pid_start):
             return self._update(
                 fire.id,
                 state="failed",
@@ -618,31 +643,3 @@ def _iso(ts: float, zone_name: str | None) -> str:
 def _first_line(text: str, limit: int = 300) -> str:
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[19])
-
-
-def _alive(pid: int, start: int | None) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc here: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    fields = stat.rpartition(")")[2].split()
-    if fields[0] in ("Z", "X"):  # a zombie is a process that has ended
-        return False
-    return start is None or int(fields[19]) == start

@@ -21,6 +21,8 @@ store_text = true
 mode = "incremental"               # default: incremental once the table exists, else create
                                    # create | overwrite | append | incremental
 delete_missing = true              # incremental: delete rows whose ids left the input
+max_delete_fraction = 0.10         # refuse a run that would delete more of the table than this
+allow_empty = false                # create / overwrite: an input with no rows is refused unless true
 max_reject_fraction = 0.01
 
 [cluster]                          # all optional
@@ -55,6 +57,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from storage import has_control_characters, table_name_problem
+
 __all__ = ["JobSpec", "JobSpecError", "load_job"]
 
 
@@ -64,15 +68,19 @@ class JobSpecError(ValueError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one line: the file, the value and what is allowed
+            super().__init__(f"{source}: {self.problems[0]}")
+            return
         body = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{body}")
+        super().__init__(f"{source}: {len(self.problems)} problems:\n{body}")
 
     def __reduce__(self):
         return (type(self), (self.source, self.problems))
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no string becomes a bool or a number ("yes" is not true); numbers must be finite (TOML has inf, nan)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class InputSpec(_Strict):
@@ -86,7 +94,7 @@ class InputSpec(_Strict):
 class ModelSpec(_Strict):
     path: str
     pooling: Literal["mean", "cls", "max", "lasttoken"] | None = None
-    max_length: int | None = Field(default=None, ge=2)
+    max_length: int | None = Field(default=None, ge=2, le=1 << 17)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     normalize: bool = True
 
@@ -98,32 +106,43 @@ class OutputSpec(_Strict):
     #: None: "incremental" once the table exists, else "create"
     mode: Literal["create", "overwrite", "append", "incremental"] | None = None
     delete_missing: bool = True
+    #: the most of the table's rows one run may delete (ids gone from the input); an empty input counts as
+    #: deleting every row. Above it the run fails before its commit (``embedjob run --allow-deletes`` allows once)
+    max_delete_fraction: float = Field(default=0.10, ge=0.0, le=1.0)
+    #: create / overwrite: an input with no rows makes an empty table only when this is true
+    allow_empty: bool = False
     max_reject_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
 
     @field_validator("uri")
     @classmethod
     def _lance_suffix(cls, value: str) -> str:
         value = value.rstrip("/")
-        return value if value.endswith(".lance") else value + ".lance"
+        value = value if value.endswith(".lance") else value + ".lance"
+        problem = table_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class ClusterSpec(_Strict):
     address: str | None = None
-    actors: int | None = Field(default=None, ge=1)
-    gpus_per_actor: float | None = Field(default=None, ge=0)
-    cpus_per_actor: float | None = Field(default=None, gt=0)
-    batch_tokens: int | None = Field(default=None, ge=16)
-    rows_per_block: int | None = Field(default=None, ge=1)
+    #: checked against the cluster when the pool is planned (before any work): CPU actors <= CPUs,
+    #: GPU actors x gpus_per_actor <= GPUs
+    actors: int | None = Field(default=None, ge=1, le=100_000)
+    gpus_per_actor: float | None = Field(default=None, ge=0, le=64)
+    cpus_per_actor: float | None = Field(default=None, gt=0, le=1024)
+    batch_tokens: int | None = Field(default=None, ge=16, le=1 << 22)
+    rows_per_block: int | None = Field(default=None, ge=1, le=1 << 20)
     #: where texts are tokenized: "tasks" (CPU tasks, so a GPU never waits for the tokenizer), "actor", or
     #: "auto" (tasks on GPU actors, actor on CPU-only pools)
     tokenize: Literal["auto", "actor", "tasks"] = "auto"
     #: rows per staged part (one write task, one set of fragments); a killed run redoes at most the parts
     #: in flight. Larger parts make fewer, larger fragments.
-    rows_per_part: int = Field(default=16384, ge=1)
+    rows_per_part: int = Field(default=16384, ge=1, le=1 << 24)
 
 
 class CalibrateSpec(_Strict):
-    sample: int = Field(default=5000, ge=16)
+    sample: int = Field(default=5000, ge=16, le=10_000_000)
     heldout: float = Field(default=0.2, gt=0.0, lt=0.9)
     seed: int = 0
     layers: Literal["job", "all"] | list[int] = "job"
@@ -132,8 +151,8 @@ class CalibrateSpec(_Strict):
 class IndexSpec(_Strict):
     granularities: Literal["all"] | list[str]
     type: Literal["ivf_pq", "ivf_hnsw_sq", "ivf_flat"] = "ivf_pq"
-    num_partitions: int | None = Field(default=None, ge=1)
-    num_sub_vectors: int | None = Field(default=None, ge=1)
+    num_partitions: int | None = Field(default=None, ge=1, le=1 << 20)
+    num_sub_vectors: int | None = Field(default=None, ge=1, le=4096)
 
 
 class StorageSpec(_Strict):
@@ -145,7 +164,7 @@ class StorageSpec(_Strict):
 class JobSpec(_Strict):
     """A validated job file; ``model_dump()`` round-trips through ``parse_job`` (run records keep it)."""
 
-    name: str | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=200)
     input: InputSpec
     model: ModelSpec
     granularities: str | list[str | list[int]]
@@ -155,6 +174,13 @@ class JobSpec(_Strict):
     calibrate: CalibrateSpec = CalibrateSpec()
     index: IndexSpec | None = None
     storage: StorageSpec = StorageSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        if value is not None and has_control_characters(value):
+            raise ValueError("must not hold control characters (newlines, tabs, escapes)")
+        return value
 
     @field_validator("calibration")
     @classmethod

@@ -13,26 +13,51 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["lookup_run", "remember_run", "state_dir"]
+__all__ = ["lookup_run", "private_dir", "private_file", "remember_run", "state_dir"]
 
 
 def state_dir() -> Path:
     return Path(os.environ.get("EMBEDJOB_STATE_DIR") or Path.home() / ".embedjob").expanduser()
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter: the folders embedjob creates (the state dir and what is
+    in it) are made 0700; a folder that exists already keeps its mode."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o700)
+    return path
+
+
+def private_file(path: Path, data: bytes) -> None:
+    """Write ``path`` whole (a temporary file, then a rename), readable by its owner only (0600)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
 def remember_run(run_id: str, table_uri: str, job: str, storage: dict[str, Any] | None = None) -> None:
     """Best effort: a read-only home must not stop a run."""
-    folder = state_dir() / "runs"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{run_id}.json.tmp"
-        tmp.write_text(json.dumps({"run_id": run_id, "table_uri": table_uri, "job": job, "storage": storage or {}}))
-        tmp.replace(folder / f"{run_id}.json")
+        folder = private_dir(state_dir() / "runs")
+        record = {"run_id": run_id, "table_uri": table_uri, "job": job, "storage": storage or {}}
+        private_file(folder / f"{run_id}.json", json.dumps(record).encode())
     except OSError:
         pass
 
 
 def lookup_run(run_id: str) -> dict[str, Any] | None:
+    from storage import is_run_id
+
+    if not is_run_id(run_id):  # it names a file here
+        return None
     try:
         return json.loads((state_dir() / "runs" / f"{run_id}.json").read_text())
     except (OSError, ValueError):

@@ -5,15 +5,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
-from . import __version__
+from . import __version__, _console
+from ._console import console, err_console
+from ._console import fail as _fail
+
+
+class _OneErrorPath(TyperGroup):
+    """Every command's failure ends as one line, ``error: ...`` naming the value and the fix, and exit code 2;
+    ``embedjob --debug ...`` (or ``EMBEDJOB_DEBUG=1``) shows the traceback instead."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if type(exc).__module__.startswith(("typer", "click")):  # exits, aborts, usage errors: theirs
+                raise
+            _fail(exc)  # (with --debug: raised again, traceback and all)
+
 
 app = typer.Typer(
     name="embedjob",
@@ -21,15 +36,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_OneErrorPath,
 )
-# piped or captured output (logs, CI, the demo) gets wide tables instead of 80-column truncation
-console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
-err_console = Console(stderr=True)
 
 EndpointOpt = Annotated[
     str | None, typer.Option("--endpoint", help="S3-compatible endpoint for s3:// tables (keys from AWS_* env).")
 ]
 RegionOpt = Annotated[str | None, typer.Option("--region", help="S3 region for s3:// tables.")]
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of a failure instead of its one-line error.")
+    ] = False,
+) -> None:
+    _console.debug = debug
 
 
 @app.command()
@@ -52,7 +74,7 @@ def validate(job: Annotated[str, typer.Argument(help="The job file (TOML).")]) -
     table.add_row("input", f"{resolved.source.uri} ({resolved.source.format}, {len(resolved.source.paths)} file(s))")
     table.add_row("model", resolved.provenance.model_path)
     table.add_row("granularities", ", ".join(str(g) for g in resolved.granularities))
-    table.add_row("output", f"{resolved.output_uri} (mode {resolved.spec.output.mode})")
+    table.add_row("output", f"{resolved.output_uri} (mode {resolved.mode})")
     cal = resolved.calibration
     table.add_row(
         "calibration", f"{cal.fingerprint} ({resolved.calibration_origin})" if cal else resolved.calibration_origin
@@ -76,6 +98,14 @@ def run(
             "them as columns in one commit; the job lists the table's granularities plus these.",
         ),
     ] = None,
+    allow_deletes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-deletes",
+            help="Allow this run to delete more of the table than [output] max_delete_fraction (ids gone from "
+            "the input); without it such a run fails before its commit.",
+        ),
+    ] = False,
 ) -> None:
     """Embed what changed in the corpus a job names and commit one new version of its output table.
 
@@ -93,7 +123,7 @@ def run(
             grans = [g.strip() for item in add_granularity for g in item.split(",") if g.strip()]
             summary = backfill_job(job, grans, progress=progress, overrides=overrides, wait_s=wait)
         else:
-            summary = run_job(job, progress=progress, overrides=overrides, wait_s=wait)
+            summary = run_job(job, progress=progress, overrides=overrides, wait_s=wait, allow_deletes=allow_deletes)
     except _run_errors() as exc:
         _fail(exc)
     _print_summary(summary)
@@ -108,13 +138,18 @@ def resume(
     progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
     address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the table's lock.")] = 0.0,
+    allow_deletes: Annotated[
+        bool, typer.Option("--allow-deletes", help="Allow deleting more than [output] max_delete_fraction.")
+    ] = False,
 ) -> None:
     """Finish a run whose driver died: rows it staged are committed, not embedded again."""
     from ._run import resume_run
 
     _logging()
     try:
-        summary = resume_run(run_id, table_uri=table, progress=progress, address=address, wait_s=wait)
+        summary = resume_run(
+            run_id, table_uri=table, progress=progress, address=address, wait_s=wait, allow_deletes=allow_deletes
+        )
     except _run_errors() as exc:
         _fail(exc)
     _print_summary(summary)
@@ -160,6 +195,8 @@ def _print_summary(summary) -> None:
         )
         table.add_row(f"index {i['column']}", what)
     console.print(table)
+    for warning in getattr(summary, "warnings", None) or []:
+        err_console.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
     if any(i["action"] == "failed" for i in summary.indexes):
         err_console.print("error: the run committed, but an index could not be built (see above)")
         raise typer.Exit(1)
@@ -366,12 +403,19 @@ def _print_unfinished(tbl) -> None:
     for s in staged:
         record = s.read_record() or {}
         staged_ids.add(s.run_id)
-        running = holder.get("run_id") == s.run_id and record.get("status") == "running"
+        running = holder.get("run_id") == s.run_id and record.get("status") in ("running", "committing")
         resumable = record.get("read_version") == tbl.version
         status = "running" if running else (record.get("status") or "?")
         if status == "running" and not running:
             status = "interrupted"
-        action = "-" if running else (f"embedjob resume {s.run_id}" if resumable else "abandoned: embedjob gc")
+        if running:
+            action = "-"
+        elif status == "committed":  # its bookkeeping is what is left
+            action = f"committed; embedjob resume {s.run_id} --table {tbl.uri} writes its record"
+        elif status == "committing":
+            action = f"stopped at its commit: embedjob resume {s.run_id} --table {tbl.uri}"
+        else:
+            action = f"embedjob resume {s.run_id}" if resumable else "abandoned: embedjob gc"
         out.add_row(
             s.run_id, status, str(record.get("started_at", "-"))[:19], f"{sum(len(p.ids) for p in s.parts()):,}", action
         )
@@ -544,12 +588,13 @@ def _describe_calibration(tbl) -> str:
 
 
 def _run_errors() -> tuple[type[Exception], ...]:
-    from storage import TableLocked, TableMovedError
+    from storage import RunIdError, TableLocked, TableMovedError
 
-    from ._run import RejectLimitExceeded, RunNotResumable
+    from ._guards import RunRefused
+    from ._run import RunNotResumable
     from ._spec import JobSpecError
 
-    return (JobSpecError, RejectLimitExceeded, RunNotResumable, TableLocked, TableMovedError)
+    return (JobSpecError, RunRefused, RunNotResumable, RunIdError, TableLocked, TableMovedError)
 
 
 def _one_line(value: object, limit: int = 160) -> str:
@@ -558,14 +603,15 @@ def _one_line(value: object, limit: int = 160) -> str:
 
 
 def _open(uri: str, endpoint: str | None, region: str | None):
-    from storage import ObjectStore, TableNotFoundError, open_table
+    from storage import ObjectStore, StoreError, TableNotFoundError, check_store, open_table
 
     opts = None
-    if uri.startswith("s3://"):
-        opts = ObjectStore.from_env(endpoint=endpoint, region=region).lance_options()
     try:
+        if uri.startswith("s3://"):
+            opts = ObjectStore.from_env(endpoint=endpoint, region=region).lance_options()
+            check_store(uri, opts)  # one line, fast, for a store that can't be used
         return open_table(uri, storage_options=opts)
-    except TableNotFoundError as exc:
+    except (TableNotFoundError, StoreError) as exc:
         _fail(exc)
 
 
@@ -573,12 +619,6 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "botocore", "s3fs", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _fail(exc: Exception, code: int = 2) -> NoReturn:
-    """Print a user error unwrapped and unstyled (paths may hold brackets), then exit."""
-    err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
-    raise typer.Exit(code) from None
 
 
 from ._cli_ops import register  # noqa: E402  (submit/status/logs/stop and the schedule group)

@@ -26,6 +26,8 @@ from jobs.cli import app
 from storage import TableLocked, open_table, staged_runs, staging_dir
 
 from ..conftest import write_job
+from ..hosts import take_lock_from_another_host
+from ..s3proxy import S3FaultProxy
 from .audit import audit_table
 
 
@@ -35,9 +37,10 @@ def driver(tmp_path):
     procs: list[subprocess.Popen] = []
     ray_tmp = tempfile.mkdtemp(prefix="rd", dir="/tmp")  # Ray's sockets need a short path
 
-    def start(job: Path) -> subprocess.Popen:
+    def start(job: Path, **extra_env: str) -> subprocess.Popen:
         env = {
             **os.environ,
+            **extra_env,
             "RAY_TMPDIR": ray_tmp,
             "EMBEDJOB_STATE_DIR": str(tmp_path / "state"),
             "HF_HUB_OFFLINE": "1",
@@ -75,6 +78,7 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow  # 60 s; the default suite kills drivers in the two tests below
 def test_driver_killed_mid_run_then_resumed(ray_local, tmp_path, minilm_path, driver, monkeypatch):
     """Fault test 2, and fault test 4 against a live driver in another process."""
     monkeypatch.setenv("EMBEDJOB_STATE_DIR", str(tmp_path / "state"))
@@ -136,3 +140,92 @@ def test_driver_killed_mid_run_then_resumed(ray_local, tmp_path, minilm_path, dr
     assert audit.clean, audit
     assert staged_runs(str(out)) == []
     assert not lock_file.exists()
+
+
+def test_a_run_whose_lock_was_taken_over_never_commits(ray_local, tmp_path, tiny_bert_dir, driver, monkeypatch):
+    """The driver hangs (SIGSTOP) past its lease; a run on another host takes the table over; the driver
+    wakes up, notices, and fails before its commit: the table stays as it was."""
+    monkeypatch.setenv("EMBEDJOB_STATE_DIR", str(tmp_path / "state"))
+    rows = {f"p{i:04d}": t for i, t in enumerate(passages(400, words=40))}
+    corpus = tmp_path / "docs.parquet"
+    out = tmp_path / "out" / "docs.lance"
+    job = write_job(
+        tmp_path / "job.toml",
+        granularities=["l2_d32"],
+        input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
+        model={"path": str(tiny_bert_dir)},
+        output={"uri": str(out)},
+        cluster={"rows_per_block": 20, "rows_per_part": 20},
+    )
+    first = dict(list(rows.items())[:20])
+    pq.write_table(pa.table({"doc_id": list(first), "body": list(first.values())}), corpus)
+    assert run_job(job, progress=False).table_version == 1
+    pq.write_table(pa.table({"doc_id": list(rows), "body": list(rows.values())}), corpus)
+
+    proc = driver(job, EMBEDJOB_LOCK_LEASE_S="4")
+    log = tmp_path / "driver.log"
+    lock_file = Path(staging_dir(str(out))) / "LOCK.json"
+    _wait_for(lambda: list(Path(staging_dir(str(out))).glob("*/parts/*.json")), 240, "a staged part", proc, log)
+    os.kill(proc.pid, signal.SIGSTOP)  # the driver hangs; its heartbeat with it
+    try:
+        time.sleep(5)  # > the 4 s lease
+        assert take_lock_from_another_host(str(out)) == "taken"
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    try:
+        assert proc.wait(timeout=240) == 2, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "lost the lock on" in text and "to run taker (host another-host" in text
+        assert "no longer holds the lock" in text and "nothing was committed" in text
+        assert lance.dataset(str(out)).version == 1 and lance.dataset(str(out)).count_rows() == 20
+        failed = open_table(str(out)).runs()[-1]
+        assert failed["status"] == "failed" and "LockLost" in failed["error"]
+    finally:
+        lock_file.unlink(missing_ok=True)  # the taker's (its process is gone)
+
+
+def test_a_driver_killed_after_its_commit_is_recorded_committed(ray_local, s3_env, tmp_path, tiny_bert_dir, driver):
+    """The store stops answering for the runs table right after the table's commit; the driver is SIGKILLed
+    there. The commit is the truth: the next run records that run committed (never failed or abandoned)."""
+    s3_env["client"].create_bucket(Bucket="crash")
+    rows = {f"p{i:03d}": t for i, t in enumerate(passages(60, words=30))}
+    corpus = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"doc_id": list(rows), "body": list(rows.values())}), corpus)
+    uri = "s3://crash/out/docs.lance"
+    direct = {
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "aws_endpoint": s3_env["endpoint"],
+        "aws_region": "us-east-1",
+        "allow_http": "true",
+    }
+    with S3FaultProxy(s3_env["endpoint"]) as proxy:
+        job = write_job(
+            tmp_path / "job.toml",
+            granularities=["l2_d32"],
+            input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
+            model={"path": str(tiny_bert_dir)},
+            output={"uri": uri},
+            storage={"endpoint": proxy.endpoint},
+        )
+        with proxy.hang("docs_runs.lance") as stuck:
+            proc = driver(job)
+            log = tmp_path / "driver.log"
+            _wait_for(lambda: stuck.hits > 0, 240, "the run to write its run record", proc, log)
+            assert lance.dataset(uri, storage_options=direct).version == 1  # committed before that
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        (staging,) = staged_runs(uri, direct)
+        record = staging.read_record()
+        assert (record["status"], record["table_version"], record["pending"]) == ("committed", 1, ["runs"])
+
+        again = run_job(job, progress=False)  # the next night
+    assert (again.rows_unchanged, again.table_version) == (60, 1)
+    runs = open_table(uri, storage_options=direct).runs()
+    assert [(r["run_id"], r["status"], r["table_version"], r["rows_embedded"]) for r in runs] == [
+        (staging.run_id, "committed", 1, 60),
+        (again.run_id, "committed", 1, 0),
+    ]
+    assert staged_runs(uri, direct) == []
+    audit = audit_table(uri, rows, tiny_bert_dir, storage_options=direct)
+    assert audit.clean, audit

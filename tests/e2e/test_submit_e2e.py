@@ -164,6 +164,7 @@ def test_a_schedule_fires_through_the_jobs_api(ray_dashboard, small_job, tmp_pat
     print(f"schedule run-due (Ray) -> succeeded: {time.monotonic() - t0:.1f} s")
 
 
+@pytest.mark.slow  # (the default suite's time: a fire that succeeds through the Jobs API stays in it)
 def test_a_scheduled_fire_that_fails_on_the_cluster_is_recorded(ray_dashboard, small_job, tmp_path):
     """The job file is valid where it is submitted, but its model dir is gone: the run fails its
     checks on the cluster (exit 2), and the schedule records Ray's FAILED with the exit code."""
