@@ -240,6 +240,9 @@ def run_job(
         return summary
     except BaseException as exc:
         if attempt.staging is not None and attempt.committed is None:
+            landed = _landed_anyway(resolved, attempt.staging, exc)
+            if landed is not None:
+                return landed
             _record_failure(resolved, attempt.staging, exc, source_name, started, t0)
         if attempt.committed is not None and isinstance(exc, Exception):
             # the commit is the truth: nothing after it turns the run into a failed one
@@ -380,7 +383,11 @@ def _execute(
     # the summary goes into the staging record before the commit: a driver killed right after the commit
     # leaves it there, and the table's commit message says the commit happened
     staging.update_record(
-        status="committing", summary=summary.to_json(), rejects=result.reject_fragments, pending=list(_AFTER_COMMIT)
+        status="committing",
+        summary=summary.to_json(),
+        rejects=result.reject_fragments,
+        rejects_version=dataset_version(resolved.rejects_uri, opts),  # where to look for its rejects' commit
+        pending=list(_AFTER_COMMIT),
     )
     lock.check()  # renewed now, conditionally: still ours, with a whole lease ahead for the commit
     message = commit_message(run_id)
@@ -422,32 +429,56 @@ def finish_committed_runs(resolved: ResolvedJob) -> dict[str, RunSummary]:
     A run whose record says it was committing, and whose commit is not in the table, did not commit: it is
     marked failed (and can be resumed like any failed run).
     """
-    uri, opts = resolved.output_uri, resolved.storage_options
     done: dict[str, RunSummary] = {}
-    for staging in staged_runs(uri, opts):
-        record = staging.read_record() or {}
-        status = record.get("status")
-        if status not in ("committing", "committed") or not record.get("summary"):
-            continue
-        summary = RunSummary.from_json(record["summary"])
-        summary.table_version = record.get("table_version")
-        if status == "committing":
-            version = committed_by(uri, staging.run_id, record.get("read_version"), opts)
-            if version is None and summary.mode == "incremental" and not _changes(summary):
-                version = record.get("read_version")  # nothing to commit: it made no version
-            if version is None:
-                staging.update_record(
-                    status="failed", error="interrupted before its commit; nothing was committed", summary=None
-                )
-                continue
-            summary.table_version = version
-            staging.update_record(status="committed", table_version=version)
-        logger.warning(
-            "run %s committed version %s; finishing its bookkeeping now", staging.run_id, summary.table_version
-        )
-        _finish_bookkeeping(resolved, staging, summary)
-        done[staging.run_id] = summary
+    for staging in staged_runs(resolved.output_uri, resolved.storage_options):
+        summary = _committed(resolved, staging)
+        if summary is not None:
+            logger.warning(
+                "run %s committed version %s; finishing its bookkeeping now", staging.run_id, summary.table_version
+            )
+            _finish_bookkeeping(resolved, staging, summary)
+            done[staging.run_id] = summary
     return done
+
+
+def _committed(resolved: ResolvedJob, staging: RunStaging) -> RunSummary | None:
+    """The summary of ``staging``'s run if it committed, from its record; the table's commit message decides
+    for a run that was committing (None, and the record marked failed, when the commit is not there)."""
+    uri, opts = resolved.output_uri, resolved.storage_options
+    record = staging.read_record() or {}
+    status = record.get("status")
+    if status not in ("committing", "committed") or not record.get("summary"):
+        return None
+    summary = RunSummary.from_json(record["summary"])
+    summary.table_version = record.get("table_version")
+    if status == "committed":
+        return summary
+    version = committed_by(uri, staging.run_id, record.get("read_version"), opts)
+    if version is None and summary.mode == "incremental" and not _changes(summary):
+        version = record.get("read_version")  # nothing to commit: it made no version
+    if version is None:
+        staging.update_record(status="failed", error="stopped before its commit; nothing was committed", summary=None)
+        return None
+    summary.table_version = version
+    staging.update_record(status="committed", table_version=version)
+    return summary
+
+
+def _landed_anyway(resolved: ResolvedJob, staging: RunStaging, exc: BaseException) -> RunSummary | None:
+    """A run that failed while committing (the commit call raised: a timeout, a dropped connection) may still
+    have committed: the table's commit message decides. Its summary (bookkeeping finished) when it did."""
+    try:
+        if (staging.read_record() or {}).get("status") != "committing":
+            return None
+        summary = _committed(resolved, staging)
+    except Exception as inner:  # the store is down: leave the record "committing" for the next run to decide
+        logger.warning("run %s: could not tell whether its commit landed (%s)", staging.run_id, _one_line(inner))
+        raise exc from None
+    if summary is None or not isinstance(exc, Exception):
+        return None
+    summary.warnings.append(f"the commit reported {_one_line(exc)}, but the table has this run's commit")
+    _finish_bookkeeping(resolved, staging, summary)
+    return summary
 
 
 def _changes(summary: RunSummary) -> bool:
@@ -470,7 +501,7 @@ def _finish_bookkeeping(resolved: ResolvedJob, staging: RunStaging, summary: Run
     pending = list(record.get("pending", _AFTER_COMMIT)) if ok else list(_AFTER_COMMIT)
     rejects = list(record.get("rejects") or [])
     steps = {
-        "rejects": lambda: _commit_rejects(resolved, run_id, rejects),
+        "rejects": lambda: _commit_rejects(resolved, run_id, rejects, record.get("rejects_version")),
         "runs": lambda: append_run_record(resolved, summary),
     }
     for step in list(pending):
@@ -495,11 +526,11 @@ def _finish_bookkeeping(resolved: ResolvedJob, staging: RunStaging, summary: Run
         logger.warning(warning)
 
 
-def _commit_rejects(resolved: ResolvedJob, run_id: str, fragments: list[str]) -> None:
-    """This attempt's rejected rows into the rejects table, once (a commit of this run found there is not
-    repeated)."""
+def _commit_rejects(resolved: ResolvedJob, run_id: str, fragments: list[str], after: int | None) -> None:
+    """This attempt's rejected rows into the rejects table, once: a commit of this run among the rejects
+    table's versions after ``after`` (its version when the run committed) is not repeated."""
     uri, opts = resolved.rejects_uri, resolved.storage_options
-    if not fragments or committed_by(uri, run_id, None, opts) is not None:
+    if not fragments or committed_by(uri, run_id, after, opts) is not None:
         return
     commit(
         uri,

@@ -192,3 +192,30 @@ def test_a_run_killed_between_its_commit_and_its_record_is_found_committed(ray_l
     assert lost.read_record()["status"] == "failed"
     (row,) = [r for r in open_table(uri).runs() if r["run_id"] == landed.run_id]
     assert (row["status"], row["table_version"], row["rows_deleted"]) == ("committed", 2, 1)
+
+
+def test_a_commit_call_that_fails_after_the_commit_landed_is_committed(ray_local, tmp_path, tiny_bert_dir, monkeypatch):
+    """The store took the commit but the answer was lost (a dropped connection): the table's commit message
+    says the run committed, so it is committed, with a warning; it is not failed, and not committed twice.
+    (A lost answer cannot be produced with a healthy local store: Lance's commit is wrapped to lose it.)"""
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, ROWS)
+    job = _job(tmp_path, corpus, tiny_bert_dir)
+    run_job(job, progress=False)
+    _corpus(corpus, {**ROWS, "extra": "One more passage, about lighthouses."})
+    real = lance.LanceDataset.commit
+
+    def commit_then_lose_the_answer(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError("connection reset by peer (the answer to the commit was lost)")
+
+    monkeypatch.setattr(lance.LanceDataset, "commit", staticmethod(commit_then_lose_the_answer))
+    summary = run_job(job, progress=False)
+    monkeypatch.undo()
+    assert (summary.status, summary.table_version, summary.rows_new) == ("committed", 2, 1)
+    assert any("the commit reported OSError" in w and "has this run's commit" in w for w in summary.warnings)
+    uri = summary.table_uri
+    assert lance.dataset(uri).version == 2 and lance.dataset(uri).count_rows() == 21
+    runs = open_table(uri).runs()
+    assert [(r["status"], r["table_version"]) for r in runs] == [("committed", 1), ("committed", 2)]
+    assert staged_runs(uri) == []
