@@ -410,3 +410,13 @@ def test_bad_rows_are_rejected_with_their_reason_and_kept(row, bad_rows_run):
             assert match[0]["text"] == text.decode("utf-8", "backslashreplace")
     assert summary.rows_rejected == 6 and summary.rows_embedded == 2
     assert sum(summary.reject_reasons.values()) == 6
+
+
+def test_debug_shows_the_traceback_instead_of_the_line():
+    plain = CliRunner().invoke(app, ["resume", "../../x"])
+    assert plain.exit_code == 2 and isinstance(plain.exception, SystemExit)
+    debug = CliRunner().invoke(app, ["--debug", "resume", "../../x"])
+    assert isinstance(debug.exception, RunIdError)  # raised, with its traceback, not turned into a line
+    assert "error: " not in debug.output
+    again = CliRunner().invoke(app, ["resume", "../../x"])  # --debug does not stick to the next command
+    assert again.exit_code == 2 and "error: '../../x' is not a run id" in again.output
