@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from storage import ObjectStore
+from storage import ObjectStore, error_line
 
 from ._errors import SourceError
 
@@ -91,7 +91,7 @@ class Source:
                     pq.ParquetFile(fh).metadata  # noqa: B018  (reads the footer)
             except (OSError, pa.ArrowInvalid, ValueError) as exc:
                 raise SourceError(
-                    f"input file {path!r} is not a readable parquet file ({_first_line(exc)}); fix or remove it"
+                    f"input file {path!r} is not a readable parquet file ({error_line(exc, 200)}); fix or remove it"
                 ) from None
 
     def explain_read_error(self, exc: BaseException) -> SourceError | None:
@@ -103,7 +103,7 @@ class Source:
             if any(bare in t for t in texts):
                 cause = getattr(exc, "cause", None) or exc
                 return SourceError(
-                    f"input file {path!r} cannot be read as {self.format} ({_first_line(cause)}); nothing was "
+                    f"input file {path!r} cannot be read as {self.format} ({error_line(cause, 200)}); nothing was "
                     f"committed: fix or remove the file and run again"
                 )
         return None
@@ -142,12 +142,6 @@ class Source:
         else:
             ds = ray.data.read_csv(paths, filesystem=fs, override_num_blocks=num_blocks)
         return ds.select_columns(cols)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _open(path: str, fs: Any):

@@ -1,32 +1,24 @@
 """One line for every failure a user can meet: what went wrong, naming the value, and what to do.
 
 embedjob's own errors already read that way; errors from the libraries under it
-(botocore, pyarrow, Lance, Ray) are turned into such a line here, and anything
-else becomes its first line plus a pointer to ``--debug``.
+(botocore, pyarrow, Lance, Ray) become their type and first line, with a
+pointer to ``--debug``.
 """
 
 from __future__ import annotations
 
-import re
+from storage import drop_source_locations, error_line
 
 __all__ = ["describe_error"]
 
-# where in Lance's or Arrow's Rust sources an error was raised: noise for a user
-_SOURCE_LOCATION = re.compile(r",?\s*(?:\S*/)?(?:src|rust)/\S+\.rs:\d+:\d+")
-
 
 def describe_error(exc: BaseException) -> str:
-    """``exc`` as one line for a person."""
-    if getattr(exc, "problems", None) and len(exc.problems) > 1:  # a job file's problems: one line each
+    """``exc`` as one line for a person (a job file's several problems: one line each)."""
+    if getattr(exc, "problems", None) and len(exc.problems) > 1:
         return str(exc)
-    text = _SOURCE_LOCATION.sub("", " ".join(str(exc).split())) or type(exc).__name__
     if _is_ours(exc):
-        return text
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    line = _SOURCE_LOCATION.sub("", " ".join(first.split()))
-    if len(line) > 300:
-        line = line[:299] + "…"
-    return f"{type(exc).__name__}: {line} (embedjob --debug ... shows the traceback)"
+        return drop_source_locations(" ".join(str(exc).split())) or type(exc).__name__
+    return f"{error_line(exc)} (embedjob --debug ... shows the traceback)"
 
 
 def _is_ours(exc: BaseException) -> bool:

@@ -29,6 +29,7 @@ from storage import (
     committed_by,
     count_rows,
     dataset_version,
+    error_line,
     is_run_id,
     new_run_id,
     read_rows,
@@ -235,7 +236,7 @@ def run_job(
                 summary.indexes = refresh_indexes(resolved, changed=summary.table_version != read_version)
             except Exception as exc:  # committed: an index is bookkeeping too
                 summary.warnings.append(
-                    f"the indexes could not be refreshed ({_one_line(exc)}); run `embedjob index {uri} --all`"
+                    f"the indexes could not be refreshed ({error_line(exc)}); run `embedjob index {uri} --all`"
                 )
         return summary
     except BaseException as exc:
@@ -246,7 +247,7 @@ def run_job(
             _record_failure(resolved, attempt.staging, exc, source_name, started, t0)
         if attempt.committed is not None and isinstance(exc, Exception):
             # the commit is the truth: nothing after it turns the run into a failed one
-            attempt.committed.warnings.append(f"after the commit: {_one_line(exc)}")
+            attempt.committed.warnings.append(f"after the commit: {error_line(exc)}")
             return attempt.committed
         raise
     finally:
@@ -472,11 +473,11 @@ def _landed_anyway(resolved: ResolvedJob, staging: RunStaging, exc: BaseExceptio
             return None
         summary = _committed(resolved, staging)
     except Exception as inner:  # the store is down: leave the record "committing" for the next run to decide
-        logger.warning("run %s: could not tell whether its commit landed (%s)", staging.run_id, _one_line(inner))
+        logger.warning("run %s: could not tell whether its commit landed (%s)", staging.run_id, error_line(inner))
         raise exc from None
     if summary is None or not isinstance(exc, Exception):
         return None
-    summary.warnings.append(f"the commit reported {_one_line(exc)}, but the table has this run's commit")
+    summary.warnings.append(f"the commit reported {error_line(exc)}, but the table has this run's commit")
     _finish_bookkeeping(resolved, staging, summary)
     return summary
 
@@ -571,15 +572,10 @@ def retry(step: Any, attempts: int = _BOOKKEEPING_ATTEMPTS, delay_s: float = 1.0
             step()
             return True, ""
         except Exception as exc:
-            error = _one_line(exc)
+            error = error_line(exc)
             if i + 1 < attempts:
                 time.sleep(delay_s * 2**i)
     return False, error
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _rows_per_node(parts: list[StagedPart]) -> dict[str, int]:

@@ -32,6 +32,7 @@ from ._lance_io import (
     write_fragments,
 )
 from ._lock import LockLost, LockStoreWarning, TableLock, TableLocked
+from ._messages import drop_source_locations, error_line
 from ._names import has_control_characters, split_table_uri, table_name_problem
 from ._process import process_alive, process_start_ticks
 from ._provenance import METADATA_KEY, Provenance
@@ -82,6 +83,8 @@ __all__ = [
     "count_rows",
     "dataset_schema",
     "dataset_version",
+    "drop_source_locations",
+    "error_line",
     "fragment_ids",
     "has_control_characters",
     "index_params",

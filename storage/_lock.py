@@ -39,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from ._messages import error_line
 from ._process import process_alive, process_start_ticks
 from ._staging import staging_dir
 
@@ -139,7 +140,7 @@ class TableLock:
             renewed = self._renew()
         except Exception as exc:
             raise LockLost(
-                self.table_uri, self.run_id, f"its lease could not be renewed before the commit: {_one_line(exc)}"
+                self.table_uri, self.run_id, f"its lease could not be renewed before the commit: {error_line(exc)}"
             ) from None
         if not renewed:
             self.lost = True
@@ -166,7 +167,7 @@ class TableLock:
                 "could not remove the lock %s of run %s (%s); it frees itself when its lease ends",
                 self.uri,
                 self.run_id,
-                _one_line(exc),
+                error_line(exc),
             )
         self._tag = None
 
@@ -264,14 +265,14 @@ class TableLock:
                         self.table_uri,
                         datetime.fromtimestamp(self._lease_until, UTC).isoformat(timespec="seconds"),
                         failures,
-                        _one_line(exc),
+                        error_line(exc),
                     )
                 elif left > 0:
                     logger.warning(
                         "could not renew the lock on %s (attempt %d: %s); retrying, %.0f s of lease left",
                         self.table_uri,
                         failures,
-                        _one_line(exc),
+                        error_line(exc),
                         left,
                     )
                 wait = min(interval, 0.5 * 2 ** min(failures - 1, 6))
@@ -304,11 +305,6 @@ def _is_stale(holder: Mapping[str, Any]) -> bool:
 
 def _is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _parse(data: bytes) -> dict[str, Any]:

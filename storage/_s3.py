@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ._messages import error_line
+
 __all__ = ["ObjectStore", "StoreError", "check_store", "s3_client", "split_s3_uri"]
 
 
@@ -138,7 +140,7 @@ def check_store(uri: str, storage_options: Mapping[str, str] | None, *, timeout_
         client.list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/"), MaxKeys=1)
     except (bx.EndpointConnectionError, bx.ConnectTimeoutError) as exc:
         raise StoreError(
-            f"cannot reach the S3 endpoint {endpoint} ({_reason(exc)}); check [storage] endpoint "
+            f"cannot reach the S3 endpoint {endpoint} ({error_line(exc, 200)}); check [storage] endpoint "
             f"(or AWS_ENDPOINT_URL) and that the store is up"
         ) from None
     except bx.ReadTimeoutError:
@@ -172,9 +174,6 @@ def check_store(uri: str, storage_options: Mapping[str, str] | None, *, timeout_
                 f"access to s3://{bucket}/{key} is denied for access key {shown}; the job needs to list, read, "
                 f"write and delete objects there"
             ) from None
-        raise StoreError(f"{uri}: the S3 store at {endpoint} answered {code or 'an error'}: {_reason(exc)}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 200 else text[:199] + "…"
+        raise StoreError(
+            f"{uri}: the S3 store at {endpoint} answered {code or 'an error'}: {error_line(exc, 200)}"
+        ) from None
