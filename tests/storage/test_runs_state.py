@@ -14,7 +14,6 @@ import pytest
 
 from storage import (
     METADATA_KEY,
-    Provenance,
     RunStaging,
     StagedPart,
     TableLock,
@@ -25,6 +24,8 @@ from storage import (
     staged_runs,
     write_fragments,
 )
+
+from .test_lance_io import _prov
 
 
 def test_lock_refuses_a_live_holder_and_names_it(tmp_path):
@@ -104,23 +105,10 @@ def test_staging_parts_are_durable_and_idempotent(tmp_path):
     assert staged_runs(uri) == []
 
 
-_PROVENANCE = Provenance(
-    model_path="m",
-    weights_fingerprint="w",
-    granularities=("l1_d2",),
-    pooling="mean",
-    normalize=True,
-    max_length=8,
-    num_layers=1,
-    hidden_size=2,
-    vector_dtype="float32",
-)
-
-
 def _table(uri, ids, hashes):
     """A small Lance table carrying an embedjob provenance (what gc looks for)."""
     table = pa.table({"id": ids, "content_hash": hashes, "v": list(range(len(ids)))})
-    table = table.replace_schema_metadata({METADATA_KEY: _PROVENANCE.to_json()})
+    table = table.replace_schema_metadata({METADATA_KEY: _prov().to_json()})
     return lance.write_dataset(table, uri, max_rows_per_file=3)
 
 
