@@ -81,7 +81,8 @@ def _listening(pids: set[int]) -> list[tuple[int, str, str]]:
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
-            command = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()[:80]
+            argv0 = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode()
+            command = os.path.basename(argv0.strip())  # the program, whatever the checkout's path length
         except OSError:
             continue
         for fd in fds:
