@@ -9,8 +9,8 @@ from ._backfill import BackfillPlan, BackfillResult, run_backfill
 from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import ray_session
 from ._errors import ClusterError, SourceError
-from ._pipeline import EmbedPlan, PipelineResult, run_pipeline
-from ._pool import NodeShare, PoolPlan, plan_pool
+from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
+from ._pool import NodeShare, PoolPlan, PoolRequest, plan_pool
 from ._sources import FORMATS, Source, resolve_source
 from ._submit import (
     TERMINAL_STATUSES,
@@ -33,11 +33,13 @@ __all__ = [
     "NodeShare",
     "PipelineResult",
     "PoolPlan",
+    "PoolRequest",
     "RayJobInfo",
     "RayJobNotFoundError",
     "RayJobsClient",
     "Source",
     "SourceError",
+    "actor_placement",
     "build_runtime_env",
     "jobs_api_address",
     "plan_pool",
@@ -46,4 +48,5 @@ __all__ = [
     "run_backfill",
     "run_calibration",
     "run_pipeline",
+    "start_pool",
 ]

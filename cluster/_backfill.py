@@ -16,11 +16,11 @@ import numpy as np
 import pyarrow as pa
 
 from embedder import EncoderConfig
-from storage import backfill_fragment, fragment_ids, vector_array, vector_column
+from storage import RunStaging, StagedPart, backfill_fragment, fragment_ids, rows_per_node, vector_array, vector_column
 
 from ._pipeline import actor_placement, start_pool
-from ._pool import PoolPlan
-from ._stages import _node_id, load_encoder
+from ._pool import PoolPlan, PoolRequest
+from ._stages import load_encoder, node_id
 
 __all__ = ["BackfillPlan", "BackfillResult", "run_backfill"]
 
@@ -29,6 +29,7 @@ logger = logging.getLogger("cluster")
 
 @dataclass(frozen=True, kw_only=True)
 class BackfillPlan:
+    run_id: str
     table_uri: str
     read_version: int
     model_path: str
@@ -36,20 +37,44 @@ class BackfillPlan:
     vector_dtype: str
     storage_options: dict[str, str] | None = field(default=None, repr=False)
     calibration_uri: str | None = None
-    actors: int | None = None
-    gpus_per_actor: float | None = None
-    cpus_per_actor: float | None = None
-    progress: bool = True
+    pool: PoolRequest = field(default_factory=PoolRequest)
+    #: a resumed backfill: fragments whose new columns its staging folder already holds are not embedded again
+    resume: bool = False
 
 
 @dataclass
 class BackfillResult:
-    fragments: list[str]
-    rows: int
+    """Every fragment's new columns, as staged parts (an earlier attempt's too): what the commit adds."""
+
+    parts: list[StagedPart]
     seconds: float
     pool: str
-    #: Ray node id -> rows embedded there (the actor's node)
-    rows_per_node: dict[str, int] = field(default_factory=dict)
+    #: a backfill rejects nothing (every row of the table is embedded again)
+    reject_fragments: list[str] = field(default_factory=list)
+    #: parts an earlier attempt staged
+    resumed_keys: frozenset[str] = frozenset()
+
+    @property
+    def fragments(self) -> list[str]:
+        return [f for p in self.parts for f in p.fragments]
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    @property
+    def resumed(self) -> int:
+        """Rows an earlier attempt staged."""
+        return sum(p.rows for p in self.parts if p.key in self.resumed_keys)
+
+    @property
+    def rows_per_node(self) -> dict[str, int]:
+        """Ray node id -> rows embedded there (the actor's node), most first."""
+        return rows_per_node(self.parts)
+
+
+def _part_key(fragment_id: int) -> str:
+    return f"fragment-{fragment_id:09d}"
 
 
 class BackfillActor:
@@ -63,7 +88,7 @@ class BackfillActor:
         )
         self.plan = plan
         self.rows = 0
-        self.node_id = _node_id()
+        self.node_id = node_id()
         # the new columns' schema, given to Lance so it does not call the model on a sample row to learn it
         self.schema = self._compute(pa.RecordBatch.from_arrays([pa.array([], pa.string())], names=["text"])).schema
 
@@ -93,28 +118,33 @@ class BackfillActor:
 
 
 def run_backfill(plan: BackfillPlan) -> BackfillResult:
-    """Compute the new columns of every fragment on the connected Ray cluster; commit nothing."""
+    """Compute the new columns of every fragment on the connected Ray cluster, staging each fragment's as a
+    part of the run (a resumed run skips the fragments already staged); commit nothing."""
     import ray
     from ray.util import ActorPool
 
     t0 = time.perf_counter()
-    pool = start_pool(plan)
-    frags = fragment_ids(plan.table_uri, plan.read_version, plan.storage_options)
-    n_actors = max(1, min(pool.actors, len(frags)))
-    out: list[str] = []
-    rows = 0
-    per_node: dict[str, int] = {}
-    with actor_placement(pool, plan.model_path) as placement:
-        cls = ray.remote(max_restarts=2, max_task_retries=2, **placement)(BackfillActor)
-        actors = [cls.remote(plan, pool) for _ in range(n_actors)]
-        try:
-            done = ActorPool(actors).map(lambda a, fid: a.fragment.remote(fid), frags)
-            for k, (meta, n, node) in enumerate(done, start=1):
-                out.append(meta)
-                rows += n
-                per_node[node] = per_node.get(node, 0) + n
-                logger.info("backfill: fragment %d/%d done (%d rows so far)", k, len(frags), rows)
-        finally:
-            for a in actors:
-                ray.kill(a)
-    return BackfillResult(out, rows, time.perf_counter() - t0, pool.describe(), rows_per_node=per_node)
+    pool = start_pool(plan.pool)
+    staging = RunStaging(plan.table_uri, plan.run_id, plan.storage_options)
+    staged = {p.key for p in staging.parts()} if plan.resume else set()
+    frags = [
+        f for f in fragment_ids(plan.table_uri, plan.read_version, plan.storage_options) if _part_key(f) not in staged
+    ]
+    if staged:
+        logger.info("backfill: %d fragment(s) staged by an earlier attempt are kept", len(staged))
+    if frags:
+        n_actors = max(1, min(pool.actors, len(frags)))
+        with actor_placement(pool, plan.model_path) as placement:
+            cls = ray.remote(max_restarts=2, max_task_retries=2, **placement)(BackfillActor)
+            actors = [cls.remote(plan, pool) for _ in range(n_actors)]
+            try:
+                done = ActorPool(actors).map(lambda a, fid: a.fragment.remote(fid), frags)
+                rows = 0
+                for k, (fid, (meta, n, node)) in enumerate(zip(frags, done, strict=True), start=1):
+                    staging.add_part(StagedPart(key=_part_key(fid), fragments=[meta], ids=[], rows=n, nodes={node: n}))
+                    rows += n
+                    logger.info("backfill: fragment %d/%d done (%d rows so far)", k, len(frags), rows)
+            finally:
+                for a in actors:
+                    ray.kill(a)
+    return BackfillResult(staging.parts(), time.perf_counter() - t0, pool.describe(), resumed_keys=frozenset(staged))

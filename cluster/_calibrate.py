@@ -14,14 +14,14 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from embedder import CalibrationStats, EncoderConfig, Granularity, heldout_mask, read_model_dir
 
 from ._pipeline import actor_placement, map_with_actors, start_pool
-from ._pool import PoolPlan
+from ._pool import PoolPlan, PoolRequest
 from ._sources import Source
 from ._stages import load_encoder
 
@@ -43,10 +43,7 @@ class CalibrationPlan:
     sample: int
     heldout_fraction: float = 0.2
     seed: int = 0
-    actors: int | None = None
-    gpus_per_actor: float | None = None
-    cpus_per_actor: float | None = None
-    progress: bool = True
+    pool: PoolRequest = field(default_factory=PoolRequest)
 
 
 @dataclass
@@ -117,7 +114,7 @@ class CalibrateActor:
 def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
     """Sample the corpus and sum the actors' statistics on the connected Ray cluster."""
     t0 = time.perf_counter()
-    pool = start_pool(plan)
+    pool = start_pool(plan.pool)
     ds = plan.source.read([plan.id_column, plan.text_column])
     total = plan.source.row_count()
     if total is None:

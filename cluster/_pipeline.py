@@ -7,25 +7,24 @@ corpus streams through the cluster and is never collected here.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 
 from embedder import EncoderConfig, weight_files
+from storage import StagedPart, rows_per_node
 
-from ._pool import PoolPlan, plan_pool
+from ._pool import PoolPlan, PoolRequest, plan_pool
 from ._registry import IdRegistry
 from ._sources import Source
-from ._stages import EncodeActor, prepare, write
+from ._stages import EncodeActor, prepare
 
-__all__ = ["EmbedPlan", "PipelineResult", "actor_placement", "map_with_actors", "run_pipeline"]
+__all__ = ["EmbedPlan", "PipelineResult", "actor_placement", "map_with_actors", "run_pipeline", "start_pool"]
 
 logger = logging.getLogger("cluster")
 
@@ -46,12 +45,9 @@ class EmbedPlan:
     rejects_uri: str
     vector_dtype: str
     storage_options: dict[str, str] | None = field(default=None, repr=False)
-    actors: int | None = None
-    gpus_per_actor: float | None = None
-    cpus_per_actor: float | None = None
+    pool: PoolRequest = field(default_factory=PoolRequest)
     rows_per_block: int | None = None
     rows_per_part: int = 16384
-    progress: bool = True
     #: where the run's calibration is stored (next to the table). Each actor loads it from there, so
     #: its constructor arguments stay small: a restarted actor whose large arguments were evicted from
     #: the object store fails to start (ray#53727).
@@ -69,13 +65,13 @@ class EmbedPlan:
 
 @dataclass
 class PipelineResult:
-    fragments: list[str]
+    """What the commit needs: the run's staged parts (an earlier attempt's too) and what this attempt saw."""
+
+    #: every part in the run's staging folder: what the commit adds
+    parts: list[StagedPart]
+    #: this attempt's rejected rows (an earlier attempt's are rejected again, not reused): fragments, count, reasons
     reject_fragments: list[str]
-    rows_read: int
-    rows_embedded: int
     rows_rejected: int
-    tokens: int
-    truncated: int
     reject_reasons: dict[str, int]
     pool: PoolPlan
     seconds: float
@@ -84,10 +80,35 @@ class PipelineResult:
     #: table ids whose old rows the commit deletes: replaced by new vectors, and gone from the input
     replaced_ids: list = field(default_factory=list)
     missing_ids: list = field(default_factory=list)
-    #: Ray node id -> rows this attempt embedded on it (the encoder actor's node)
-    rows_per_node: dict[str, int] = field(default_factory=dict)
     #: where texts were tokenized: "tasks" or "actor"
     tokenize: str = "actor"
+
+    @property
+    def rows_read(self) -> int:
+        return self.counts.get("read", 0)
+
+    @property
+    def fragments(self) -> list[str]:
+        return [f for p in self.parts for f in p.fragments]
+
+    @property
+    def rows_embedded(self) -> int:
+        """Rows the commit adds, including those an earlier attempt of this run staged."""
+        return sum(len(p.ids) for p in self.parts)
+
+    @property
+    def tokens(self) -> int:
+        return sum(p.tokens for p in self.parts)
+
+    @property
+    def truncated(self) -> int:
+        return sum(p.truncated for p in self.parts)
+
+    @property
+    def rows_per_node(self) -> dict[str, int]:
+        """Ray node id -> rows its encoder actors embedded, most first (parts staged before nodes were
+        recorded count nowhere)."""
+        return rows_per_node(self.parts)
 
 
 TOKENIZE_CHOICES = ("auto", "actor", "tasks")
@@ -116,27 +137,20 @@ def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
     return int(min(cap, max(32, math.ceil(total / (pool.actors * 4)))))
 
 
-class _PoolRequest(Protocol):
-    progress: bool
-    actors: int | None
-    gpus_per_actor: float | None
-    cpus_per_actor: float | None
-
-
-def start_pool(plan: _PoolRequest) -> PoolPlan:
+def start_pool(request: PoolRequest) -> PoolPlan:
     """Set Ray Data's progress bars and size the actor pool from the connected cluster's resources,
     as a plan (embedding, calibration or backfill) asks."""
     import ray
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = plan.progress
-    ctx.enable_operator_progress_bars = plan.progress
+    ctx.enable_progress_bars = request.progress
+    ctx.enable_operator_progress_bars = request.progress
     return plan_pool(
         ray.cluster_resources(),
-        actors=plan.actors,
-        gpus_per_actor=plan.gpus_per_actor,
-        cpus_per_actor=plan.cpus_per_actor,
+        actors=request.actors,
+        gpus_per_actor=request.gpus_per_actor,
+        cpus_per_actor=request.cpus_per_actor,
         nodes={node["NodeID"]: node["Resources"] for node in ray.nodes() if node.get("Alive")},
     )
 
@@ -236,10 +250,11 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
     in the input, for the commit to delete.
     """
     import ray
-    import ray.data
+
+    from ._sink import StagingSink
 
     t0 = time.perf_counter()
-    pool = start_pool(plan)
+    pool = start_pool(plan.pool)
     rows = _rows_per_block(plan, pool)
     tokenize = resolve_tokenize(plan.tokenize, pool)
     logger.info("actor pool: %s; %d rows per block; tokenizing in the %s", pool.describe(), rows, tokenize)
@@ -283,25 +298,18 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             run_id=plan.run_id,
             calibration_uri=plan.calibration_uri,
             storage_options=plan.storage_options,
-            fault_marker=os.environ.get("EMBEDJOB_FAULT_KILL_ONCE") or None,
         )
-        ds = ds.map_batches(
-            write,
-            batch_format="pyarrow",
-            batch_size=plan.rows_per_part,
-            fn_kwargs={
-                "uri": plan.output_uri,
-                "rejects_uri": plan.rejects_uri,
-                "schema": plan.schema,
-                "run_id": plan.run_id,
-                "storage_options": plan.storage_options,
-                "overwrite": plan.mode in ("create", "overwrite"),
-            },
+        sink = StagingSink(
+            uri=plan.output_uri,
+            rejects_uri=plan.rejects_uri,
+            schema=plan.schema,
+            run_id=plan.run_id,
+            storage_options=plan.storage_options,
+            overwrite=plan.mode in ("create", "overwrite"),
+            rows_per_part=plan.rows_per_part,
         )
-        result = PipelineResult([], [], 0, 0, 0, 0, 0, {}, pool, 0.0, tokenize=tokenize)
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                _accumulate(result, batch)
+            ds.write_datasink(sink)
         except Exception as exc:
             explained = plan.source.explain_read_error(exc)  # a damaged input file, named
             if explained is None:
@@ -309,24 +317,18 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             raise explained from None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Ray Data stats of run %s:\n%s", plan.run_id, ds.stats())
-    result.counts = ray.get(registry.counts.remote())
-    result.rows_read = result.counts["read"]  # (rows that needed no work never reach the writer)
-    result.replaced_ids, result.missing_ids = ray.get(registry.deletions.remote(delete_missing))
+    counts = ray.get(registry.counts.remote())
+    replaced, missing = ray.get(registry.deletions.remote(delete_missing))
     ray.kill(registry)
-    result.seconds = time.perf_counter() - t0
-    return result
-
-
-def _accumulate(result: PipelineResult, batch: pa.Table) -> None:
-    for rec in batch.to_pylist():
-        result.fragments.extend(rec["fragments"])
-        result.reject_fragments.extend(rec["reject_fragments"])
-        result.rows_read += rec["rows"]
-        result.rows_embedded += rec["embedded"]
-        result.rows_rejected += rec["rejected"]
-        result.tokens += rec["tokens"]
-        result.truncated += rec["truncated"]
-        for reason, n in json.loads(rec["reasons"]).items():
-            result.reject_reasons[reason] = result.reject_reasons.get(reason, 0) + n
-        for node, n in json.loads(rec["nodes"]).items():
-            result.rows_per_node[node] = result.rows_per_node.get(node, 0) + n
+    return PipelineResult(
+        parts=sink.parts,
+        reject_fragments=sink.reject_fragments,
+        rows_rejected=sink.rows_rejected,
+        reject_reasons=sink.reject_reasons,
+        pool=pool,
+        seconds=time.perf_counter() - t0,
+        counts=counts,
+        replaced_ids=replaced,
+        missing_ids=missing,
+        tokenize=tokenize,
+    )

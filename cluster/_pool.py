@@ -38,6 +38,17 @@ MAX_THREADS_PER_CPU_ACTOR = 8
 
 
 @dataclass(frozen=True)
+class PoolRequest:
+    """What a job asks of the encoder actor pool (unset: sized from the cluster's resources), and whether Ray
+    Data shows progress bars. Embedding, backfill and calibration plans all carry one."""
+
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class NodeShare:
     """The CPU actors one node holds in a pool over several nodes."""
 

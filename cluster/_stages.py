@@ -1,4 +1,4 @@
-"""What runs inside Ray workers: prepare (validate, hash, dedupe), encode (actor), write (fragments).
+"""What runs inside Ray workers: prepare (validate, hash, dedupe) and encode (actor); the write is ``_sink``.
 
 Kept free of driver state: every stage gets what it needs as arguments, so
 Ray can run it on any node.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,16 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedder import ElasticEncoder, EncoderConfig, cached_tokenizer, tokenized_from_flat
-from storage import (
-    REJECTS_SCHEMA,
-    RunStaging,
-    StagedPart,
-    content_hash,
-    load_calibration,
-    vector_array,
-    vector_column,
-    write_fragments,
-)
+from storage import content_hash, load_calibration, vector_array, vector_column
 
 from ._pool import PoolPlan
 from ._registry import DUPLICATE, EXISTS, SKIP
@@ -163,7 +153,7 @@ def load_encoder(
     """The encoder of one actor pool slot: on CPU with the torch threads the pool gives this slot's node
     unless it holds a GPU, through the run's calibration (loaded from its stored URI) when it has one."""
     if not pool.uses_gpu:
-        config = dataclasses.replace(config, device="cpu", num_threads=pool.threads_on(_node_id()))
+        config = dataclasses.replace(config, device="cpu", num_threads=pool.threads_on(node_id()))
     calibration = load_calibration(calibration_uri, storage_options=storage_options) if calibration_uri else None
     return ElasticEncoder.from_config(model_path, config, calibration=calibration)
 
@@ -181,7 +171,6 @@ class EncodeActor:
         run_id: str,
         calibration_uri: str | None = None,
         storage_options: dict[str, str] | None = None,
-        fault_marker: str | None = None,
     ) -> None:
         self.encoder = load_encoder(
             model_path,
@@ -192,18 +181,13 @@ class EncodeActor:
         )
         self.vector_dtype = vector_dtype
         self.run_id = run_id
-        self.fault_marker = fault_marker
-        self.calls = 0
-        self.node_id = _node_id()
+        self.node_id = node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(ok)
         texts = None if INPUT_IDS in batch.column_names else batch.column("text").take(pa.array(rows)).to_pylist()
-        self.calls += 1
-        if self.fault_marker:
-            _maybe_die_once(self.fault_marker, self.calls)
         tokens = np.zeros(n, dtype=np.int32)
         truncated = np.zeros(n, dtype=bool)
         vectors: dict[Any, np.ndarray] = {}
@@ -235,106 +219,8 @@ class EncodeActor:
         return out.append_column(NODE, pa.array([self.node_id] * n, pa.string()))
 
 
-def write(
-    batch: pa.Table,
-    *,
-    uri: str,
-    rejects_uri: str,
-    schema: pa.Schema,
-    run_id: str,
-    storage_options: dict[str, str] | None,
-    overwrite: bool = False,
-) -> pa.Table:
-    """Stage one batch as uncommitted Lance fragments (output and rejects), record them as a part in the
-    run's staging folder, and return their JSON and counts."""
-    reasons = batch.column(REASON)
-    ok = pc.is_null(reasons)
-    good = batch.filter(ok)
-    bad = batch.filter(pc.invert(ok))
-    main = write_fragments(good, uri, schema, storage_options=storage_options, overwrite=overwrite)
-    rejected: list[str] = []
-    counts: dict[str, int] = {}
-    if bad.num_rows:
-        for reason in bad.column(REASON).to_pylist():
-            counts[reason] = counts.get(reason, 0) + 1
-        now = datetime.now(UTC)
-        rejects = pa.table(
-            {
-                "id": pc.cast(bad.column("id"), pa.string()),
-                "reason": bad.column(REASON),
-                "text": bad.column("text"),
-                "run_id": pa.array([run_id] * bad.num_rows, pa.string()),
-                "rejected_at": pa.array([now] * bad.num_rows, pa.timestamp("us", tz="UTC")),
-            },
-            schema=REJECTS_SCHEMA,
-        )
-        rejected = write_fragments(rejects, rejects_uri, REJECTS_SCHEMA, storage_options=storage_options)
-    tokens = int(pc.sum(good.column(TOKENS)).as_py() or 0)
-    truncated = int(pc.sum(pc.cast(good.column(TRUNCATED), pa.int64())).as_py() or 0)
-    nodes = _count_nodes(good)
-    if batch.num_rows:
-        # the part's name is a digest of its rows: a retried task overwrites its own part
-        digest = hashlib.blake2b(digest_size=16)
-        for id_value, h in zip(batch.column("id").to_pylist(), batch.column("content_hash").to_pylist(), strict=True):
-            digest.update(repr(id_value).encode() + b"\0" + (h or "").encode() + b"\0")
-        RunStaging(uri, run_id, storage_options).add_part(
-            StagedPart(
-                key=digest.hexdigest(),
-                fragments=main,
-                ids=good.column("id").to_pylist(),
-                tokens=tokens,
-                truncated=truncated,
-                reject_fragments=rejected,
-                rejected=bad.num_rows,
-                reasons=counts,
-                nodes=nodes,
-            )
-        )
-    return pa.table(
-        {
-            "fragments": pa.array([main], pa.list_(pa.string())),
-            "reject_fragments": pa.array([rejected], pa.list_(pa.string())),
-            "rows": pa.array([batch.num_rows], pa.int64()),
-            "embedded": pa.array([good.num_rows], pa.int64()),
-            "rejected": pa.array([bad.num_rows], pa.int64()),
-            "tokens": pa.array([tokens], pa.int64()),
-            "truncated": pa.array([truncated], pa.int64()),
-            "reasons": pa.array([json.dumps(counts)], pa.string()),
-            "nodes": pa.array([json.dumps(nodes)], pa.string()),
-        }
-    )
-
-
-def _node_id() -> str:
+def node_id() -> str:
     """This worker's Ray node id (hex); empty outside Ray."""
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-
-
-def _count_nodes(batch: pa.Table) -> dict[str, int]:
-    """Rows of ``batch`` per encoding node (node id -> rows)."""
-    if NODE not in batch.column_names or not batch.num_rows:
-        return {}
-    counts = pc.value_counts(batch.column(NODE)).to_pylist()
-    return {c["values"]: int(c["counts"]) for c in counts if c["values"]}
-
-
-def _maybe_die_once(marker: str, calls: int) -> None:
-    """Fault injection for the kill tests: while the file ``marker`` exists and holds N (default 1), the
-    actor handling its N-th batch claims the file (one rename: only one actor wins) and SIGKILLs itself."""
-    import os
-    import signal
-
-    try:
-        with open(marker) as fh:
-            nth = int(fh.read().strip() or 1)
-    except (FileNotFoundError, ValueError):
-        return
-    if calls < nth:
-        return
-    try:
-        os.rename(marker, f"{marker}.fired")
-    except FileNotFoundError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)

@@ -5,14 +5,17 @@ Nothing else imports this package (the flow is one-way: jobs -> cluster -> embed
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from storage import VERSION as __version__
 
+from ._backfill import backfill_job
 from ._calibrate import CalibrationReport, calibrate_job
 from ._checks import ResolvedJob, check_job
 from ._evaluate import QualityMap, QualityRow, evaluate, evaluate_job, evaluate_table
 from ._guards import DeletionRefused, RejectLimitExceeded
-from ._run import RunSummary, resume_run, run_job
+from ._lifecycle import finish_committed_runs
+from ._run import RunNotResumable, resume_run, run_job
 from ._spec import JobSpec, JobSpecError, load_job, parse_job
+from ._summary import RunSummary
 
 __all__ = [
     "CalibrationReport",
@@ -23,13 +26,16 @@ __all__ = [
     "QualityRow",
     "RejectLimitExceeded",
     "ResolvedJob",
+    "RunNotResumable",
     "RunSummary",
     "__version__",
+    "backfill_job",
     "calibrate_job",
     "check_job",
     "evaluate",
     "evaluate_job",
     "evaluate_table",
+    "finish_committed_runs",
     "load_job",
     "parse_job",
     "resume_run",

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster import CalibrationPlan, ray_session, run_calibration
+from cluster import CalibrationPlan, run_calibration
 from embedder import Calibration
 from storage import save_calibration
 
 from ._checks import ResolvedJob, check_job
+from ._lifecycle import in_ray_session, pool_request
 from ._spec import JobSpec, load_job
 
 __all__ = ["CalibrationReport", "calibrate_job", "fit_for_job"]
@@ -50,10 +51,7 @@ def fit_for_job(resolved: ResolvedJob, *, progress: bool = True) -> CalibrationR
         sample=opts.sample,
         heldout_fraction=opts.heldout,
         seed=opts.seed,
-        actors=spec.cluster.actors,
-        gpus_per_actor=spec.cluster.gpus_per_actor,
-        cpus_per_actor=spec.cluster.cpus_per_actor,
-        progress=progress,
+        pool=pool_request(resolved, progress),
     )
     logger.info(
         "calibration: fitting maps for layers %s on a sample of up to ~%d rows of %s",
@@ -95,5 +93,4 @@ def calibrate_job(
     source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
     spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
     resolved = check_job(spec, source_name=source_name, purpose="calibrate")
-    with ray_session(spec.cluster.address):
-        return fit_for_job(resolved, progress=progress)
+    return in_ray_session(resolved, lambda: fit_for_job(resolved, progress=progress))

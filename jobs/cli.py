@@ -389,7 +389,7 @@ def _print_indexes(tbl) -> None:
 
 def _print_unfinished(tbl) -> None:
     """Runs that did not commit: failed ones (from the runs table) and any still staged (resumable or running)."""
-    from storage import TableLock, staged_runs
+    from storage import StagingRecord, TableLock, staged_runs
 
     failed = [r for r in tbl.runs() if r.get("status") == "failed"]
     staged = staged_runs(tbl.uri, tbl.storage_options)
@@ -401,11 +401,11 @@ def _print_unfinished(tbl) -> None:
     holder = TableLock(tbl.uri, run_id="inspect", storage_options=tbl.storage_options).live_holder() or {}
     staged_ids = set()
     for s in staged:
-        record = s.read_record() or {}
+        record = s.read_record() or StagingRecord(run_id=s.run_id, status="")
         staged_ids.add(s.run_id)
-        running = holder.get("run_id") == s.run_id and record.get("status") in ("running", "committing")
-        resumable = record.get("read_version") == tbl.version
-        status = "running" if running else (record.get("status") or "?")
+        running = holder.get("run_id") == s.run_id and record.status in ("running", "committing")
+        resumable = record.resume_problem(tbl.version) is None
+        status = "running" if running else (record.status or "?")
         if status == "running" and not running:
             status = "interrupted"
         if running:
@@ -417,7 +417,7 @@ def _print_unfinished(tbl) -> None:
         else:
             action = f"embedjob resume {s.run_id}" if resumable else "abandoned: embedjob gc"
         out.add_row(
-            s.run_id, status, str(record.get("started_at", "-"))[:19], f"{sum(len(p.ids) for p in s.parts()):,}", action
+            s.run_id, status, str(record.started_at or "-")[:19], f"{sum(len(p.ids) for p in s.parts()):,}", action
         )
     for r in failed:
         if r["run_id"] not in staged_ids:

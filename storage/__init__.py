@@ -36,18 +36,34 @@ from ._messages import drop_source_locations, error_line
 from ._names import has_control_characters, split_table_uri, table_name_problem
 from ._process import process_alive, process_start_ticks
 from ._provenance import METADATA_KEY, Provenance
+from ._runs import RUNS_SCHEMA, VERSION, RunRecord
 from ._s3 import ObjectStore, StoreError, check_store
 from ._sample import NoStoredTextError, sample_texts
 from ._schema import REJECTS_SCHEMA, VECTOR_DTYPES, content_hash, output_schema, vector_array, vector_column
-from ._staging import RunIdError, RunStaging, StagedPart, is_run_id, new_run_id, staged_runs, staging_dir
+from ._staging import (
+    AFTER_COMMIT,
+    RunIdError,
+    RunStaging,
+    RunStatus,
+    StagedPart,
+    StagingRecord,
+    is_run_id,
+    new_run_id,
+    rows_per_node,
+    staged_runs,
+    staging_dir,
+)
 from ._table import EmbeddingTable, TableNotFoundError, open_table
 
 __all__ = [
+    "AFTER_COMMIT",
     "INDEX_TYPES",
     "METADATA_KEY",
     "MIN_INDEX_ROWS",
     "REJECTS_SCHEMA",
+    "RUNS_SCHEMA",
     "VECTOR_DTYPES",
+    "VERSION",
     "EmbeddingTable",
     "FunnelStage",
     "GcReport",
@@ -59,8 +75,11 @@ __all__ = [
     "ObjectStore",
     "Provenance",
     "RunIdError",
+    "RunRecord",
     "RunStaging",
+    "RunStatus",
     "StagedPart",
+    "StagingRecord",
     "StoreError",
     "TableLock",
     "TableLocked",
@@ -100,6 +119,7 @@ __all__ = [
     "read_hashes",
     "read_provenance",
     "read_rows",
+    "rows_per_node",
     "sample_texts",
     "save_calibration",
     "sibling_uri",

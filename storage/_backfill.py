@@ -55,9 +55,11 @@ def commit_new_columns(
     schema: pa.Schema,
     read_version: int,
     storage_options: Mapping[str, str] | None = None,
+    message: str | None = None,
 ) -> int:
-    """One commit adding the columns (``schema`` is the whole new schema, metadata included)."""
+    """One commit adding the columns (``schema`` is the whole new schema, metadata included); ``message``
+    names the run (``commit_message``), so whether it landed can be told later."""
     op = lance.LanceOperation.Merge(
         [FragmentMetadata.from_json(f) for f in fragments], LanceSchema.from_pyarrow(schema)
     )
-    return commit_operation(uri, op, read_version=read_version, storage_options=storage_options)
+    return commit_operation(uri, op, read_version=read_version, storage_options=storage_options, message=message)

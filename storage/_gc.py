@@ -14,7 +14,7 @@ from ._files import filesystem
 from ._lance_io import read_provenance, sibling_uri, table_exists
 from ._lock import TableLock
 from ._provenance import METADATA_KEY, Provenance
-from ._staging import staged_runs
+from ._staging import StagingRecord, staged_runs
 from ._table import TableNotFoundError
 
 __all__ = ["GcReport", "collect_garbage"]
@@ -65,16 +65,14 @@ def collect_garbage(
         ds = lance.dataset(table_uri, storage_options=opts)
         now = datetime.now(UTC)
         for staging in staged_runs(table_uri, opts):
-            record = staging.read_record() or {}
-            status = record.get("status")
-            if status == "committing" or (status == "committed" and record.get("pending")):
+            record = staging.read_record() or StagingRecord(run_id=staging.run_id, status="")
+            if record.bookkeeping_pending:
                 # committed (or maybe: the table's commit message says), its bookkeeping not finished: the
                 # job's next run or `embedjob resume RUN_ID` needs this record to write it
                 report.staging_kept.append(staging.run_id)
                 continue
-            started = record.get("started_at")
-            age = now - datetime.fromisoformat(started) if started else timedelta.max
-            resumable = record.get("status") != "committed" and record.get("read_version") == int(ds.version)
+            age = now - datetime.fromisoformat(record.started_at) if record.started_at else timedelta.max
+            resumable = record.resume_problem(int(ds.version)) is None
             if resumable and age < older_than:
                 report.staging_kept.append(staging.run_id)
             else:

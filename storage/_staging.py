@@ -20,13 +20,25 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from ._files import delete_tree, list_dir, read_bytes, table_stem, write_bytes
 
-__all__ = ["RunIdError", "RunStaging", "StagedPart", "is_run_id", "new_run_id", "staged_runs", "staging_dir"]
+__all__ = [
+    "RunIdError",
+    "RunStaging",
+    "RunStatus",
+    "StagedPart",
+    "StagingRecord",
+    "is_run_id",
+    "new_run_id",
+    "rows_per_node",
+    "staged_runs",
+    "staging_dir",
+]
 
 _RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 
@@ -60,6 +72,84 @@ def staging_dir(table_uri: str) -> str:
     return f"{table_stem(table_uri)}_staging"
 
 
+class RunStatus(StrEnum):
+    """Where a staged run got to (its staging record's ``status``)."""
+
+    RUNNING = "running"
+    COMMITTING = "committing"  # its summary is recorded; the commit may or may not have landed
+    COMMITTED = "committed"  # the commit landed; bookkeeping may still be pending
+    FAILED = "failed"
+
+
+#: the bookkeeping after a commit, in order: each step is retried, and one that still fails stays pending in
+#: the run's staging record for the job's next run (or ``embedjob resume RUN_ID``) to finish
+AFTER_COMMIT = ("rejects", "runs")
+
+
+@dataclass
+class StagingRecord:
+    """A run's ``run.json``: what it is (job, spec, mode, the version it planned against, what made its
+    vectors) and where it got to."""
+
+    run_id: str
+    status: str = RunStatus.RUNNING
+    job: str | None = None
+    spec: dict[str, Any] | None = None
+    mode: str | None = None
+    read_version: int | None = None
+    provenance: dict[str, Any] | None = None
+    started_at: str | None = None
+    attempts: int = 1
+    error: str | None = None
+    failed_at: str | None = None
+    #: the run's summary, recorded before its commit (a driver killed right after the commit leaves it)
+    summary: dict[str, Any] | None = None
+    #: this attempt's rejected rows' fragments, and the rejects table's version when the run committed
+    rejects: list[str] = field(default_factory=list)
+    rejects_version: int | None = None
+    #: bookkeeping steps (AFTER_COMMIT) not done yet
+    pending: list[str] = field(default_factory=lambda: list(AFTER_COMMIT))
+    table_version: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], run_id: str) -> StagingRecord:
+        """Reads records of older and newer versions alike: missing fields take their defaults, unknown ones
+        are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        values.setdefault("run_id", run_id)
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in asdict(self).items()}
+
+    @property
+    def bookkeeping_pending(self) -> bool:
+        """Committed, or maybe (the table's commit message decides), with bookkeeping left: the job's next run
+        or ``embedjob resume`` needs this record."""
+        return self.status == RunStatus.COMMITTING or (self.status == RunStatus.COMMITTED and bool(self.pending))
+
+    def resume_problem(
+        self, table_version: int | None, *, provenance: Mapping[str, Any] | None = None, mode: str | None = None
+    ) -> str | None:
+        """Why this run cannot be resumed against the table at ``table_version`` (and, when given, a job
+        with this provenance and mode); None when it can. The one rule for ``run``, ``resume``, ``gc`` and
+        ``inspect``: a run that did not commit, planned against the table's current version, with the
+        same model, granularities and mode."""
+        if self.status in (RunStatus.COMMITTED, RunStatus.COMMITTING):
+            return f"it is {self.status}"
+        if self.read_version != table_version:
+            return (
+                f"it planned against table version {self.read_version}, the table is at {table_version} "
+                f"now (another run committed meanwhile)"
+            )
+        if provenance is not None and self.provenance != dict(provenance):
+            return "the job's model or granularities differ from the run's"
+        if mode is not None and self.mode != mode:
+            return f"the run used mode {self.mode!r}, this job {mode!r}"
+        return None
+
+
 @dataclass
 class StagedPart:
     """One written batch: its fragments and what they hold."""
@@ -75,6 +165,8 @@ class StagedPart:
     #: Ray node id -> how many of ``ids`` an encoder actor on that node embedded (empty in parts
     #: written before nodes were recorded)
     nodes: dict[str, int] = field(default_factory=dict)
+    #: rows the fragments hold where ``ids`` are not listed (a backfill's part: one fragment's new columns)
+    rows: int = 0
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -103,17 +195,19 @@ class RunStaging:
         return f"RunStaging({self.uri!r})"
 
     # ----------------------------------------------------------------- record
-    def write_record(self, record: Mapping[str, Any]) -> None:
-        write_bytes(f"{self.uri}/run.json", json.dumps(dict(record), default=str).encode(), self.storage_options)
+    def write_record(self, record: StagingRecord) -> None:
+        write_bytes(f"{self.uri}/run.json", json.dumps(record.to_json(), default=str).encode(), self.storage_options)
 
-    def read_record(self) -> dict[str, Any] | None:
+    def read_record(self) -> StagingRecord | None:
         try:
-            return json.loads(read_bytes(f"{self.uri}/run.json", self.storage_options))
+            data = json.loads(read_bytes(f"{self.uri}/run.json", self.storage_options))
         except FileNotFoundError:
             return None
+        return StagingRecord.from_json(data, self.run_id)
 
-    def update_record(self, **changes: Any) -> dict[str, Any]:
-        record = {**(self.read_record() or {}), **changes}
+    def update_record(self, **changes: Any) -> StagingRecord:
+        """The record with ``changes`` (field names of :class:`StagingRecord`), written back."""
+        record = replace(self.read_record() or StagingRecord(run_id=self.run_id), **changes)
         self.write_record(record)
         return record
 
@@ -131,6 +225,16 @@ class RunStaging:
 
     def remove(self) -> None:
         delete_tree(self.uri, self.storage_options)
+
+
+def rows_per_node(parts: list[StagedPart]) -> dict[str, int]:
+    """Ray node id -> rows the parts' encoder actors embedded there, the node with most rows first (ties by node
+    id; parts staged before nodes were recorded count nowhere)."""
+    total: dict[str, int] = {}
+    for part in parts:
+        for node, n in part.nodes.items():
+            total[node] = total.get(node, 0) + n
+    return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def staged_runs(table_uri: str, storage_options: Mapping[str, str] | None = None) -> list[RunStaging]:

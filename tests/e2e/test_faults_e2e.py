@@ -119,7 +119,7 @@ def test_driver_killed_mid_run_then_resumed(ray_local, tmp_path, minilm_path, dr
     assert lance.dataset(str(out)).version == 1 and lance.dataset(str(out)).count_rows() == 50
     (staging,) = staged_runs(str(out))
     staged = sum(len(p.ids) for p in staging.parts())
-    assert staging.read_record()["status"] == "running"
+    assert staging.read_record().status == "running"
     assert 0 < staged < 1200, staged
 
     shown = CliRunner().invoke(app, ["inspect", str(out)])
@@ -217,7 +217,7 @@ def test_a_driver_killed_after_its_commit_is_recorded_committed(ray_local, s3_en
             proc.wait(timeout=30)
         (staging,) = staged_runs(uri, direct)
         record = staging.read_record()
-        assert (record["status"], record["table_version"], record["pending"]) == ("committed", 1, ["runs"])
+        assert (record.status, record.table_version, record.pending) == ("committed", 1, ["runs"])
 
         again = run_job(job, progress=False)  # the next night
     assert (again.rows_unchanged, again.table_version) == (60, 1)

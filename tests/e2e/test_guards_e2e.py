@@ -139,7 +139,7 @@ def test_bookkeeping_that_fails_after_the_commit_leaves_the_run_committed(ray_lo
     assert lance.dataset(uri).version == 1 and lance.dataset(uri).count_rows() == 20
     (staging,) = staged_runs(uri)
     record = staging.read_record()
-    assert (record["status"], record["table_version"], record["pending"]) == ("committed", 1, ["runs"])
+    assert (record.status, record.table_version, record.pending) == ("committed", 1, ["runs"])
 
     runs_path.unlink()  # the operator clears it; the next night finishes the bookkeeping first
     ROWS2 = {**ROWS, "new": "A new passage about glaciers."}
@@ -158,10 +158,8 @@ def test_a_run_killed_between_its_commit_and_its_record_is_found_committed(ray_l
     """The staging record says "committing" (the driver died right after the commit): the table's commit
     message decides. With the commit in the table the run is recorded committed, never abandoned; without
     it, it failed and is resumed."""
-    from jobs._checks import check_job
-    from jobs._run import finish_committed_runs
-    from jobs._spec import load_job
-    from storage import commit_changes, commit_message, new_run_id
+    from jobs import check_job, finish_committed_runs, load_job
+    from storage import StagingRecord, commit_changes, commit_message, new_run_id
 
     corpus = tmp_path / "docs.parquet"
     _corpus(corpus, ROWS)
@@ -172,24 +170,32 @@ def test_a_run_killed_between_its_commit_and_its_record_is_found_committed(ray_l
     # what the dead driver left: its record, and its commit (deleting d19) in the table
     landed = RunStaging(uri, summary["run_id"])
     landed.write_record(
-        {"status": "committing", "read_version": 1, "mode": "incremental", "summary": summary, "pending": ["runs"]}
+        StagingRecord(
+            run_id=landed.run_id,
+            status="committing",
+            read_version=1,
+            mode="incremental",
+            summary=summary,
+            pending=["runs"],
+        )
     )
     commit_changes(uri, new_fragments=[], delete_ids=["d19"], read_version=1, message=commit_message(landed.run_id))
     # and one whose commit never happened
     lost = RunStaging(uri, new_run_id())
     lost.write_record(
-        {
-            "status": "committing",
-            "read_version": 2,
-            "mode": "incremental",
-            "summary": summary | {"run_id": lost.run_id, "read_version": 2},
-        }
+        StagingRecord(
+            run_id=lost.run_id,
+            status="committing",
+            read_version=2,
+            mode="incremental",
+            summary=summary | {"run_id": lost.run_id, "read_version": 2},
+        )
     )
 
     done = finish_committed_runs(check_job(load_job(job), source_name=str(job)))
     assert list(done) == [landed.run_id] and done[landed.run_id].table_version == 2
     assert landed.read_record() is None  # bookkeeping finished, staging removed
-    assert lost.read_record()["status"] == "failed"
+    assert lost.read_record().status == "failed"
     (row,) = [r for r in open_table(uri).runs() if r["run_id"] == landed.run_id]
     assert (row["status"], row["table_version"], row["rows_deleted"]) == ("committed", 2, 1)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,9 +11,10 @@ import pytest
 
 from bench.corpora import passages
 from jobs import JobSpecError, run_job
-from storage import TableLock, TableLocked, open_table, staged_runs
+from storage import TableLock, TableLocked, open_table, staged_runs, staging_dir
 
 from ..conftest import write_job
+from ..processes import kill_once
 from .audit import audit_table
 
 GRANS = ["l2_d32", "l4_d64"]
@@ -112,19 +115,30 @@ def test_append_refuses_ids_the_table_has(ray_local, tmp_path, tiny_bert_dir):
     assert reject["id"] == "b" and reject["reason"].startswith("id already in the table")
 
 
-def test_actor_killed_mid_batch_still_commits_every_id_once(ray_local, tmp_path, tiny_bert_dir, monkeypatch):
-    """Fault test 1: an encoder actor SIGKILLs itself on its 3rd batch; Ray restarts it and retries."""
-    rows = {f"d{i:04d}": t for i, t in enumerate(passages(600, words=40))}
+def test_actor_killed_mid_batch_still_commits_every_id_once(ray_local, tmp_path, tiny_bert_dir):
+    """Fault test 1: an encoder actor is SIGKILLed once the run has staged a part; Ray restarts it and retries."""
+    rows = {f"d{i:04d}": t for i, t in enumerate(passages(1500, words=40))}
     corpus = tmp_path / "docs.parquet"
     _corpus(corpus, rows)
-    marker = tmp_path / "kill-once"
-    marker.write_text("3")
-    monkeypatch.setenv("EMBEDJOB_FAULT_KILL_ONCE", str(marker))
-    summary = run_job(_job(tmp_path, corpus, tiny_bert_dir), progress=False)
-    assert not marker.exists() and (tmp_path / "kill-once.fired").exists()  # the kill happened
-    assert summary.rows_embedded == 600
+    out = tmp_path / "out" / "docs.lance"
+    job = write_job(
+        tmp_path / "job.toml",
+        granularities=GRANS,
+        input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
+        model={"path": str(tiny_bert_dir)},
+        output={"uri": str(out)},
+        cluster={"rows_per_block": 25, "rows_per_part": 25},
+    )
+
+    def staged_a_part() -> bool:
+        return any(Path(staging_dir(str(out))).glob("*/parts/*.json"))
+
+    with kill_once("EncodeActor", when=staged_a_part) as kill:
+        summary = run_job(job, progress=False)
+    assert kill.pid is not None, "the encoder actor was not killed while the run went on"
+    assert summary.rows_embedded == 1500
     audit = audit_table(summary.table_uri, rows, tiny_bert_dir)
-    print("actor kill:", audit)
+    print("actor kill:", audit, kill.command)
     assert audit.clean, audit
 
 
@@ -196,7 +210,7 @@ def test_add_granularity_backfills_only_the_new_column(ray_local, tmp_path, tiny
 
 
 def test_a_run_that_can_no_longer_be_resumed_is_recorded_abandoned_and_cleaned(ray_local, tmp_path, tiny_bert_dir):
-    from storage import RunStaging
+    from storage import RunStaging, StagingRecord
 
     corpus = tmp_path / "docs.parquet"
     _corpus(corpus, {"a": "alpha text", "b": "beta text"})
@@ -204,7 +218,9 @@ def test_a_run_that_can_no_longer_be_resumed_is_recorded_abandoned_and_cleaned(r
     first = run_job(job, progress=False)
     # an interrupted run that planned against a version the table has moved past
     dead = RunStaging(first.table_uri, "20261101T000000Z-deadbeef")
-    dead.write_record({"status": "running", "read_version": 0, "mode": "incremental", "job": str(job)})
+    dead.write_record(
+        StagingRecord(run_id=dead.run_id, status="running", read_version=0, mode="incremental", job=str(job))
+    )
     _corpus(corpus, {"a": "alpha text", "b": "beta text", "c": "gamma text"})
     second = run_job(job, progress=False)
     assert second.rows_resumed == 0 and second.rows_new == 1

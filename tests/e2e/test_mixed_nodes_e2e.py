@@ -30,7 +30,7 @@ _PLACE = """
 import json, sys, types
 import ray
 from cluster import ray_session
-from cluster._pipeline import actor_placement, start_pool
+from cluster import PoolRequest, actor_placement, start_pool
 from cluster._stages import load_encoder
 from embedder import EncoderConfig
 
@@ -45,7 +45,7 @@ class Slot:
         return ray.get_runtime_context().get_node_id(), torch.get_num_threads()
 
 def request(gpus_per_actor):
-    return types.SimpleNamespace(progress=False, actors=None, gpus_per_actor=gpus_per_actor, cpus_per_actor=None)
+    return PoolRequest(gpus_per_actor=gpus_per_actor, progress=False)
 
 out = {}
 with ray_session(address):

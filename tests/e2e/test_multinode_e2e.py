@@ -27,8 +27,7 @@ from .audit import audit_table
 # as `embedjob run` does and writes the RunSummary's fields as JSON
 _DRIVER = """
 import dataclasses, json, sys
-from jobs._backfill import backfill_job
-from jobs._run import run_job
+from jobs import backfill_job, run_job
 from jobs.cli import _print_summary
 overrides = {"cluster.address": sys.argv[2]}
 if len(sys.argv) > 4:  # --add-granularity

@@ -18,7 +18,7 @@ from .audit import audit_table
 _DRIVER = """
 import dataclasses, json, sys
 import ray
-from jobs._run import run_job
+from jobs import run_job
 ray.init(num_cpus=1, include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
 summary = run_job(sys.argv[1], progress=False)
 with open(sys.argv[2], "w") as fh:

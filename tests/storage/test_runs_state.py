@@ -16,6 +16,7 @@ from storage import (
     METADATA_KEY,
     RunStaging,
     StagedPart,
+    StagingRecord,
     TableLock,
     TableLocked,
     TableMovedError,
@@ -92,14 +93,14 @@ def test_lock_with_an_expired_lease_is_taken_over_and_the_loser_notices(tmp_path
 def test_staging_parts_are_durable_and_idempotent(tmp_path):
     uri = str(tmp_path / "t.lance")
     staging = RunStaging(uri, "20261123T000000Z-aaaaaaaa")
-    staging.write_record({"status": "running", "read_version": 3})
+    staging.write_record(StagingRecord(run_id=staging.run_id, status="running", read_version=3))
     staging.add_part(StagedPart(key="k1", fragments=["f1"], ids=["a", "b"], tokens=7))
     staging.add_part(StagedPart(key="k1", fragments=["f1b"], ids=["a", "b"], tokens=7))  # a retried task
     staging.add_part(StagedPart(key="k2", fragments=["f2"], ids=[3], reasons={"null text": 1}, rejected=1))
     again = RunStaging(uri, "20261123T000000Z-aaaaaaaa")
     parts = sorted(again.parts(), key=lambda p: p.key)
     assert [(p.key, p.fragments, p.ids) for p in parts] == [("k1", ["f1b"], ["a", "b"]), ("k2", ["f2"], [3])]
-    assert again.update_record(status="failed")["read_version"] == 3
+    assert again.update_record(status="failed").read_version == 3
     assert [s.run_id for s in staged_runs(uri)] == ["20261123T000000Z-aaaaaaaa"]
     again.remove()
     assert staged_runs(uri) == []
@@ -146,11 +147,15 @@ def test_gc_removes_abandoned_staging_orphan_files_and_old_versions(tmp_path):
     # a run that planned against version 1 and died: the table moved on, so it can't be resumed
     dead = RunStaging(uri, "20261101T000000Z-0000dead")
     orphan = write_fragments(pa.table({"id": ["x"], "content_hash": ["h"], "v": [9]}), uri, ds.schema)
-    dead.write_record({"status": "running", "read_version": 1, "started_at": "2026-11-01T00:00:00+00:00"})
+    dead.write_record(
+        StagingRecord(run_id=dead.run_id, status="running", read_version=1, started_at="2026-11-01T00:00:00+00:00")
+    )
     dead.add_part(StagedPart(key="k", fragments=orphan, ids=["x"]))
     # a run against the current version that can still be resumed
     live = RunStaging(uri, "20261123T000000Z-00001111")
-    live.write_record({"status": "failed", "read_version": 2, "started_at": "2099-01-01T00:00:00+00:00"})
+    live.write_record(
+        StagingRecord(run_id=live.run_id, status="failed", read_version=2, started_at="2099-01-01T00:00:00+00:00")
+    )
     files_before = len(list((tmp_path / "t.lance" / "data").iterdir()))
 
     report = collect_garbage(uri, older_than=timedelta(days=1))

@@ -1,0 +1,32 @@
+"""A run's summary: its row of the runs table (``storage.RunRecord``) plus what only the driver sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from storage import RunRecord
+
+__all__ = ["RunSummary"]
+
+
+@dataclass
+class RunSummary(RunRecord):
+    """What ``run_job`` returns and ``embedjob run`` prints."""
+
+    calibration: str | None = None  # the calibration's fingerprint (also in the table's provenance)
+    calibration_origin: str = "none"
+    seconds_calibration: float = 0.0  # fitting one first (calibration = "auto" with none to reuse)
+    indexes: list[dict[str, Any]] = field(default_factory=list)  # the job's [index] section, after the commit
+    #: Ray node id -> rows whose encoder actor ran there (summed over the committed parts; not in the runs table)
+    rows_per_node: dict[str, int] = field(default_factory=dict)
+    #: what went wrong after the commit (bookkeeping that could not be finished), and what to run about it
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_embedded / self.seconds_pipeline if self.seconds_pipeline else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds_pipeline if self.seconds_pipeline else 0.0
