@@ -15,7 +15,7 @@ from ._calibrations import (
 from ._changes import commit_changes, read_hashes
 from ._funnel import FunnelStage, parse_stages
 from ._gc import GcReport, collect_garbage
-from ._index import INDEX_TYPES, MIN_INDEX_ROWS, IndexParams, IndexReport, VectorIndexError, build_index, index_params
+from ._index import MIN_INDEX_ROWS, IndexParams, IndexReport, VectorIndexError, build_index, index_params
 from ._lance_io import (
     TableMovedError,
     append_rows,
@@ -43,7 +43,6 @@ from ._staging import RunIdError, RunStaging, StagedPart, is_run_id, new_run_id,
 from ._table import EmbeddingTable, TableNotFoundError, open_table
 
 __all__ = [
-    "INDEX_TYPES",
     "METADATA_KEY",
     "MIN_INDEX_ROWS",
     "REJECTS_SCHEMA",
