@@ -6,9 +6,9 @@ checks membership against and names in its own messages). The sets the
 encoder itself needs (poolings, model dtypes) live in ``embedder``, which
 cannot import storage, and are re-exported here: import them from here.
 
-The output mode a run uses is decided by :func:`resolve_mode`, and what a
-mode does to the table by the predicates below it; nothing else compares
-mode strings.
+The output mode a run uses is decided by :func:`resolve_mode` (the job's
+mode and whether the table is there), and what a mode does to the table is
+asked of the predicates below it, rather than spelled as a tuple of modes.
 
 >>> resolve_mode(None, table_exists=True)
 'incremental'
