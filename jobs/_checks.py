@@ -188,9 +188,17 @@ def _validate(
     problems += _index_problems(spec.index, found.granularities)
     # --- output: mode against what is there
     problems += _read_output(out, opts, found)
-    if purpose != "run":
-        return found, problems
-    problems += _read_calibration(spec, out, opts, found)
+    if purpose == "run":
+        problems += _run_problems(spec, backfill, out, opts, found)
+    return found, problems
+
+
+def _run_problems(
+    spec: JobSpec, backfill: tuple[str, ...], out: str, opts: Mapping[str, str] | None, found: _Found
+) -> list[str]:
+    """What only a run checks, in order: the calibration it uses, then the table at ``out`` against the job
+    (``backfill``: against the added granularities)."""
+    problems = _read_calibration(spec, out, opts, found)
     problems += _refit_problems(spec.output.mode, out, found)
     if backfill:
         problems += _backfill_problems(backfill, out, opts, found.existing, found.provenance, found.calibration_pending)
@@ -199,7 +207,7 @@ def _validate(
         problems += _output_problems(
             spec, out, opts, found.output_exists, found.existing, found.provenance, id_type, found.calibration_pending
         )
-    return found, problems
+    return problems
 
 
 def _resolve(spec: JobSpec, found: _Found) -> ResolvedJob:
