@@ -11,7 +11,7 @@ from ._connect import ray_session
 from ._errors import ClusterError, SourceError
 from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
 from ._pool import NodeShare, PoolPlan, PoolRequest, plan_pool
-from ._sources import FORMATS, Source, resolve_source
+from ._sources import Source, resolve_source
 from ._submit import (
     TERMINAL_STATUSES,
     RayJobInfo,
@@ -22,7 +22,6 @@ from ._submit import (
 )
 
 __all__ = [
-    "FORMATS",
     "TERMINAL_STATUSES",
     "BackfillPlan",
     "BackfillResult",

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from embedder import EncoderConfig, weight_files
 from storage import StagedPart, rows_per_node
+from storage.vocab import TOKENIZE_CHOICES, replaces_table
 
 from ._pool import PoolPlan, PoolRequest, plan_pool
 from ._registry import IdRegistry
@@ -109,9 +110,6 @@ class PipelineResult:
         """Ray node id -> rows its encoder actors embedded, most first (parts staged before nodes were
         recorded count nowhere)."""
         return rows_per_node(self.parts)
-
-
-TOKENIZE_CHOICES = ("auto", "actor", "tasks")
 
 
 def resolve_tokenize(choice: str, pool: PoolPlan) -> str:
@@ -305,7 +303,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             schema=plan.schema,
             run_id=plan.run_id,
             storage_options=plan.storage_options,
-            overwrite=plan.mode in ("create", "overwrite"),
+            overwrite=replaces_table(plan.mode),
             rows_per_part=plan.rows_per_part,
         )
         try:

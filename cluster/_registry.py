@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from storage.vocab import keeps_existing_rows, updates_rows
+
 __all__ = ["EMBED", "SKIP", "IdRegistry"]
 
 #: statuses a claim answers with
@@ -47,7 +49,7 @@ class IdRegistry:
         self._batches: dict[bytes, int] = {}
         self._existing: dict[Any, str] = {}
         self._staged: set[Any] = set()
-        if mode in ("incremental", "append") and table_uri and read_version is not None:
+        if keeps_existing_rows(mode) and table_uri and read_version is not None:
             from storage import read_hashes
 
             table = read_hashes(table_uri, read_version, storage_options)
@@ -94,7 +96,7 @@ class IdRegistry:
         old = self._existing.get(id_value)
         if self.mode == "append":
             return EXISTS if old is not None else "new"
-        if self.mode == "incremental" and old is not None:
+        if updates_rows(self.mode) and old is not None:
             return "unchanged" if old == h else "changed"
         return "new"
 
@@ -110,7 +112,7 @@ class IdRegistry:
 
         The second list is empty unless ``delete_missing``.
         """
-        if self.mode != "incremental":
+        if not updates_rows(self.mode):
             return [], []
         replaced = [i for i, s in self._status.items() if s in ("changed", "staged") and i in self._existing]
         missing = []

@@ -13,12 +13,12 @@ from typing import Any
 import pyarrow as pa
 
 from storage import ObjectStore, error_line
+from storage.vocab import INPUT_FORMATS
 
 from ._errors import SourceError
 
-__all__ = ["FORMATS", "Source", "resolve_source"]
+__all__ = ["Source", "resolve_source"]
 
-FORMATS = ("parquet", "jsonl", "csv", "lance")
 _SUFFIXES = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -74,7 +74,7 @@ class Source:
                 return pjson.read_json(pa.BufferReader(head)).schema
         except (OSError, pa.ArrowInvalid, ValueError) as exc:
             raise SourceError(f"cannot read the schema of {first!r} as {self.format}: {exc}") from None
-        raise SourceError(f"input format {self.format!r} is not supported; allowed: {', '.join(FORMATS)}")
+        raise SourceError(f"input format {self.format!r} is not supported; allowed: {', '.join(INPUT_FORMATS)}")
 
     def check_readable(self, max_files: int = 256) -> None:
         """Every parquet file's footer can be read (up to ``max_files`` files): a truncated or damaged file is
@@ -159,7 +159,7 @@ def infer_format(uri: str) -> str:
         return _SUFFIXES[suffix]
     raise SourceError(
         f"cannot tell the format of input {uri!r} from its suffix; set input.format to one of "
-        f"{', '.join(FORMATS)} (suffixes: {', '.join(sorted(_SUFFIXES))})"
+        f"{', '.join(INPUT_FORMATS)} (suffixes: {', '.join(sorted(_SUFFIXES))})"
     )
 
 
@@ -172,8 +172,8 @@ def resolve_source(uri: str, fmt: str | None = None, *, store: ObjectStore | Non
     fmt = (fmt or infer_format(uri)).lower()
     if fmt == "json":
         fmt = "jsonl"
-    if fmt not in FORMATS:
-        raise SourceError(f"input format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
+    if fmt not in INPUT_FORMATS:
+        raise SourceError(f"input format {fmt!r} is not supported; allowed: {', '.join(INPUT_FORMATS)}")
     is_s3 = uri.startswith("s3://")
     if fmt == "lance":
         return Source(uri=uri, format=fmt, paths=(uri,), store=store)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ._batching import Tokenized, find_invalid_texts
 from ._calibration import Calibration, CalibrationInfo, LayerFit
 from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, fit_calibration, heldout_mask
-from ._config import EncoderConfig, Pooling
+from ._config import MODEL_DTYPES, POOLINGS, EncoderConfig, ModelDtype, Pooling, PoolingName
 from ._encoder import ElasticEncoder, EncodeResult, EncodeStats
 from ._errors import (
     CalibrationError,
@@ -26,6 +26,8 @@ from ._tokenizer import TextTokenizer, cached_tokenizer, tokenized_from_flat
 
 __all__ = [
     "DEFAULT_ALPHAS",
+    "MODEL_DTYPES",
+    "POOLINGS",
     "STARBUCKS",
     "Calibration",
     "CalibrationError",
@@ -41,8 +43,10 @@ __all__ = [
     "GranularityError",
     "InvalidTextError",
     "LayerFit",
+    "ModelDtype",
     "ModelError",
     "Pooling",
+    "PoolingName",
     "TextTokenizer",
     "Tokenized",
     "UnsupportedModelError",

@@ -11,14 +11,23 @@ import enum
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from ._errors import EncoderConfigError
 from ._granularity import Granularity, parse_granularities
 
-__all__ = ["EncoderConfig", "Pooling", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "MODEL_DTYPES",
+    "POOLINGS",
+    "EncoderConfig",
+    "ModelDtype",
+    "Pooling",
+    "PoolingName",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 logger = logging.getLogger("embedder")
 
@@ -41,6 +50,15 @@ class Pooling(enum.StrEnum):
                 return member
         raise EncoderConfigError(f"pooling {value!r} is not supported; allowed: {', '.join(m.value for m in cls)}")
 
+
+#: the poolings by the names a job file uses ("mean", "cls", "max", "lasttoken"), from :class:`Pooling`
+POOLINGS: tuple[str, ...] = tuple(m.value for m in Pooling)
+PoolingName = Literal[POOLINGS]  # type: ignore[valid-type]  # built from the enum: one list of names
+
+#: the model dtypes a job file names; "auto": bf16 (or fp16) on CUDA, float32 elsewhere. The config also
+#: takes the aliases in ``_DTYPES`` (fp16, half, bf16, ...)
+ModelDtype = Literal["auto", "float32", "float16", "bfloat16"]
+MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
 
 _DTYPES = {
     "float32": torch.float32,

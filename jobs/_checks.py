@@ -2,12 +2,17 @@
 
 Reads schemas and configs, never the data or the weights' tensors (the
 weights' bytes are hashed once for the fingerprint).
+
+:func:`check_job` validates, then resolves: :func:`_validate` runs the checks
+in order, each a small function returning its problems (what they read on the
+way, the input's schema, the model dir, the table at ``output.uri``, is kept in
+a :class:`_Found`); :func:`_resolve` turns a job that passed into the plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,9 +45,10 @@ from storage import (
     sibling_uri,
     table_exists,
 )
+from storage.vocab import OutputMode, keeps_existing_rows, replaces_table, resolve_mode
 
 from . import __version__
-from ._spec import JobSpec, JobSpecError
+from ._spec import CalibrateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError
 
 __all__ = ["ResolvedJob", "check_job"]
 
@@ -70,20 +76,13 @@ class ResolvedJob:
     calibration_origin: str = "none"
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> OutputMode:
         """The output mode this run uses: the spec's, where unset "incremental" once the table exists."""
-        mode = self.spec.output.mode
-        if mode is None:
-            return "incremental" if self.output_exists else "create"
-        if mode in ("incremental", "append") and not self.output_exists:
-            return "create"
-        return mode
+        return resolve_mode(self.spec.output.mode, self.output_exists)
 
     @property
     def storage_options(self) -> dict[str, str] | None:
-        if self.store is None or not self.output_uri.startswith("s3://"):
-            return None
-        return self.store.lance_options()
+        return _lance_options(self.output_uri, self.store)
 
     def fit_layers(self) -> tuple[int, ...]:
         """The exit layers a calibration for this job fits maps for (``[calibrate] layers``)."""
@@ -135,105 +134,250 @@ def check_job(
     ``backfill``: granularities to add to the existing table as new columns
     (the job lists the table's granularities plus these).
     """
-    problems: list[str] = []
-    uses_s3 = spec.input.uri.startswith("s3://") or spec.output.uri.startswith("s3://")
-    store = (
-        ObjectStore.from_env(
-            endpoint=spec.storage.endpoint, region=spec.storage.region, allow_http=spec.storage.allow_http
-        )
-        if uses_s3
-        else None
-    )
-    if store is not None and not store.has_credentials and spec.storage.endpoint:
-        problems.append(
-            "storage: an S3 endpoint is set but AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not in the environment"
-        )
-    if store is not None:
+    found, problems = _validate(spec, purpose=purpose, backfill=backfill)
+    if problems:
+        raise JobSpecError(source_name, problems)
+    return _resolve(spec, found)
+
+
+@dataclass
+class _Found:
+    """What the checks read on the way, for the checks after them and for :func:`_resolve`.
+
+    Filled in order by :func:`_validate`; a field stays empty where its read failed (a problem says why).
+    """
+
+    store: ObjectStore | None
+    source: Source | None = None
+    input_schema: pa.Schema | None = None
+    granularities: tuple[Granularity, ...] = ()
+    encoder: EncoderConfig | None = None
+    #: how the run's vectors are made; names the calibration once one is found
+    provenance: Provenance | None = None
+    #: the provenance of the table at output.uri (None: no table there, or not an embedjob one)
+    existing: Provenance | None = None
+    output_exists: bool = False
+    calibration: Calibration | None = None
+    calibration_pending: bool = False
+    calibration_origin: str = "none"
+
+
+def _validate(
+    spec: JobSpec, *, purpose: Literal["run", "calibrate"], backfill: tuple[str, ...]
+) -> tuple[_Found, list[str]]:
+    """Every check, in order: what they read, and every problem they found.
+
+    Stops early only after the store checks; a check that needs an earlier
+    read (the input's schema, the model's depth, a provenance) is skipped when
+    that read failed, its problem already listed.
+    """
+    found = _Found(store=_object_store(spec))
+    problems = [*_credential_problems(spec, found.store), *_store_problems(spec, found.store)]
+    if problems:
         # the store itself first, fast and in one line each: the checks below would only repeat an
         # unreachable endpoint or bad credentials, slowly, through three libraries' retries
-        for key, uri in (("input.uri", spec.input.uri), ("output.uri", spec.output.uri)):
-            if uri.startswith("s3://"):
-                try:
-                    check_store(uri, store.lance_options())
-                except StoreError as exc:
-                    problems.append(f"{key} = {uri!r}: {exc}")
-        if problems:
-            raise JobSpecError(source_name, problems)
-
+        return found, problems
+    out = spec.output.uri
+    opts = _lance_options(out, found.store)
     # --- input: files exist, columns exist, text column holds text
-    source = None
-    id_type: pa.DataType = pa.string()
-    passthrough_fields: list[pa.Field] = []
+    problems += _read_input(spec.input, found)
+    problems += _input_problems(spec.input, found.source, found.input_schema)
+    # --- model and granularities: validated without loading weights
+    problems += _read_model(spec, found)
+    problems += _calibrate_layers_problems(spec.calibrate, found.provenance)
+    problems += _index_problems(spec.index, found.granularities)
+    # --- output: mode against what is there
+    problems += _read_output(out, opts, found)
+    if purpose == "run":
+        problems += _run_problems(spec, backfill, out, opts, found)
+    return found, problems
+
+
+def _run_problems(
+    spec: JobSpec, backfill: tuple[str, ...], out: str, opts: Mapping[str, str] | None, found: _Found
+) -> list[str]:
+    """What only a run checks, in order: the calibration it uses, then the table at ``out`` against the job
+    (``backfill``: against the added granularities)."""
+    problems = _read_calibration(spec, out, opts, found)
+    problems += _refit_problems(spec.output.mode, out, found)
+    if backfill:
+        problems += _backfill_problems(backfill, out, opts, found.existing, found.provenance, found.calibration_pending)
+    else:
+        id_type = _id_type(spec.input, found.input_schema)
+        problems += _output_problems(
+            spec, out, opts, found.output_exists, found.existing, found.provenance, id_type, found.calibration_pending
+        )
+    return problems
+
+
+def _resolve(spec: JobSpec, found: _Found) -> ResolvedJob:
+    """The plan for a job that passed :func:`_validate`: the output schema (provenance, id type, passthrough
+    columns) and the URIs next to the table."""
+    source, input_schema, provenance = found.source, found.input_schema, found.provenance
+    assert source is not None and input_schema is not None and found.encoder is not None and provenance is not None
+    schema = output_schema(
+        provenance,
+        id_type=_id_type(spec.input, input_schema),
+        passthrough=[input_schema.field(col) for col in spec.input.columns],
+        store_text=spec.output.store_text,
+    )
+    out = spec.output.uri
+    return ResolvedJob(
+        spec=spec,
+        source=source,
+        granularities=found.granularities,
+        encoder=found.encoder,
+        provenance=provenance,
+        schema=schema,
+        output_uri=out,
+        rejects_uri=sibling_uri(out, "rejects"),
+        runs_uri=sibling_uri(out, "runs"),
+        output_exists=found.output_exists,
+        store=found.store,
+        calibration=found.calibration,
+        calibration_pending=found.calibration_pending,
+        calibration_origin=found.calibration_origin,
+    )
+
+
+def _object_store(spec: JobSpec) -> ObjectStore | None:
+    """The S3 store the job reads or writes (settings from ``[storage]`` and the environment); None off S3."""
+    if not (spec.input.uri.startswith("s3://") or spec.output.uri.startswith("s3://")):
+        return None
+    return ObjectStore.from_env(
+        endpoint=spec.storage.endpoint, region=spec.storage.region, allow_http=spec.storage.allow_http
+    )
+
+
+def _lance_options(uri: str, store: ObjectStore | None) -> dict[str, str] | None:
+    """The storage options Lance needs for ``uri``: the store's where ``uri`` is on S3, else none."""
+    if store is None or not uri.startswith("s3://"):
+        return None
+    return store.lance_options()
+
+
+def _credential_problems(spec: JobSpec, store: ObjectStore | None) -> list[str]:
+    """An S3 endpoint named in ``[storage]`` comes with keys in the environment."""
+    if store is None or store.has_credentials or not spec.storage.endpoint:
+        return []
+    return ["storage: an S3 endpoint is set but AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not in the environment"]
+
+
+def _store_problems(spec: JobSpec, store: ObjectStore | None) -> list[str]:
+    """Each ``s3://`` URI of the job reaches its store with these credentials (one quick request each)."""
+    if store is None:
+        return []
+    problems = []
+    for key, uri in (("input.uri", spec.input.uri), ("output.uri", spec.output.uri)):
+        if uri.startswith("s3://"):
+            try:
+                check_store(uri, store.lance_options())
+            except StoreError as exc:
+                problems.append(f"{key} = {uri!r}: {exc}")
+    return problems
+
+
+def _read_input(inp: InputSpec, found: _Found) -> list[str]:
+    """Lists the input's files and reads their schema (footers, not rows) into ``found``."""
     try:
-        source = resolve_source(spec.input.uri, spec.input.format, store=store)
+        source = resolve_source(inp.uri, inp.format, store=found.store)
         schema = source.schema()
         source.check_readable()
-        names = schema.names
-        for key, col in (("id_column", spec.input.id_column), ("text_column", spec.input.text_column)):
-            if col not in names:
-                problems.append(
-                    f"input.{key} = {col!r} is not a column of {source.paths[0]}; columns: {', '.join(names)}"
-                )
-        for col in spec.input.columns:
-            if col not in names:
-                problems.append(
-                    f"input.columns: {col!r} is not a column of {source.paths[0]}; columns: {', '.join(names)}"
-                )
-            elif (
-                col in RESERVED_COLUMNS
-                or col.startswith("vec_")
-                or col in (spec.input.id_column, spec.input.text_column)
-            ):
-                problems.append(
-                    f"input.columns: {col!r} clashes with an output column; "
-                    f"reserved: {', '.join(RESERVED_COLUMNS)}, vec_*"
-                )
-            else:
-                passthrough_fields.append(schema.field(col))
-        if spec.input.text_column in names:
-            ttype = schema.field(spec.input.text_column).type
-            if ttype not in _TEXT_TYPES and ttype != pa.null():
-                problems.append(
-                    f"input.text_column {spec.input.text_column!r} has type {ttype}; expected a string or binary column"
-                )
-        if spec.input.id_column in names:
-            id_type = schema.field(spec.input.id_column).type
-            if pa.types.is_nested(id_type) or pa.types.is_floating(id_type):
-                problems.append(
-                    f"input.id_column {spec.input.id_column!r} has type {id_type}; ids must be strings or integers"
-                )
-            if pa.types.is_null(id_type):
-                id_type = pa.string()
-            if pa.types.is_large_string(id_type) or pa.types.is_string_view(id_type):
-                id_type = pa.string()
     except SourceError as exc:
-        problems.append(f"input.uri: {exc}")
+        return [f"input.uri: {exc}"]
+    found.source, found.input_schema = source, schema
+    return []
 
-    # --- model and granularities: validated without loading weights
-    grans: tuple[Granularity, ...] = ()
-    encoder_cfg = None
-    provenance = None
+
+def _input_problems(inp: InputSpec, source: Source | None, schema: pa.Schema | None) -> list[str]:
+    """The ``[input]`` columns against the input's schema (none to check when it could not be read)."""
+    if source is None or schema is None:
+        return []
+    path = source.paths[0]
+    return [
+        *_key_column_problems(inp, schema.names, path),
+        *_passthrough_problems(inp, schema.names, path),
+        *_text_column_problems(inp, schema),
+        *_id_column_problems(inp, schema),
+    ]
+
+
+def _key_column_problems(inp: InputSpec, names: Sequence[str], path: str) -> list[str]:
+    """``id_column`` and ``text_column`` are columns of the input."""
+    return [
+        f"input.{key} = {col!r} is not a column of {path}; columns: {', '.join(names)}"
+        for key, col in (("id_column", inp.id_column), ("text_column", inp.text_column))
+        if col not in names
+    ]
+
+
+def _passthrough_problems(inp: InputSpec, names: Sequence[str], path: str) -> list[str]:
+    """``columns``: each is a column of the input, named unlike every output column."""
+    problems = []
+    for col in inp.columns:
+        if col not in names:
+            problems.append(f"input.columns: {col!r} is not a column of {path}; columns: {', '.join(names)}")
+        elif col in RESERVED_COLUMNS or col.startswith("vec_") or col in (inp.id_column, inp.text_column):
+            problems.append(
+                f"input.columns: {col!r} clashes with an output column; reserved: {', '.join(RESERVED_COLUMNS)}, vec_*"
+            )
+    return problems
+
+
+def _text_column_problems(inp: InputSpec, schema: pa.Schema) -> list[str]:
+    """The text column holds strings or bytes (or only nulls)."""
+    if inp.text_column not in schema.names:
+        return []
+    ttype = schema.field(inp.text_column).type
+    if ttype in _TEXT_TYPES or ttype == pa.null():
+        return []
+    return [f"input.text_column {inp.text_column!r} has type {ttype}; expected a string or binary column"]
+
+
+def _id_column_problems(inp: InputSpec, schema: pa.Schema) -> list[str]:
+    """The id column holds strings or integers (or only nulls)."""
+    if inp.id_column not in schema.names:
+        return []
+    id_type = schema.field(inp.id_column).type
+    if pa.types.is_nested(id_type) or pa.types.is_floating(id_type):
+        return [f"input.id_column {inp.id_column!r} has type {id_type}; ids must be strings or integers"]
+    return []
+
+
+def _id_type(inp: InputSpec, schema: pa.Schema | None) -> pa.DataType:
+    """The output's id type: the id column's, with every string type (and an all-null column) as ``string``."""
+    if schema is None or inp.id_column not in schema.names:
+        return pa.string()
+    id_type = schema.field(inp.id_column).type
+    if pa.types.is_null(id_type) or pa.types.is_large_string(id_type) or pa.types.is_string_view(id_type):
+        return pa.string()
+    return id_type
+
+
+def _read_model(spec: JobSpec, found: _Found) -> list[str]:
+    """Reads the model dir's configs (not its tensors) and checks the granularities against its depth and
+    width; the granularities, the encoder config and the provenance go into ``found``."""
     try:
         mdir = read_model_dir(spec.model.path)
-        grans = resolve_granularities(
+        found.granularities = resolve_granularities(
             spec.granularities,  # type: ignore[arg-type]
             num_layers=mdir.num_layers,
             hidden_size=mdir.hidden_size,
             model_name=mdir.name,
         )
-        encoder_cfg = EncoderConfig(
-            granularities=grans,
+        found.encoder = EncoderConfig(
+            granularities=found.granularities,
             pooling=spec.model.pooling,
             normalize=spec.model.normalize,
             max_length=spec.model.max_length,
             dtype=spec.model.dtype,
             batch_tokens=spec.cluster.batch_tokens,
         )
-        pooling, max_length = mdir.resolve(encoder_cfg.pooling, encoder_cfg.max_length)
-        provenance = Provenance(
+        pooling, max_length = mdir.resolve(found.encoder.pooling, found.encoder.max_length)
+        found.provenance = Provenance(
             model_path=str(mdir.root),
             weights_fingerprint=weights_fingerprint(mdir.root),
-            granularities=tuple(str(g) for g in grans),
+            granularities=tuple(str(g) for g in found.granularities),
             pooling=pooling.value,
             normalize=spec.model.normalize,
             max_length=max_length,
@@ -244,100 +388,104 @@ def check_job(
         )
     except EmbedderError as exc:
         where = "granularities" if isinstance(exc, GranularityError) else "model"
-        problems.append(f"{where}: {exc}")
-    if isinstance(spec.calibrate.layers, list):
-        depth = provenance.num_layers if provenance else None
-        bad = [k for k in spec.calibrate.layers if k < 1 or (depth is not None and k > depth)]
-        if bad:
-            problems.append(
-                f"calibrate.layers: {bad} out of range; allowed: 1..{depth or 'the model depth'}, 'job' or 'all'"
-            )
+        return [f"{where}: {exc}"]
+    return []
 
-    if spec.index is not None and grans:
-        problems.extend(_index_problems(spec, grans))
 
-    # --- output: mode against what is there
-    out = spec.output.uri
-    output_exists = False
-    opts = store.lance_options() if (store and out.startswith("s3://")) else None
+def _calibrate_layers_problems(calibrate: CalibrateSpec, provenance: Provenance | None) -> list[str]:
+    """``[calibrate] layers``, when a list: each within the model's depth (1.. when the model is unread)."""
+    if not isinstance(calibrate.layers, list):
+        return []
+    depth = provenance.num_layers if provenance else None
+    bad = [k for k in calibrate.layers if k < 1 or (depth is not None and k > depth)]
+    if not bad:
+        return []
+    return [f"calibrate.layers: {bad} out of range; allowed: 1..{depth or 'the model depth'}, 'job' or 'all'"]
+
+
+def _read_output(out: str, opts: Mapping[str, str] | None, found: _Found) -> list[str]:
+    """Whether a table is at ``out``, and its provenance, into ``found``."""
     try:
         existing = read_provenance(out, opts)
-        output_exists = existing is not None or table_exists(out, opts)
+        exists = existing is not None or table_exists(out, opts)
     except Exception as exc:
-        problems.append(f"output.uri = {out!r}: cannot check it: {exc}")
-        existing = None
-    calibration, pending, origin = None, False, "none"
-    if purpose == "run" and spec.calibration is not None and provenance is not None:
-        try:
-            calibration, origin = _find_calibration(spec, provenance, grans, existing, out, opts, store)
-        except CalibrationError as exc:
-            problems.append(f"calibration: {exc}")
-        else:
-            pending = calibration is None
-            if calibration is not None:
-                provenance = dataclasses.replace(provenance, calibration=calibration.fingerprint)
-            elif spec.output.mode in ("append", "incremental", None) and output_exists:
-                problems.append(
-                    f"calibration = 'auto': no stored calibration fits this job, and one fitted now would differ "
-                    f"from the table's ({existing.calibration if existing else 'none'}), mixing vectors in "
-                    f"output.uri = {out!r}; use mode = 'overwrite', a new uri, or name a calibration file"
-                )
-    if purpose == "run" and backfill:
-        problems.extend(_backfill_problems(backfill, out, opts, existing, provenance, pending))
-    elif purpose == "run":
-        problems.extend(_output_problems(spec, out, opts, output_exists, existing, provenance, id_type, pending))
-    if problems:
-        raise JobSpecError(source_name, problems)
-    assert source is not None and encoder_cfg is not None and provenance is not None
-    schema = output_schema(
-        provenance, id_type=id_type, passthrough=passthrough_fields, store_text=spec.output.store_text
-    )
-    return ResolvedJob(
-        spec=spec,
-        source=source,
-        granularities=grans,
-        encoder=encoder_cfg,
-        provenance=provenance,
-        schema=schema,
-        output_uri=out,
-        rejects_uri=sibling_uri(out, "rejects"),
-        runs_uri=sibling_uri(out, "runs"),
-        output_exists=output_exists,
-        store=store,
-        calibration=calibration,
-        calibration_pending=pending,
-        calibration_origin=origin,
-    )
+        return [f"output.uri = {out!r}: cannot check it: {exc}"]
+    found.existing, found.output_exists = existing, exists
+    return []
 
 
-def _index_problems(spec: JobSpec, grans: tuple[Granularity, ...]) -> list[str]:
+def _read_calibration(spec: JobSpec, out: str, opts: Mapping[str, str] | None, found: _Found) -> list[str]:
+    """The calibration a run uses (``calibration``), into ``found``; "auto" with none stored is pending.
+
+    A found calibration's fingerprint goes into the provenance, which the table checks compare.
+    """
+    if spec.calibration is None or found.provenance is None:
+        return []
+    try:
+        calibration, origin = _find_calibration(
+            spec, found.provenance, found.granularities, found.existing, out, opts, found.store
+        )
+    except CalibrationError as exc:
+        return [f"calibration: {exc}"]
+    found.calibration, found.calibration_origin = calibration, origin
+    found.calibration_pending = calibration is None
+    if calibration is not None:
+        found.provenance = dataclasses.replace(found.provenance, calibration=calibration.fingerprint)
+    return []
+
+
+def _refit_problems(requested: OutputMode | None, out: str, found: _Found) -> list[str]:
+    """A calibration fitted now (``calibration = 'auto'``, none stored fits) must not be mixed into a table
+    whose rows stay."""
+    if not found.calibration_pending or not keeps_existing_rows(resolve_mode(requested, found.output_exists)):
+        return []
+    existing = found.existing
+    return [
+        f"calibration = 'auto': no stored calibration fits this job, and one fitted now would differ "
+        f"from the table's ({existing.calibration if existing else 'none'}), mixing vectors in "
+        f"output.uri = {out!r}; use mode = 'overwrite', a new uri, or name a calibration file"
+    ]
+
+
+def _index_problems(idx: IndexSpec | None, grans: tuple[Granularity, ...]) -> list[str]:
     """``[index]``: its granularities are the job's, and PQ sub-vectors divide each indexed dim."""
-    idx = spec.index
-    assert idx is not None
+    if idx is None or not grans:
+        return []
+    chosen, problems = _index_granularities(idx, grans)
+    if problems:
+        return problems
+    return _sub_vector_problems(idx, chosen)
+
+
+def _index_granularities(idx: IndexSpec, grans: tuple[Granularity, ...]) -> tuple[list[Granularity], list[str]]:
+    """The granularities ``[index]`` names ("all": the job's), and the problems of those it cannot index."""
     if idx.granularities == "all":
-        chosen = list(grans)
-    else:
-        chosen, problems = [], []
-        for value in idx.granularities:
-            try:
-                g = Granularity.parse(value)
-            except GranularityError as exc:
-                problems.append(f"index.granularities: {exc}")
-                continue
-            if g not in grans:
-                problems.append(
-                    f"index.granularities: {value!r} is not one of the job's granularities "
-                    f"({', '.join(str(x) for x in grans)}), or 'all'"
-                )
-            chosen.append(g)
-        if problems:
-            return problems
-    if idx.num_sub_vectors is not None:
-        if idx.type != "ivf_pq":
-            return [f"index.num_sub_vectors = {idx.num_sub_vectors}: only type = 'ivf_pq' has sub-vectors"]
-        bad = [str(g) for g in chosen if g.dim % idx.num_sub_vectors]
-        if bad:
-            return [f"index.num_sub_vectors = {idx.num_sub_vectors} does not divide the dim of {', '.join(bad)}"]
+        return list(grans), []
+    chosen, problems = [], []
+    for value in idx.granularities:
+        try:
+            g = Granularity.parse(value)
+        except GranularityError as exc:
+            problems.append(f"index.granularities: {exc}")
+            continue
+        if g not in grans:
+            problems.append(
+                f"index.granularities: {value!r} is not one of the job's granularities "
+                f"({', '.join(str(x) for x in grans)}), or 'all'"
+            )
+        chosen.append(g)
+    return chosen, problems
+
+
+def _sub_vector_problems(idx: IndexSpec, chosen: Sequence[Granularity]) -> list[str]:
+    """``num_sub_vectors``: only for ivf_pq, and a divisor of each indexed granularity's dim."""
+    if idx.num_sub_vectors is None:
+        return []
+    if idx.type != "ivf_pq":
+        return [f"index.num_sub_vectors = {idx.num_sub_vectors}: only type = 'ivf_pq' has sub-vectors"]
+    bad = [str(g) for g in chosen if g.dim % idx.num_sub_vectors]
+    if bad:
+        return [f"index.num_sub_vectors = {idx.num_sub_vectors} does not divide the dim of {', '.join(bad)}"]
     return []
 
 
@@ -354,13 +502,13 @@ def _output_problems(
     """The output mode against what is already at ``out``."""
     if not output_exists:
         return []
-    if spec.output.mode == "create":
+    mode = resolve_mode(spec.output.mode, table_exists=True)
+    if mode == "create":
         return [
             f"output.uri = {out!r} already exists and output.mode is 'create'; use mode = 'incremental' "
             f"(or leave mode unset) to update it, 'overwrite' to replace it, 'append' to add new ids, or a new uri"
         ]
-    mode = spec.output.mode or "incremental"
-    if mode == "overwrite" or provenance is None or calibration_pending:
+    if replaces_table(mode) or provenance is None or calibration_pending:
         return []  # (a pending calibration is reported with the calibration)
     verb = "append to it" if mode == "append" else "update it incrementally"
     if existing is None:
@@ -463,8 +611,7 @@ def _find_calibration(
     named = spec.calibration
     assert named is not None
     if named != "auto":
-        file_opts = store.lance_options() if (store is not None and named.startswith("s3://")) else None
-        return check(load_calibration(named, storage_options=file_opts)), f"file {named}"
+        return check(load_calibration(named, storage_options=_lance_options(named, store))), f"file {named}"
     if existing is not None and existing.calibration:
         try:
             own = load_calibration(calibration_uri(out, existing.calibration), storage_options=opts)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from storage.vocab import replaces_table, updates_rows
+
 __all__ = ["DeletionRefused", "RejectLimitExceeded", "check_deletions", "check_rejects"]
 
 
@@ -76,7 +78,7 @@ def check_deletions(
       (an overwrite would empty the table, a create would make an empty one).
     """
     fields = {**run_fields, "rows_read": rows_read, "rows_deleted": would_delete}
-    if mode == "incremental":
+    if updates_rows(mode):
         if allow_deletes or not table_rows or not would_delete or would_delete / table_rows <= max_delete_fraction:
             return
         why = (
@@ -93,7 +95,7 @@ def check_deletions(
             f"rows whose ids left the input",
             fields,
         )
-    if mode in ("create", "overwrite") and rows_read == 0 and not allow_empty:
+    if replaces_table(mode) and rows_read == 0 and not allow_empty:
         what = (
             f"would replace the {table_rows:,} rows of {table_uri!r} with none"
             if mode == "overwrite" and table_rows

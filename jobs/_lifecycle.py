@@ -36,6 +36,7 @@ from storage import (
     staged_runs,
     table_exists,
 )
+from storage.vocab import updates_rows
 
 from ._checks import ResolvedJob
 from ._indexing import refresh_indexes
@@ -284,7 +285,7 @@ def _committed(resolved: ResolvedJob, staging: RunStaging) -> RunSummary | None:
     if record.status == RunStatus.COMMITTED:
         return summary
     version = committed_by(uri, staging.run_id, record.read_version, opts)
-    if version is None and summary.mode == "incremental" and not _changes(summary):
+    if version is None and updates_rows(summary.mode) and not _changes(summary):
         version = record.read_version  # nothing to commit: it made no version
     if version is None:
         staging.update_record(

@@ -24,6 +24,7 @@ from storage import (
     is_run_id,
     save_calibration,
 )
+from storage.vocab import keeps_existing_rows, updates_rows
 
 from ._backfill import backfill_job
 from ._calibrate import fit_for_job
@@ -203,7 +204,7 @@ class _Embed:
     def commit(self, run: TableRun, result: PipelineResult, message: str) -> int:
         resolved, read_version = self.resolved, run.read_version
         uri, opts = resolved.output_uri, resolved.storage_options
-        if self.mode == "incremental":
+        if updates_rows(self.mode):
             assert read_version is not None
             version = commit_changes(
                 uri,
@@ -218,7 +219,9 @@ class _Embed:
             uri,
             result.fragments,
             schema=resolved.schema,
-            mode="append" if self.mode == "append" else ("overwrite" if read_version is not None else "create"),
+            mode="append"
+            if keeps_existing_rows(self.mode)
+            else ("overwrite" if read_version is not None else "create"),
             read_version=read_version,
             storage_options=opts,
             message=message,

@@ -58,6 +58,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from storage import has_control_characters, table_name_problem
+from storage.vocab import (
+    CalibrateLayerChoice,
+    IndexType,
+    InputFormat,
+    ModelDtype,
+    OutputMode,
+    PoolingName,
+    TokenizeChoice,
+    VectorDtype,
+)
 
 __all__ = ["JobSpec", "JobSpecError", "load_job"]
 
@@ -85,7 +95,7 @@ class _Strict(BaseModel):
 
 class InputSpec(_Strict):
     uri: str
-    format: Literal["parquet", "jsonl", "csv", "lance"] | None = None
+    format: InputFormat | None = None
     id_column: str = "id"
     text_column: str = "text"
     columns: list[str] = Field(default_factory=list)
@@ -93,18 +103,18 @@ class InputSpec(_Strict):
 
 class ModelSpec(_Strict):
     path: str
-    pooling: Literal["mean", "cls", "max", "lasttoken"] | None = None
+    pooling: PoolingName | None = None
     max_length: int | None = Field(default=None, ge=2, le=1 << 17)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: ModelDtype = "auto"
     normalize: bool = True
 
 
 class OutputSpec(_Strict):
     uri: str
-    vector_dtype: Literal["float16", "float32"] = "float32"
+    vector_dtype: VectorDtype = "float32"
     store_text: bool = True
     #: None: "incremental" once the table exists, else "create"
-    mode: Literal["create", "overwrite", "append", "incremental"] | None = None
+    mode: OutputMode | None = None
     delete_missing: bool = True
     #: the most of the table's rows one run may delete (ids gone from the input); an empty input counts as
     #: deleting every row. Above it the run fails before its commit (``embedjob run --allow-deletes`` allows once)
@@ -135,7 +145,7 @@ class ClusterSpec(_Strict):
     rows_per_block: int | None = Field(default=None, ge=1, le=1 << 20)
     #: where texts are tokenized: "tasks" (CPU tasks, so a GPU never waits for the tokenizer), "actor", or
     #: "auto" (tasks on GPU actors, actor on CPU-only pools)
-    tokenize: Literal["auto", "actor", "tasks"] = "auto"
+    tokenize: TokenizeChoice = "auto"
     #: rows per staged part (one write task, one set of fragments); a killed run redoes at most the parts
     #: in flight. Larger parts make fewer, larger fragments.
     rows_per_part: int = Field(default=16384, ge=1, le=1 << 24)
@@ -145,12 +155,12 @@ class CalibrateSpec(_Strict):
     sample: int = Field(default=5000, ge=16, le=10_000_000)
     heldout: float = Field(default=0.2, gt=0.0, lt=0.9)
     seed: int = 0
-    layers: Literal["job", "all"] | list[int] = "job"
+    layers: CalibrateLayerChoice | list[int] = "job"
 
 
 class IndexSpec(_Strict):
     granularities: Literal["all"] | list[str]
-    type: Literal["ivf_pq", "ivf_hnsw_sq", "ivf_flat"] = "ivf_pq"
+    type: IndexType = "ivf_pq"
     num_partitions: int | None = Field(default=None, ge=1, le=1 << 20)
     num_sub_vectors: int | None = Field(default=None, ge=1, le=4096)
 

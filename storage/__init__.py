@@ -15,7 +15,7 @@ from ._calibrations import (
 from ._changes import commit_changes, read_hashes
 from ._funnel import FunnelStage, parse_stages
 from ._gc import GcReport, collect_garbage
-from ._index import INDEX_TYPES, MIN_INDEX_ROWS, IndexParams, IndexReport, VectorIndexError, build_index, index_params
+from ._index import MIN_INDEX_ROWS, IndexParams, IndexReport, VectorIndexError, build_index, index_params
 from ._lance_io import (
     TableMovedError,
     append_rows,
@@ -57,7 +57,6 @@ from ._table import EmbeddingTable, TableNotFoundError, open_table
 
 __all__ = [
     "AFTER_COMMIT",
-    "INDEX_TYPES",
     "METADATA_KEY",
     "MIN_INDEX_ROWS",
     "REJECTS_SCHEMA",

@@ -18,9 +18,9 @@ from typing import Any, Literal
 import lance
 
 from ._lock import TableLock
+from .vocab import INDEX_TYPES
 
 __all__ = [
-    "INDEX_TYPES",
     "MIN_INDEX_ROWS",
     "IndexParams",
     "IndexReport",
@@ -30,9 +30,7 @@ __all__ = [
     "index_params",
 ]
 
-IndexType = Literal["ivf_pq", "ivf_hnsw_sq", "ivf_flat"]
-INDEX_TYPES: tuple[str, ...] = ("ivf_pq", "ivf_hnsw_sq", "ivf_flat")
-_LANCE_TYPE = {"ivf_pq": "IVF_PQ", "ivf_hnsw_sq": "IVF_HNSW_SQ", "ivf_flat": "IVF_FLAT"}
+_LANCE_TYPE = {t: t.upper() for t in INDEX_TYPES}  # Lance spells them in capitals: IVF_PQ, ...
 #: Lance trains IVF centroids on 256 rows per partition (sample_rate) and PQ codebooks of 2^8 codes: with fewer
 #: rows than this there is nothing to train, and an exact scan is as fast as any index anyway.
 ROWS_PER_PARTITION = 256

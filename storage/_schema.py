@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from ._provenance import METADATA_KEY, Provenance
+from .vocab import VECTOR_DTYPE_NAMES
 
 __all__ = [
     "REJECTS_SCHEMA",
@@ -18,7 +19,7 @@ __all__ = [
     "vector_column",
 ]
 
-VECTOR_DTYPES: Mapping[str, pa.DataType] = {"float16": pa.float16(), "float32": pa.float32()}
+VECTOR_DTYPES: Mapping[str, pa.DataType] = {name: pa.type_for_alias(name) for name in VECTOR_DTYPE_NAMES}
 
 REJECTS_SCHEMA = pa.schema(
     [

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from jobs import JobSpecError, check_job, load_job
 from jobs.cli import app
-from storage import Provenance, commit, output_schema
+from storage import Provenance, commit, output_schema, vocab
+from storage.vocab import resolve_mode
 
 from ..conftest import write_job
 
@@ -178,3 +179,32 @@ def test_a_union_type_error_is_reported_once(tmp_path):
     with pytest.raises(JobSpecError) as info:
         load_job(path)
     assert info.value.problems == ["granularities = 5: Input should be a valid string, or input should be a valid list"]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "names"),
+    [
+        ("input", "format", vocab.INPUT_FORMATS),
+        ("model", "pooling", vocab.POOLINGS),
+        ("model", "dtype", vocab.MODEL_DTYPES),
+        ("output", "vector_dtype", vocab.VECTOR_DTYPE_NAMES),
+        ("output", "mode", vocab.OUTPUT_MODES),
+        ("cluster", "tokenize", vocab.TOKENIZE_CHOICES),
+        ("index", "type", vocab.INDEX_TYPES),
+    ],
+)
+def test_the_spec_allows_the_vocabularys_names(job, section, key, names):
+    extra = {"index": {"granularities": "all"}} if section == "index" else {}
+    for name in names:  # each one parses
+        load_job(job(**{**extra, section: {**extra.get(section, {}), key: name}}))
+    with pytest.raises(JobSpecError) as info:
+        load_job(job(**{**extra, section: {**extra.get(section, {}), key: "nope"}}))
+    allowed = ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}"
+    assert info.value.problems == [f"{section}.{key} = 'nope': Input should be {allowed}"]
+
+
+@pytest.mark.parametrize("mode", [None, "create", "overwrite", "append", "incremental"])
+def test_the_resolved_mode_on_a_new_table(job, mode):
+    resolved = check_job(load_job(job(output={"mode": mode} if mode else {})))
+    assert resolved.mode == resolve_mode(mode, table_exists=False)
+    assert resolved.mode == ("overwrite" if mode == "overwrite" else "create")
