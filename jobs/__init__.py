@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 
 from ._calibrate import CalibrationReport, calibrate_job
 from ._checks import ResolvedJob, check_job
-from ._evaluate import QualityMap, QualityRow, evaluate, evaluate_job, evaluate_table
 from ._guards import DeletionRefused, RejectLimitExceeded
 from ._run import RunSummary, resume_run, run_job
 from ._spec import JobSpec, JobSpecError, load_job, parse_job
+from .quality import QualityMap, QualityRow, evaluate, evaluate_job, evaluate_table
 
 __all__ = [
     "CalibrationReport",

@@ -71,10 +71,9 @@ def evaluate(
     """
     from embedder import EmbedderError
 
-    from ._evaluate import GRIDS, METRICS, evaluate_job, evaluate_table, write_heatmap
-    from ._human import PairsFileError
     from ._spec import JobSpecError
     from .cli import _fail, _open, console, err_console
+    from .quality import GRIDS, METRICS, PairsFileError, evaluate_job, evaluate_table, write_heatmap
 
     problems = []
     if recommend is not None and not (0.0 < recommend <= 1.0):  # NaN fails too
