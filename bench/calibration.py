@@ -58,7 +58,7 @@ def main() -> int:
         pair_correlation,
         read_model_dir,
     )
-    from jobs._human import lee_set
+    from jobs.quality import lee_set
 
     console = Console(width=150)
     model = args.model or default_model()

@@ -13,7 +13,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from jobs._human import gensim_data_dir, lee_scored, read_text_lines
+from jobs.quality import gensim_data_dir, lee_scored, read_text_lines
 
 __all__ = [
     "data_dir",

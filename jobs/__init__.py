@@ -10,12 +10,12 @@ from storage import VERSION as __version__
 from ._backfill import backfill_job
 from ._calibrate import CalibrationReport, calibrate_job
 from ._checks import ResolvedJob, check_job
-from ._evaluate import QualityMap, QualityRow, evaluate, evaluate_job, evaluate_table
 from ._guards import DeletionRefused, RejectLimitExceeded
 from ._lifecycle import finish_committed_runs
 from ._run import RunNotResumable, resume_run, run_job
 from ._spec import JobSpec, JobSpecError, load_job, parse_job
 from ._summary import RunSummary
+from .quality import QualityMap, QualityRow, evaluate, evaluate_job, evaluate_table
 
 __all__ = [
     "CalibrationReport",

@@ -28,13 +28,13 @@ from .audit import audit_table
 _DRIVER = """
 import dataclasses, json, sys
 from jobs import backfill_job, run_job
-from jobs.cli import _print_summary
+from jobs.cli import print_summary
 overrides = {"cluster.address": sys.argv[2]}
 if len(sys.argv) > 4:  # --add-granularity
     summary = backfill_job(sys.argv[1], sys.argv[4].split(","), progress=False, overrides=overrides)
 else:
     summary = run_job(sys.argv[1], progress=False, overrides=overrides)
-_print_summary(summary)
+print_summary(summary)
 with open(sys.argv[3], "w") as fh:
     json.dump(dataclasses.asdict(summary), fh, default=str)
 """

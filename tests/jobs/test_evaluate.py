@@ -10,9 +10,17 @@ import pytest
 from typer.testing import CliRunner
 
 from embedder import ElasticEncoder, Granularity, fit_calibration
-from jobs._evaluate import QualityMap, evaluate_job, evaluate_table, quality_grid, sample_job_texts, write_heatmap
-from jobs._human import PairsFileError, read_pairs
 from jobs.cli import app
+from jobs.quality import (
+    PairsFileError,
+    QualityMap,
+    evaluate_job,
+    evaluate_table,
+    quality_grid,
+    read_pairs,
+    sample_job_texts,
+    write_heatmap,
+)
 from storage import (
     NoStoredTextError,
     sample_texts,

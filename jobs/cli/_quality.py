@@ -10,14 +10,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["register"]
+from ._app import EndpointOpt, RegionOpt, app, open_table_at
+from ._console import console, err_console, fail
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``evaluate`` to the ``embedjob`` app."""
-    app.command()(evaluate)
-
-
+@app.command()
 def evaluate(
     target: Annotated[
         str, typer.Argument(metavar="JOB_OR_TABLE", help="A job file (an existing *.toml) or a table (path or s3://).")
@@ -59,10 +56,8 @@ def evaluate(
     metric: Annotated[
         str, typer.Option("--metric", help="What --recommend holds to: recall, lee or pairs.")
     ] = "recall",
-    endpoint: Annotated[
-        str | None, typer.Option("--endpoint", help="S3-compatible endpoint for s3:// tables (keys from AWS_* env).")
-    ] = None,
-    region: Annotated[str | None, typer.Option("--region", help="S3 region for s3:// tables.")] = None,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
 ) -> None:
     """Measure every (layer, dim): agreement with the full vector, encode cost per layer, correlation with
     human ratings; raw and calibrated side by side when there is a calibration.
@@ -71,10 +66,8 @@ def evaluate(
     """
     from embedder import EmbedderError
 
-    from ._evaluate import GRIDS, METRICS, evaluate_job, evaluate_table, write_heatmap
-    from ._human import PairsFileError
-    from ._spec import JobSpecError
-    from .cli import _fail, _open, console, err_console
+    from .._spec import JobSpecError
+    from ..quality import GRIDS, METRICS, PairsFileError, evaluate_job, evaluate_table, write_heatmap
 
     problems = []
     if recommend is not None and not (0.0 < recommend <= 1.0):  # NaN fails too
@@ -91,7 +84,7 @@ def evaluate(
         problems.append("--metric pairs needs a --pairs file")
     dim_list = _parse_dims(dims, problems)
     if problems:
-        _fail(ValueError("; ".join(problems)))
+        fail(ValueError("; ".join(problems)))
 
     options = dict(grid=grid, k=k, timing_texts=timing, sample=sample, seed=seed, use_lee=not no_lee, pairs_file=pairs)
     if dim_list is not None:
@@ -102,9 +95,9 @@ def evaluate(
         if is_job:
             qmap = evaluate_job(target, **options)
         else:
-            qmap = evaluate_table(_open(target, endpoint, region), **options)
+            qmap = evaluate_table(open_table_at(target, endpoint, region), **options)
     except (JobSpecError, PairsFileError, EmbedderError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
 
     console.print(_table(qmap))
     for note in qmap.notes:
@@ -116,7 +109,7 @@ def evaluate(
         try:
             row = qmap.recommend(recommend, metric)
         except ValueError as exc:
-            _fail(exc)
+            fail(exc)
         kind = "calibrated" if qmap.calibrated else "raw"
         full = qmap.row(qmap.reference).value(metric, calibrated=qmap.calibrated)
         value = row.value(metric, calibrated=qmap.calibrated)

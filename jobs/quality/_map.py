@@ -374,8 +374,8 @@ def evaluate_job(
     granularities, calibration), except the output mode: evaluating does not write.
     ``options`` go to :func:`evaluate` (grid, dims, k, timing_texts, ...).
     """
-    from ._checks import check_job
-    from ._spec import load_job
+    from .._checks import check_job
+    from .._spec import load_job
 
     resolved = check_job(load_job(job), source_name=str(job), purpose="calibrate")
     calibration, note = _job_calibration(resolved, str(job))
@@ -434,8 +434,8 @@ def _human_sets(use_lee: bool, pairs_file: str | Path | None) -> tuple[ScoredPai
 
 def _job_calibration(resolved: Any, source_name: str) -> tuple[Calibration | None, str]:
     """The calibration a run of this job would use (as ``embedjob run`` finds it), and a note when there is none yet."""
-    from ._checks import _find_calibration
-    from ._spec import JobSpecError
+    from .._checks import _find_calibration
+    from .._spec import JobSpecError
 
     spec = resolved.spec
     if spec.calibration is None:

@@ -1,0 +1,168 @@
+"""``embedjob validate | run | resume``: check a job, run it, finish a run whose driver died."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ._app import app, setup_logging
+from ._console import console, err_console, fail
+
+__all__ = ["print_summary"]
+
+
+@app.command()
+def validate(job: Annotated[str, typer.Argument(help="The job file (TOML).")]) -> None:
+    """Run every check a job gets before Ray starts, and nothing else."""
+    from .._checks import check_job
+    from .._spec import JobSpecError, load_job
+
+    try:
+        resolved = check_job(load_job(job), source_name=job)
+    except JobSpecError as exc:
+        fail(exc)
+    table = Table(title=f"{job}: valid", show_header=False)
+    table.add_row("input", f"{resolved.source.uri} ({resolved.source.format}, {len(resolved.source.paths)} file(s))")
+    table.add_row("model", resolved.provenance.model_path)
+    table.add_row("granularities", ", ".join(str(g) for g in resolved.granularities))
+    table.add_row("output", f"{resolved.output_uri} (mode {resolved.mode})")
+    cal = resolved.calibration
+    table.add_row(
+        "calibration", f"{cal.fingerprint} ({resolved.calibration_origin})" if cal else resolved.calibration_origin
+    )
+    console.print(table)
+
+
+@app.command()
+def run(
+    job: Annotated[str, typer.Argument(help="The job file (TOML).")],
+    progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
+    address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for another run that holds the table's lock (default: refuse).")
+    ] = 0.0,
+    add_granularity: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--add-granularity",
+            help="Backfill: embed the table's stored text for these new granularities (e.g. l4_d64) and add "
+            "them as columns in one commit; the job lists the table's granularities plus these.",
+        ),
+    ] = None,
+    allow_deletes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-deletes",
+            help="Allow this run to delete more of the table than [output] max_delete_fraction (ids gone from "
+            "the input); without it such a run fails before its commit.",
+        ),
+    ] = False,
+) -> None:
+    """Embed what changed in the corpus a job names and commit one new version of its output table.
+
+    Once the table exists the default mode is incremental: only new and changed
+    rows are embedded. An unfinished earlier run of the same job is resumed.
+    """
+    from .._run import run_job
+
+    setup_logging()
+    overrides = {"cluster.address": address} if address else None
+    try:
+        if add_granularity:
+            from .._backfill import backfill_job
+
+            grans = [g.strip() for item in add_granularity for g in item.split(",") if g.strip()]
+            summary = backfill_job(job, grans, progress=progress, overrides=overrides, wait_s=wait)
+        else:
+            summary = run_job(job, progress=progress, overrides=overrides, wait_s=wait, allow_deletes=allow_deletes)
+    except _run_errors() as exc:
+        fail(exc)
+    print_summary(summary)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The id of an unfinished run.")],
+    table: Annotated[
+        str | None, typer.Option(help="The run's output table, when this machine did not start the run.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
+    address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the table's lock.")] = 0.0,
+    allow_deletes: Annotated[
+        bool, typer.Option("--allow-deletes", help="Allow deleting more than [output] max_delete_fraction.")
+    ] = False,
+) -> None:
+    """Finish a run whose driver died: rows it staged are committed, not embedded again."""
+    from .._run import resume_run
+
+    setup_logging()
+    try:
+        summary = resume_run(
+            run_id, table_uri=table, progress=progress, address=address, wait_s=wait, allow_deletes=allow_deletes
+        )
+    except _run_errors() as exc:
+        fail(exc)
+    print_summary(summary)
+
+
+def print_summary(summary) -> None:
+    """Print a run's summary as a table and its warnings on stderr; exit code 1 when the run committed but
+    one of its indexes could not be built."""
+    table = Table(title=f"run {summary.run_id}: {summary.status}", show_header=False)
+    version = (
+        f"version {summary.table_version}"
+        if summary.table_version != summary.read_version
+        else f"still version {summary.table_version}: nothing changed"
+    )
+    table.add_row("table", f"{summary.table_uri} ({version}, mode {summary.mode})")
+    table.add_row(
+        "rows read / embedded / rejected",
+        f"{summary.rows_read:,} / {summary.rows_embedded:,} / {summary.rows_rejected:,}",
+    )
+    table.add_row(
+        "new / changed / unchanged / deleted",
+        f"{summary.rows_new:,} / {summary.rows_changed:,} / {summary.rows_unchanged:,} / {summary.rows_deleted:,}",
+    )
+    if summary.rows_resumed:
+        table.add_row("resumed", f"{summary.rows_resumed:,} rows staged by an earlier attempt, not embedded again")
+    if summary.reject_reasons:
+        table.add_row("reject reasons", ", ".join(f"{r}: {n}" for r, n in summary.reject_reasons.items()))
+    table.add_row("tokens (truncated texts)", f"{summary.tokens:,} ({summary.truncated:,})")
+    table.add_row("actor pool", summary.pool)
+    per_node = getattr(summary, "rows_per_node", None) or {}
+    if len(per_node) > 1:  # each Ray node id by its first 8 hex digits
+        table.add_row(
+            f"rows per node ({len(per_node)} nodes)", ", ".join(f"{node[:8]}: {n:,}" for node, n in per_node.items())
+        )
+    if summary.calibration:
+        fitted = f", fitting took {summary.seconds_calibration:.1f} s" if summary.seconds_calibration else ""
+        table.add_row("calibration", f"{summary.calibration} ({summary.calibration_origin}{fitted})")
+    table.add_row("wall time", f"{summary.seconds:.1f} s (pipeline {summary.seconds_pipeline:.1f} s)")
+    table.add_row("throughput", f"{summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s:,.0f} tokens/s")
+    for i in summary.indexes:
+        what = (
+            f"{i['description']} on {i['rows']:,} rows in {i['seconds']:.1f} s (version {i['version']})"
+            if i["action"] == "built"
+            else f"{i['action']}: {i['reason']}"
+        )
+        table.add_row(f"index {i['column']}", what)
+    console.print(table)
+    for warning in getattr(summary, "warnings", None) or []:
+        err_console.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
+    if any(i["action"] == "failed" for i in summary.indexes):
+        err_console.print("error: the run committed, but an index could not be built (see above)")
+        raise typer.Exit(1)
+
+
+def _run_errors() -> tuple[type[Exception], ...]:
+    from storage import RunIdError, TableLocked, TableMovedError
+
+    from .._guards import RunRefused
+    from .._run import RunNotResumable
+    from .._spec import JobSpecError
+
+    return (JobSpecError, RunRefused, RunNotResumable, RunIdError, TableLocked, TableMovedError)

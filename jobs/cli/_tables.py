@@ -1,0 +1,300 @@
+"""``embedjob inspect | index | query | gc``: look into an output table, index it, search it, clean it up."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ._app import EndpointOpt, RegionOpt, app, open_table_at
+from ._console import console, fail
+
+
+@app.command()
+def inspect(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Show a table's schema, provenance, row count, versions and the runs that made them."""
+    tbl = open_table_at(table_uri, endpoint, region)
+    prov = tbl.provenance
+    head = Table(title=f"{table_uri}", show_header=False)
+    head.add_row("rows", f"{tbl.count_rows():,}")
+    head.add_row("version", str(tbl.version))
+    head.add_row("model", f"{prov.model_path} (weights {prov.weights_fingerprint})")
+    head.add_row("granularities", ", ".join(prov.granularities))
+    head.add_row("pooling / normalize / max_length", f"{prov.pooling} / {prov.normalize} / {prov.max_length}")
+    head.add_row("vector dtype", prov.vector_dtype)
+    head.add_row("calibration", _describe_calibration(tbl))
+    head.add_row("embedjob", prov.embedjob_version)
+    head.add_row("rejects", f"{tbl.rejects().num_rows:,} rows")
+    console.print(head)
+    schema = Table(title="schema")
+    schema.add_column("column")
+    schema.add_column("type")
+    for f in tbl.dataset.schema:
+        schema.add_row(f.name, str(f.type))
+    console.print(schema)
+    runs = Table(title="versions and the runs that made them")
+    runs.add_column("version", justify="right")
+    runs.add_column("committed (UTC)", no_wrap=True)
+    runs.add_column("run", no_wrap=True, min_width=26)
+    for col in ("mode", "read", "embedded", "unchanged", "deleted", "rejected"):
+        runs.add_column(col, justify="right" if col != "mode" else "left")
+    keys = ("rows_read", "rows_embedded", "rows_unchanged", "rows_deleted", "rows_rejected")
+    by_version = {r["table_version"]: r for r in tbl.runs() if r.get("status", "committed") == "committed"}
+    for v in tbl.dataset.versions():  # run records are already in by_version; read them once
+        r = by_version.get(v["version"], {})
+        stamp = v["timestamp"]
+        runs.add_row(
+            str(v["version"]),
+            stamp.strftime("%Y-%m-%d %H:%M:%S") if hasattr(stamp, "strftime") else str(stamp),
+            r.get("run_id", "-"),
+            r.get("mode", "-"),
+            *(f"{r[k]:,}" if r.get(k) is not None else "-" for k in keys),
+        )
+    console.print(runs)
+    _print_indexes(tbl)
+    _print_unfinished(tbl)
+
+
+def _print_indexes(tbl) -> None:
+    indexes = tbl.indexes()
+    out = Table(title="vector indexes" if indexes else "vector indexes: none (embedjob index TABLE -g GRANULARITY)")
+    if not indexes:
+        console.print(out)
+        return
+    for col in ("column", "type", "partitions", "sub-vectors", "indexed rows", "unindexed rows"):
+        out.add_column(col, justify="left" if col in ("column", "type") else "right")
+    for i in indexes:
+        out.add_row(
+            i["column"],
+            i["type"],
+            str(i["num_partitions"] or "-"),
+            str(i["num_sub_vectors"] or "-"),
+            f"{i['indexed_rows']:,}",
+            f"{i['unindexed_rows']:,}",
+        )
+    console.print(out)
+
+
+def _print_unfinished(tbl) -> None:
+    """Runs that did not commit: failed ones (from the runs table) and any still staged (resumable or running)."""
+    from storage import StagingRecord, TableLock, staged_runs
+
+    failed = [r for r in tbl.runs() if r.get("status") == "failed"]
+    staged = staged_runs(tbl.uri, tbl.storage_options)
+    if not failed and not staged:
+        return
+    out = Table(title="runs that did not commit")
+    for col in ("run", "status", "started (UTC)", "staged rows", "what now"):
+        out.add_column(col, no_wrap=col in ("run", "status"))
+    holder = TableLock(tbl.uri, run_id="inspect", storage_options=tbl.storage_options).live_holder() or {}
+    staged_ids = set()
+    for s in staged:
+        record = s.read_record() or StagingRecord(run_id=s.run_id, status="")
+        staged_ids.add(s.run_id)
+        running = holder.get("run_id") == s.run_id and record.status in ("running", "committing")
+        resumable = record.resume_problem(tbl.version) is None
+        status = "running" if running else (record.status or "?")
+        if status == "running" and not running:
+            status = "interrupted"
+        if running:
+            action = "-"
+        elif status == "committed":  # its bookkeeping is what is left
+            action = f"committed; embedjob resume {s.run_id} --table {tbl.uri} writes its record"
+        elif status == "committing":
+            action = f"stopped at its commit: embedjob resume {s.run_id} --table {tbl.uri}"
+        else:
+            action = f"embedjob resume {s.run_id}" if resumable else "abandoned: embedjob gc"
+        out.add_row(
+            s.run_id, status, str(record.started_at or "-")[:19], f"{sum(len(p.ids) for p in s.parts()):,}", action
+        )
+    for r in failed:
+        if r["run_id"] not in staged_ids:
+            out.add_row(r["run_id"], "failed", str(r["started_at"])[:19], "-", _one_line(r.get("error") or "", 80))
+    console.print(out)
+
+
+@app.command()
+def index(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    granularity: Annotated[
+        list[str] | None, typer.Option("--granularity", "-g", help="Column(s) to index, e.g. l6_d128.")
+    ] = None,
+    all_columns: Annotated[bool, typer.Option("--all", help="Index every vector column.")] = False,
+    index_type: Annotated[str, typer.Option("--type", help="ivf_pq, ivf_hnsw_sq or ivf_flat.")] = "ivf_pq",
+    partitions: Annotated[
+        int | None, typer.Option(help="IVF partitions (default: about sqrt(rows), at most rows / 256).")
+    ] = None,
+    sub_vectors: Annotated[
+        int | None, typer.Option(help="PQ sub-vectors, a divisor of the dim (default: dim / 8).")
+    ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a run that holds the table's lock.")] = 0.0,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Build (or replace) cosine vector indexes on granularity columns; each is one new table version.
+
+    Rows a later run adds are still found before the index is rebuilt (they
+    are scanned exactly); a job's [index] section rebuilds after each run.
+    """
+    from embedder import GranularityError
+    from storage import TableLocked, VectorIndexError, index_params
+
+    tbl = open_table_at(table_uri, endpoint, region)
+    grans = [g.strip() for item in granularity or [] for g in item.split(",") if g.strip()]
+    if all_columns == bool(grans):
+        fail(ValueError("name the columns to index (--granularity l6_d128, repeatable) or --all, not both"))
+    try:
+        chosen = list(tbl.granularities) if all_columns else [tbl.resolve_granularity(g) for g in grans]
+        rows = tbl.count_rows()
+        for g in chosen:  # refuse before building any
+            index_params(rows, g.dim, index_type, num_partitions=partitions, num_sub_vectors=sub_vectors)
+        reports = [
+            tbl.create_index(g, index_type, num_partitions=partitions, num_sub_vectors=sub_vectors, wait_s=wait)
+            for g in chosen
+        ]
+    except (VectorIndexError, GranularityError, TableLocked) as exc:
+        fail(exc)
+    out = Table(title=f"indexes on {table_uri}")
+    for col in ("column", "index", "rows", "took", "version"):
+        out.add_column(col, justify="left" if col in ("column", "index") else "right")
+    for r in reports:
+        out.add_row(r.column, r.params.describe(), f"{r.rows:,}", f"{r.seconds:.1f} s", str(r.version))
+    console.print(out)
+
+
+@app.command()
+def query(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    text: Annotated[str, typer.Argument(help="The query text.")],
+    granularity: Annotated[
+        str | None, typer.Option("--granularity", "-g", help="e.g. l6_d128 (default: richest).")
+    ] = None,
+    k: Annotated[int | None, typer.Option("-k", help="How many hits (default 10; a funnel's last stage).")] = None,
+    funnel: Annotated[
+        str | None,
+        typer.Option(
+            help="Funnel search: shortlist with a cheap granularity, re-score with richer ones, "
+            "e.g. l6_d64:200,l6_d384:10 (the last stage's k is the number of hits).",
+        ),
+    ] = None,
+    nprobes: Annotated[
+        int | None, typer.Option(help="IVF partitions to probe when the (first) column has an index.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON lines.")] = False,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Embed TEXT with the table's own model and layer, and print the nearest rows."""
+    from embedder import EmbedderError
+
+    tbl = open_table_at(table_uri, endpoint, region)
+    try:
+        if funnel:
+            if granularity:
+                raise ValueError("--funnel names its own granularities; leave out --granularity")
+            from storage import parse_stages
+
+            stages = parse_stages(funnel)
+            if k is not None and k != stages[-1].k:
+                raise ValueError(f"-k {k} differs from the funnel's last stage ({stages[-1]}); its k is the hits")
+            hits = tbl.funnel_search(text, stages, nprobes=nprobes)
+            k = stages[-1].k
+        else:
+            k = 10 if k is None else k
+            hits = tbl.search(text, granularity, k=k, nprobes=nprobes)
+    except (EmbedderError, ValueError) as exc:
+        fail(exc)
+    rows = hits.to_pylist()
+    if as_json:
+        for row in rows:
+            row.pop("_distance", None)
+            typer.echo(json.dumps(row, default=str))
+        return
+    where = f"funnel {funnel}" if funnel else f"at {granularity or 'the richest granularity'}"
+    out = Table(title=f"top {k} for {text!r} {where}")
+    id_width = max([len(str(r["id"])) for r in rows] + [2])
+    out.add_column("rank", justify="right", no_wrap=True, min_width=4)
+    out.add_column("score", justify="right", no_wrap=True, min_width=6)
+    out.add_column("id", no_wrap=True, min_width=min(id_width, 40))
+    stage_scores = [c for c in hits.column_names if c.startswith("score_")]
+    for c in stage_scores:
+        out.add_column(c.removeprefix("score_"), justify="right", no_wrap=True)
+    extra = [c for c in hits.column_names if c not in ("id", "score", "_distance", *stage_scores)]
+    for c in extra:
+        out.add_column(c, overflow="ellipsis", max_width=90 if c == "text" else 24)
+    for rank, row in enumerate(rows, start=1):
+        out.add_row(
+            str(rank),
+            f"{row['score']:.4f}",
+            str(row["id"]),
+            *[f"{row[c]:.4f}" for c in stage_scores],
+            *[_one_line(row[c]) for c in extra],
+        )
+    console.print(out)
+
+
+def _describe_calibration(tbl) -> str:
+    from embedder import CalibrationError
+
+    if not tbl.provenance.calibration:
+        return "none"
+    try:
+        cal = tbl.calibration
+    except CalibrationError as exc:
+        return f"{tbl.provenance.calibration} (cannot be loaded: {exc})"
+    info = cal.info
+    layers = ", ".join(map(str, cal.layers)) or "none"
+    return f"{cal.fingerprint} (maps for layers {layers}; fitted on {info.sample_size:,} rows of {info.corpus})"
+
+
+@app.command()
+def gc(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    older_than: Annotated[
+        str, typer.Option(help="Retention: keep versions (and resumable runs) younger than this, e.g. 7d, 12h, 0s.")
+    ] = "7d",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a run that holds the table's lock.")] = 0.0,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Remove staging folders of finished or abandoned runs, old table versions, and unused calibrations."""
+    from storage import TableLocked, collect_garbage
+
+    tbl = open_table_at(table_uri, endpoint, region)
+    try:
+        report = collect_garbage(
+            table_uri, older_than=_duration(older_than), storage_options=tbl.storage_options, wait_s=wait
+        )
+    except TableLocked as exc:
+        fail(exc)
+    out = Table(title=f"gc {table_uri}", show_header=False)
+    out.add_row("staging removed", ", ".join(report.staging_removed) or "-")
+    out.add_row("staging kept (resumable)", ", ".join(report.staging_kept) or "-")
+    out.add_row("versions removed", ", ".join(f"{k}: {v}" for k, v in report.versions_removed.items()))
+    out.add_row("bytes removed", f"{report.bytes_removed:,}")
+    out.add_row("calibrations removed", ", ".join(report.calibrations_removed) or "-")
+    console.print(out)
+
+
+def _duration(text: str):
+    from datetime import timedelta
+
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    value, unit = text[:-1], text[-1:]
+    try:
+        if unit not in units:
+            raise ValueError
+        return timedelta(**{units[unit]: float(value)})
+    except ValueError:
+        fail(ValueError(f"--older-than {text!r}: expected a number and a unit (s, m, h, d, w), e.g. 7d"))
+
+
+def _one_line(value: object, limit: int = 160) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
