@@ -32,12 +32,16 @@ from embedder import (
 )
 from storage import (
     METADATA_KEY,
+    RESERVED_COLUMNS,
+    TEXT,
+    VECTOR_PREFIX,
     ObjectStore,
     Provenance,
     StoreError,
     calibration_uri,
     check_store,
     dataset_schema,
+    is_reserved_column,
     list_calibrations,
     load_calibration,
     output_schema,
@@ -52,7 +56,6 @@ from ._spec import CalibrateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError
 
 __all__ = ["ResolvedJob", "check_job"]
 
-RESERVED_COLUMNS = ("id", "content_hash", "text", "run_id", "embedded_at")
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.string_view())
 
 
@@ -317,9 +320,10 @@ def _passthrough_problems(inp: InputSpec, names: Sequence[str], path: str) -> li
     for col in inp.columns:
         if col not in names:
             problems.append(f"input.columns: {col!r} is not a column of {path}; columns: {', '.join(names)}")
-        elif col in RESERVED_COLUMNS or col.startswith("vec_") or col in (inp.id_column, inp.text_column):
+        elif is_reserved_column(col) or col in (inp.id_column, inp.text_column):
             problems.append(
-                f"input.columns: {col!r} clashes with an output column; reserved: {', '.join(RESERVED_COLUMNS)}, vec_*"
+                f"input.columns: {col!r} clashes with an output column; "
+                f"reserved: {', '.join(RESERVED_COLUMNS)}, {VECTOR_PREFIX}*"
             )
     return problems
 
@@ -577,7 +581,7 @@ def _backfill_problems(
             f"a backfill adds columns from the same model only (use mode = 'overwrite')"
         )
     schema = dataset_schema(out, opts)
-    if schema is not None and "text" not in schema.names:
+    if schema is not None and TEXT not in schema.names:
         problems.append(
             f"--add-granularity: {out!r} does not store its text (store_text = false), which a backfill embeds; "
             f"rebuild with mode = 'overwrite'"

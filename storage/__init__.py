@@ -39,7 +39,24 @@ from ._provenance import METADATA_KEY, Provenance
 from ._runs import RUNS_SCHEMA, VERSION, RunRecord
 from ._s3 import ObjectStore, StoreError, check_store
 from ._sample import NoStoredTextError, sample_texts
-from ._schema import REJECTS_SCHEMA, VECTOR_DTYPES, content_hash, output_schema, vector_array, vector_column
+from ._schema import (
+    BOOKKEEPING_COLUMNS,
+    CONTENT_HASH,
+    EMBEDDED_AT,
+    ID,
+    REJECTS_SCHEMA,
+    RESERVED_COLUMNS,
+    RUN_ID,
+    TEXT,
+    VECTOR_DTYPES,
+    VECTOR_PREFIX,
+    content_hash,
+    is_reserved_column,
+    is_vector_column,
+    output_schema,
+    vector_array,
+    vector_column,
+)
 from ._staging import (
     AFTER_COMMIT,
     RunIdError,
@@ -57,11 +74,19 @@ from ._table import EmbeddingTable, TableNotFoundError, open_table
 
 __all__ = [
     "AFTER_COMMIT",
+    "BOOKKEEPING_COLUMNS",
+    "CONTENT_HASH",
+    "EMBEDDED_AT",
+    "ID",
     "METADATA_KEY",
     "MIN_INDEX_ROWS",
     "REJECTS_SCHEMA",
+    "RESERVED_COLUMNS",
     "RUNS_SCHEMA",
+    "RUN_ID",
+    "TEXT",
     "VECTOR_DTYPES",
+    "VECTOR_PREFIX",
     "VERSION",
     "EmbeddingTable",
     "FunnelStage",
@@ -106,7 +131,9 @@ __all__ = [
     "fragment_ids",
     "has_control_characters",
     "index_params",
+    "is_reserved_column",
     "is_run_id",
+    "is_vector_column",
     "list_calibrations",
     "load_calibration",
     "new_run_id",

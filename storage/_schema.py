@@ -8,32 +8,61 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from embedder import Granularity
+
 from ._provenance import METADATA_KEY, Provenance
 from .vocab import VECTOR_DTYPE_NAMES
 
 __all__ = [
+    "BOOKKEEPING_COLUMNS",
+    "CONTENT_HASH",
+    "EMBEDDED_AT",
+    "ID",
     "REJECTS_SCHEMA",
+    "RESERVED_COLUMNS",
+    "RUN_ID",
+    "TEXT",
+    "VECTOR_PREFIX",
     "content_hash",
+    "is_reserved_column",
+    "is_vector_column",
     "output_schema",
     "vector_array",
     "vector_column",
 ]
 
+#: the columns embedjob writes in every table, besides the job's passthrough columns and the vectors
+ID, CONTENT_HASH, TEXT, RUN_ID, EMBEDDED_AT = "id", "content_hash", "text", "run_id", "embedded_at"
+RESERVED_COLUMNS = (ID, CONTENT_HASH, TEXT, RUN_ID, EMBEDDED_AT)
+#: what a query's result leaves out besides the vectors: the hash and the run's stamp
+BOOKKEEPING_COLUMNS = (CONTENT_HASH, RUN_ID, EMBEDDED_AT)
+#: a granularity's vector column is ``vec_l{L}_d{D}``
+VECTOR_PREFIX = "vec_"
+
 VECTOR_DTYPES: Mapping[str, pa.DataType] = {name: pa.type_for_alias(name) for name in VECTOR_DTYPE_NAMES}
 
 REJECTS_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string()),
+        pa.field(ID, pa.string()),
         pa.field("reason", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("run_id", pa.string()),
+        pa.field(TEXT, pa.string()),
+        pa.field(RUN_ID, pa.string()),
         pa.field("rejected_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 
 
-def vector_column(granularity: str) -> str:
-    return f"vec_{granularity}"
+def vector_column(granularity: str | Granularity) -> str:
+    return f"{VECTOR_PREFIX}{granularity}"
+
+
+def is_vector_column(name: str) -> bool:
+    return name.startswith(VECTOR_PREFIX)
+
+
+def is_reserved_column(name: str) -> bool:
+    """A column embedjob writes itself: a job cannot pass one of its input columns through under this name."""
+    return name in RESERVED_COLUMNS or is_vector_column(name)
 
 
 def content_hash(text: str) -> str:
@@ -50,22 +79,21 @@ def output_schema(
 ) -> pa.Schema:
     """``id, content_hash, <passthrough>, [text], vec_l{L}_d{D}..., run_id, embedded_at`` + provenance."""
     vtype = VECTOR_DTYPES[provenance.vector_dtype]
-    cols = [pa.field("id", id_type, nullable=False), pa.field("content_hash", pa.string(), nullable=False)]
+    cols = [pa.field(ID, id_type, nullable=False), pa.field(CONTENT_HASH, pa.string(), nullable=False)]
     cols.extend(passthrough)
     if store_text:
-        cols.append(pa.field("text", pa.string()))
-    for g in provenance.granularities:
-        dim = int(g.rsplit("_d", 1)[1])
-        layer = g.split("_d", 1)[0].lstrip("l")
+        cols.append(pa.field(TEXT, pa.string()))
+    for name in provenance.granularities:
+        g = Granularity.parse(name)
         cols.append(
             pa.field(
                 vector_column(g),
-                pa.list_(pa.field("item", vtype), dim),
-                metadata={b"layer": layer.encode(), b"dim": str(dim).encode()},
+                pa.list_(pa.field("item", vtype), g.dim),
+                metadata={b"layer": str(g.layer).encode(), b"dim": str(g.dim).encode()},
             )
         )
-    cols.append(pa.field("run_id", pa.string(), nullable=False))
-    cols.append(pa.field("embedded_at", pa.timestamp("us", tz="UTC"), nullable=False))
+    cols.append(pa.field(RUN_ID, pa.string(), nullable=False))
+    cols.append(pa.field(EMBEDDED_AT, pa.timestamp("us", tz="UTC"), nullable=False))
     return pa.schema(cols, metadata={METADATA_KEY: provenance.to_json().encode()})
 
 

@@ -22,7 +22,7 @@ from ._index import IndexReport, build_index, describe_indexes
 from ._lance_io import sibling_uri, table_exists
 from ._names import split_table_uri
 from ._provenance import METADATA_KEY, Provenance
-from ._schema import vector_column
+from ._schema import BOOKKEEPING_COLUMNS, is_vector_column, vector_column
 
 __all__ = ["EmbeddingTable", "TableNotFoundError", "open_table"]
 
@@ -276,9 +276,7 @@ class EmbeddingTable:
 
     def _result_columns(self) -> list[str]:
         return [
-            f.name
-            for f in self.dataset.schema
-            if not f.name.startswith("vec_") and f.name not in ("content_hash", "run_id", "embedded_at")
+            f.name for f in self.dataset.schema if not is_vector_column(f.name) and f.name not in BOOKKEEPING_COLUMNS
         ]
 
     # ---------------------------------------------------------------- indexes
