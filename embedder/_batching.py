@@ -1,9 +1,10 @@
-"""CPU pre-processing: validate texts, tokenize once, plan batches under a token budget.
+"""CPU pre-processing: tokenize once, plan batches under a token budget.
 
 Texts are sorted by token length (longest first, so an out-of-memory batch
 shows up at once) and cut into batches whose padded size ``rows x longest``
 stays under the budget. Each batch remembers the input positions of its rows,
-so outputs are written back in input order.
+so outputs are written back in input order. Which texts may be tokenized at
+all is :mod:`embedder._text`'s rule.
 """
 
 from __future__ import annotations
@@ -14,34 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import InvalidTextError
-
-__all__ = ["Batch", "Plan", "find_invalid_texts", "plan_batches", "tokenize"]
-
-
-def find_invalid_texts(texts: Sequence[Any]) -> list[tuple[int, str]]:
-    """Positions of inputs that are not embeddable text, each with a reason.
-
-    The job layer uses this to route rows to its rejects table; the encoder
-    refuses a batch that has any.
-    """
-    bad: list[tuple[int, str]] = []
-    for i, text in enumerate(texts):
-        if text is None:
-            bad.append((i, "null"))
-        elif not isinstance(text, str):
-            bad.append((i, f"not a string ({type(text).__name__})"))
-        elif not text:
-            bad.append((i, "empty string"))
-        elif text.isspace():
-            bad.append((i, "whitespace only"))
-    return bad
-
-
-def check_texts(texts: Sequence[Any]) -> None:
-    bad = find_invalid_texts(texts)
-    if bad:
-        raise InvalidTextError([p for p, _ in bad], [r for _, r in bad], len(texts))
+__all__ = ["Batch", "Plan", "Tokenized", "plan_batches", "tokenize"]
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,7 @@ def test_bad_texts_are_rejected_with_their_positions(tiny_bert_dir):
         enc.encode(["fine", None, "", "  ", 3, "also fine"])  # type: ignore[list-item]
     err = info.value
     assert err.positions == [1, 2, 3, 4]
-    assert err.reasons == ["null", "empty string", "whitespace only", "not a string (int)"]
+    assert err.reasons == ["null text", "empty text", "whitespace-only text", "text is not a string (int)"]
     assert "4 of 6 inputs are not embeddable text" in str(err)
 
 
