@@ -6,8 +6,9 @@ Knows nothing about Ray, files or Lance.
 from __future__ import annotations
 
 from ._batching import Tokenized
+from ._calibrate import fit_calibration
 from ._calibration import Calibration, CalibrationInfo, LayerFit
-from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, fit_calibration, heldout_mask
+from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, heldout_mask
 from ._config import EncoderConfig, Pooling
 from ._encoder import ElasticEncoder, EncodeResult, EncodeStats
 from ._errors import (
