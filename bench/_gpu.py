@@ -71,7 +71,7 @@ def forward_flops(encoder: Any, lengths: Sequence[int], depth: int | None = None
     """Useful forward FLOPs of ``encoder`` running to ``depth`` (default: its deepest layer) on texts of
     ``lengths`` real tokens."""
     depth = depth or encoder.depth
-    params = sum(p.numel() for block in list(encoder._blocks)[:depth] for p in block.parameters())
+    params = sum(p.numel() for block in list(encoder._exits.blocks)[:depth] for p in block.parameters())
     tokens = float(sum(lengths))
     squares = float(sum(int(n) * int(n) for n in lengths))
     return 2.0 * params * tokens + 4.0 * depth * encoder.hidden_size * squares

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from embedder import CalibrationStats, EncoderConfig, Granularity, heldout_mask, read_model_dir
+from embedder import CalibrationStats, EncoderConfig, Granularity, embeddable_text, heldout_mask, read_model_dir
 
 from ._pipeline import actor_placement, map_with_actors, start_pool
 from ._pool import PoolPlan, PoolRequest
@@ -73,13 +73,9 @@ def sample_rows(
     for id_value, value in zip(batch.column(id_column).to_pylist(), batch.column(text_column).to_pylist(), strict=True):
         if id_value is None or (fraction < 1.0 and _unit(seed, "sample", id_value) >= fraction):
             continue
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-        if isinstance(value, str) and value and not value.isspace():
-            texts.append(value)
+        text = embeddable_text(value)
+        if text is not None:
+            texts.append(text)
             ids.append(id_value)
     held = heldout_mask(ids, heldout_fraction, seed) if ids else []
     return pa.table({"text": pa.array(texts, pa.string()), "heldout": pa.array(held, pa.bool_())})

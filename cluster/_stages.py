@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedder import ElasticEncoder, EncoderConfig, cached_tokenizer, tokenized_from_flat
+from embedder import ElasticEncoder, EncoderConfig, cached_tokenizer, decode_text, text_problem, tokenized_from_flat
 from storage import content_hash, load_calibration, vector_array, vector_column
 
 from ._pool import PoolPlan
@@ -59,25 +59,12 @@ def prepare(
     reasons: list[str | None] = []
     id_values = ids.to_pylist()
     for value, id_value in zip(raw.to_pylist(), id_values, strict=True):
-        reason = None
-        text = value
-        if isinstance(value, bytes):
-            try:
-                text = value.decode("utf-8")
-            except UnicodeDecodeError:
-                # kept, escaped, in the rejects table: the bytes can be recovered from it
-                text, reason = value.decode("utf-8", "backslashreplace"), "undecodable text (not UTF-8)"
+        # undecodable bytes are kept, escaped, in the rejects table: the bytes can be recovered from it
+        text, reason = decode_text(value)
         if reason is None:
-            if id_value is None:
-                reason = "null id"
-            elif text is None:
-                reason = "null text"
-            elif not isinstance(text, str):
-                text, reason = str(text), f"text is not a string ({type(value).__name__})"
-            elif not text:
-                reason = "empty text"
-            elif text.isspace():
-                reason = "whitespace-only text"
+            reason = "null id" if id_value is None else text_problem(text)
+        if text is not None and not isinstance(text, str):
+            text = str(text)  # the rejects table keeps it as text
         texts.append(text)
         hashes.append(content_hash(text) if isinstance(text, str) else None)
         reasons.append(reason)

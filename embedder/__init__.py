@@ -5,9 +5,10 @@ Knows nothing about Ray, files or Lance.
 
 from __future__ import annotations
 
-from ._batching import Tokenized, find_invalid_texts
+from ._batching import Tokenized
+from ._calibrate import fit_calibration
 from ._calibration import Calibration, CalibrationInfo, LayerFit
-from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, fit_calibration, heldout_mask
+from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, heldout_mask
 from ._config import MODEL_DTYPES, POOLINGS, EncoderConfig, ModelDtype, Pooling, PoolingName
 from ._encoder import ElasticEncoder, EncodeResult, EncodeStats
 from ._errors import (
@@ -22,13 +23,29 @@ from ._errors import (
 from ._granularity import STARBUCKS, Granularity, parse_granularities, resolve_granularities
 from ._loading import read_model_dir, weight_files, weights_fingerprint
 from ._quality import agreement, neighbours, pair_correlation, recall_at_k, recommend, spearman
+from ._text import (
+    EMPTY_TEXT,
+    NOT_A_STRING,
+    NULL_TEXT,
+    UNDECODABLE_TEXT,
+    WHITESPACE_ONLY_TEXT,
+    decode_text,
+    embeddable_text,
+    find_invalid_texts,
+    text_problem,
+)
 from ._tokenizer import TextTokenizer, cached_tokenizer, tokenized_from_flat
 
 __all__ = [
     "DEFAULT_ALPHAS",
+    "EMPTY_TEXT",
     "MODEL_DTYPES",
+    "NOT_A_STRING",
+    "NULL_TEXT",
     "POOLINGS",
     "STARBUCKS",
+    "UNDECODABLE_TEXT",
+    "WHITESPACE_ONLY_TEXT",
     "Calibration",
     "CalibrationError",
     "CalibrationInfo",
@@ -52,6 +69,8 @@ __all__ = [
     "UnsupportedModelError",
     "agreement",
     "cached_tokenizer",
+    "decode_text",
+    "embeddable_text",
     "find_invalid_texts",
     "fit_calibration",
     "heldout_mask",
@@ -63,6 +82,7 @@ __all__ = [
     "recommend",
     "resolve_granularities",
     "spearman",
+    "text_problem",
     "tokenized_from_flat",
     "weight_files",
     "weights_fingerprint",

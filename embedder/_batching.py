@@ -1,9 +1,11 @@
-"""CPU pre-processing: validate texts, tokenize once, plan batches under a token budget.
+"""CPU pre-processing: tokenize once, plan batches under a token budget.
 
-Texts are sorted by token length (longest first, so an out-of-memory batch
-shows up at once) and cut into batches whose padded size ``rows x longest``
-stays under the budget. Each batch remembers the input positions of its rows,
-so outputs are written back in input order.
+Padded: texts are sorted by token length (longest first, so an out-of-memory
+batch shows up at once) and cut into batches whose padded size ``rows x
+longest`` stays under the budget. Packed (:mod:`embedder._packed` runs them):
+texts in input order, cut into batches of real tokens. Each batch remembers the
+input positions of its rows, so outputs are written back in input order.
+Which texts may be tokenized at all is :mod:`embedder._text`'s rule.
 """
 
 from __future__ import annotations
@@ -14,34 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import InvalidTextError
-
-__all__ = ["Batch", "Plan", "find_invalid_texts", "plan_batches", "tokenize"]
-
-
-def find_invalid_texts(texts: Sequence[Any]) -> list[tuple[int, str]]:
-    """Positions of inputs that are not embeddable text, each with a reason.
-
-    The job layer uses this to route rows to its rejects table; the encoder
-    refuses a batch that has any.
-    """
-    bad: list[tuple[int, str]] = []
-    for i, text in enumerate(texts):
-        if text is None:
-            bad.append((i, "null"))
-        elif not isinstance(text, str):
-            bad.append((i, f"not a string ({type(text).__name__})"))
-        elif not text:
-            bad.append((i, "empty string"))
-        elif text.isspace():
-            bad.append((i, "whitespace only"))
-    return bad
-
-
-def check_texts(texts: Sequence[Any]) -> None:
-    bad = find_invalid_texts(texts)
-    if bad:
-        raise InvalidTextError([p for p, _ in bad], [r for _, r in bad], len(texts))
+__all__ = ["Batch", "PackedBatch", "Plan", "Tokenized", "make_plan", "plan_batches", "plan_packed", "tokenize"]
 
 
 @dataclass(frozen=True)
@@ -99,8 +74,63 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class PackedBatch:
+    positions: np.ndarray  # input positions of the texts, in batch order
+    ids: np.ndarray  # (N,) int64: every text's ids, one after another
+    lengths: np.ndarray  # (B,) tokens per text
+
+    @property
+    def padded_tokens(self) -> int:
+        """Tokens computed: the real ones (nothing is padded)."""
+        return int(self.ids.size)
+
+    @property
+    def longest(self) -> int:
+        return int(self.lengths.max()) if len(self.lengths) else 0
+
+    @property
+    def shortest(self) -> int:
+        return int(self.lengths.min()) if len(self.lengths) else 0
+
+    def rows(self, start: int, stop: int) -> PackedBatch:
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        return PackedBatch(
+            positions=self.positions[start:stop],
+            ids=self.ids[offsets[start] : offsets[stop]],
+            lengths=self.lengths[start:stop],
+        )
+
+
+def plan_packed(tok: Tokenized, *, batch_tokens: int, max_batch_size: int) -> list[PackedBatch]:
+    """Cut texts (in input order; nothing is padded, so no sorting) into batches of at most
+    ``batch_tokens`` real tokens and ``max_batch_size`` texts. A text longer than the budget gets a
+    batch of its own."""
+    batches: list[PackedBatch] = []
+    n = len(tok.lengths)
+    start = 0
+    while start < n:
+        stop, total = start, 0
+        while stop < n and stop - start < max_batch_size:
+            length = int(tok.lengths[stop])
+            if stop > start and total + length > batch_tokens:
+                break
+            total += length
+            stop += 1
+        pieces = [np.asarray(tok.ids[i], dtype=np.int64) for i in range(start, stop)]
+        batches.append(
+            PackedBatch(
+                positions=np.arange(start, stop),
+                ids=np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64),
+                lengths=tok.lengths[start:stop].astype(np.int64),
+            )
+        )
+        start = stop
+    return batches
+
+
+@dataclass(frozen=True)
 class Plan:
-    batches: list[Any]  # Batch (padded), or PackedBatch (embedder._packed)
+    batches: list[Any]  # Batch (padded), or PackedBatch (packed)
     real_tokens: int
     padded_tokens: int
     truncated_positions: np.ndarray
@@ -148,4 +178,30 @@ def plan_batches(
         real_tokens=int(tok.lengths.sum()),
         padded_tokens=sum(b.padded_tokens for b in batches),
         truncated_positions=np.flatnonzero(tok.truncated),
+    )
+
+
+def make_plan(
+    tok: Tokenized,
+    *,
+    packed: bool,
+    batch_tokens: int,
+    max_batch_size: int | None,
+    pad_token_id: int,
+    padding_side: str,
+) -> Plan:
+    """CPU pre-processing after tokenizing: packed batches of real tokens, or sorted by length and cut
+    into padded token-budget batches."""
+    if packed:
+        batches = plan_packed(tok, batch_tokens=batch_tokens, max_batch_size=max_batch_size or len(tok.lengths) or 1)
+        real = int(tok.lengths.sum())
+        return Plan(
+            batches=batches, real_tokens=real, padded_tokens=real, truncated_positions=np.flatnonzero(tok.truncated)
+        )
+    return plan_batches(
+        tok,
+        batch_tokens=batch_tokens,
+        max_batch_size=max_batch_size or 1024,
+        pad_token_id=pad_token_id,
+        padding_side=padding_side,
     )

@@ -20,17 +20,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from ._calibration import Calibration, CalibrationInfo, LayerFit, _header_metadata
 from ._errors import CalibrationError
 
-if TYPE_CHECKING:
-    from ._encoder import ElasticEncoder
-
-__all__ = ["DEFAULT_ALPHAS", "CalibrationStats", "fit_calibration", "heldout_mask"]
+__all__ = ["DEFAULT_ALPHAS", "CalibrationStats", "heldout_mask"]
 
 #: Relative ridge strengths tried on the held-out part: lambda = alpha x rows, on standardized features.
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-8.0, 2.01, 0.5))
@@ -314,35 +311,3 @@ def heldout_mask(keys: Sequence[Any], fraction: float, seed: int = 0) -> np.ndar
         d = hashlib.blake2b(f"{seed}|heldout|{key!r}".encode(), digest_size=8).digest()
         out[i] = int.from_bytes(d, "little") / 2**64 < fraction
     return out
-
-
-def fit_calibration(
-    encoder: ElasticEncoder,
-    texts: Sequence[str],
-    *,
-    layers: Iterable[int] | None = None,
-    heldout_fraction: float = 0.2,
-    seed: int = 0,
-    chunk_size: int = 1024,
-    corpus: str = "",
-    **solve_options: Any,
-) -> Calibration:
-    """Fit in-process on ``texts`` (the job layer does the same through Ray actors).
-
-    ``encoder`` must run to full depth and pool ``layers`` (default: every
-    layer below full depth); :meth:`ElasticEncoder.for_calibration` builds one.
-    """
-    stats = encoder.calibration_stats(layers)
-    mask = heldout_mask(range(len(texts)), heldout_fraction, seed)
-    for start in range(0, len(texts), chunk_size):
-        stop = start + chunk_size
-        encoder.add_calibration_rows(stats, texts[start:stop], mask[start:stop])
-    return stats.solve(
-        model_fingerprint=encoder.fingerprint,
-        model_path=str(encoder.model_dir.root),
-        pooling=encoder.pooling.value,
-        max_length=encoder.max_length,
-        corpus=corpus,
-        seed=seed,
-        **solve_options,
-    )

@@ -2,10 +2,11 @@
 emitting every requested (layer, dim) granularity.
 
 The work is split in three, as serving stacks do: CPU pre-processing
-(validate, tokenize once, plan token-budget batches; ``_batching``), the
-forward pass with exit layers pooled by hooks as they are produced
-(``_forward``), and post-processing (cut each Matryoshka prefix, re-normalize,
-write rows back in input order; ``_post``).
+(validate, tokenize once, plan token-budget batches; ``_text``, ``_tokenizer``,
+``_batching``), the forward pass with exit layers pooled by hooks as they are
+produced (``_model`` cuts the model and holds the hooks, ``_forward`` runs
+batches), and post-processing (cut each Matryoshka prefix, re-normalize,
+write rows back in input order; ``_post``). This class wires them together.
 """
 
 from __future__ import annotations
@@ -13,31 +14,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._batching import Batch, Plan, Tokenized, plan_batches
+from ._batching import Plan, Tokenized, make_plan
 from ._calibration import Calibration
 from ._calibration_fit import CalibrationStats
-from ._config import (
-    DEFAULT_BATCH_TOKENS,
-    EncoderConfig,
-    Pooling,
-    resolve_device,
-    resolve_dtype,
-    resolve_num_threads,
-)
-from ._errors import EncoderConfigError, GranularityError, UnsupportedModelError
+from ._config import EncoderConfig, Pooling, resolve_device, resolve_dtype, resolve_num_threads
+from ._errors import EncoderConfigError, GranularityError
+from ._forward import ForwardPass, packed_runner
 from ._granularity import Granularity, GranularitySpec, parse_granularities, resolve_granularities
-from ._loading import ModelDir, find_blocks, read_model_dir, set_submodule, torch_dtype_name, weights_fingerprint
-from ._packed import PACKED_MODEL_TYPES, PackedBatch, PackedBert, host_to_device, plan_packed
-from ._pooling import pool
+from ._loading import ModelDir, read_model_dir, torch_dtype_name, weights_fingerprint
+from ._model import ExitModel, default_batch_tokens, load_model
+from ._post import HostSink, PostProcess
 from ._tokenizer import TextTokenizer, load_hf_tokenizer
 
 __all__ = ["ElasticEncoder", "EncodeResult", "EncodeStats"]
@@ -80,15 +74,6 @@ class EncodeResult:
     token_counts: np.ndarray  # (n,) tokens per input text after truncation, specials included
 
 
-@dataclass
-class _Capture:
-    """Per-batch state the exit hooks read and fill."""
-
-    mask: torch.Tensor | None = None
-    layers: frozenset[int] = frozenset()
-    pooled: dict[int, torch.Tensor] = field(default_factory=dict)
-
-
 class ElasticEncoder:
     """A transformer encoder that stops at the deepest requested layer and emits
     several (layer, dim) granularities from one forward pass.
@@ -126,31 +111,28 @@ class ElasticEncoder:
         self.device = device
         self.dtype = dtype
         self.text_tokenizer = TextTokenizer(tokenizer, max_length=max_length, lowercase=model_dir.do_lower_case)
-        self.batch_tokens = config.batch_tokens or _default_batch_tokens(device, model_dir, dtype)
         self.depth = max(g.layer for g in granularities)
         self._fingerprint: str | None = None
-        self._blocks_path, blocks = find_blocks(model, model_dir.num_layers)
-        # Keep only the blocks we will ever run: the rest are freed, never called.
-        self._blocks = nn.ModuleList(list(blocks)[: self.depth])
-        set_submodule(model, self._blocks_path, self._blocks)
-        if isinstance(getattr(model, "pooler", None), nn.Module):
-            model.pooler = None  # BERT's CLS pooler head: not a sentence embedding, skip its compute
-        self._capture = _Capture()
-        for layer in sorted({g.layer for g in granularities}):
-            self._blocks[layer - 1].register_forward_hook(self._make_hook(layer))
+        self._exits = ExitModel(
+            model,
+            num_layers=model_dir.num_layers,
+            depth=self.depth,
+            exit_layers=(g.layer for g in granularities),
+            pooling=pooling,
+        )
+        self._forward = ForwardPass(
+            self._exits,
+            packed_runner(self._exits, model_dir, pooling, device, config.packed),
+            device=device,
+            batch_tokens=config.batch_tokens or default_batch_tokens(device, model_dir, dtype),
+        )
+        self._post = PostProcess(
+            num_layers=model_dir.num_layers,
+            hidden_size=model_dir.hidden_size,
+            normalize=config.normalize,
+            device=device,
+        )
         self.calibration: Calibration | None = None
-        self._projections: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._packed: PackedBert | None = None
-        packed = config.packed if config.packed is not None else device.type == "cuda"
-        if packed:
-            if PackedBert.supports(model, model_dir.config, self._blocks):
-                self._packed = PackedBert(model, self._blocks, pooling)
-            elif config.packed:
-                raise EncoderConfigError(
-                    f"packed = true needs a BERT-architecture model (model_type one of "
-                    f"{', '.join(map(repr, PACKED_MODEL_TYPES))}); "
-                    f"{model_dir.name} is {model_dir.config.get('model_type')!r}; leave packed unset to pad"
-                )
         if calibration is not None:
             self._set_calibration(calibration)
 
@@ -171,23 +153,8 @@ class ElasticEncoder:
                 calibration.info.max_length,
                 self.max_length,
             )
-        h = self.hidden_size
-        widest: dict[int, int] = {}
-        for g in self.granularities:
-            if self._calibrated(g):
-                widest[g.layer] = max(widest.get(g.layer, 0), g.dim)
-        for layer, dim in widest.items():
-            if layer == self.num_layers:
-                weight, bias = calibration.rotation[:, :dim], None
-            else:
-                w = calibration.maps[layer]
-                weight, bias = w[:h, :dim], torch.from_numpy(w[h, :dim].copy()).to(self.device)
-            self._projections[layer] = (torch.from_numpy(weight.copy()).to(self.device), bias)
+        self._post.project(calibration, self.granularities)
         self.calibration = calibration
-
-    def _calibrated(self, g: Granularity) -> bool:
-        """Full depth at full width stays exactly the model's vector; everything else goes through the calibration."""
-        return not (g.layer == self.num_layers and g.dim == self.hidden_size)
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -281,7 +248,7 @@ class ElasticEncoder:
             if threads is not None:
                 torch.set_num_threads(threads)
         tokenizer = load_hf_tokenizer(mdir, path)
-        model = _load_model(AutoModel, str(mdir.transformer_dir), str(path), dtype)
+        model = load_model(AutoModel, str(mdir.transformer_dir), str(path), dtype)
         model.eval().to(device)
         return cls(
             model=model,
@@ -380,10 +347,10 @@ class ElasticEncoder:
         out = {g: np.empty((len(tok.lengths), g.dim), dtype=np.float32) for g in grans}
         depth = max(g.layer for g in grans)
         layers = frozenset(g.layer for g in grans)
-        sink = _HostSink(out, self.device)
-        with torch.inference_mode(), self._run_to(depth):
+        sink = HostSink(out, self.device)
+        with torch.inference_mode(), self._exits.run_to(depth):
             for batch in plan.batches:
-                for part, pooled in self._forward_fitting(batch, layers, depth):
+                for part, pooled in self._forward.fitting(batch, layers, depth):
                     sink.add(part.positions, self._post(pooled, grans))
             sink.drain()
         t2 = time.perf_counter()
@@ -415,9 +382,9 @@ class ElasticEncoder:
         plan = self._plan(self.tokenize(texts))
         out = {k: np.empty((len(texts), self.hidden_size), dtype=np.float32) for k in chosen}
         depth = max(chosen)
-        with torch.inference_mode(), self._run_to(depth):
+        with torch.inference_mode(), self._exits.run_to(depth):
             for batch in plan.batches:
-                for part, pooled in self._forward_fitting(batch, frozenset(chosen), depth):
+                for part, pooled in self._forward.fitting(batch, frozenset(chosen), depth):
                     for k in chosen:
                         out[k][part.positions] = pooled[k].to("cpu", torch.float32).numpy()
         return out
@@ -445,23 +412,23 @@ class ElasticEncoder:
     @property
     def packed(self) -> bool:
         """Whether batches run packed (no padding; :mod:`embedder._packed`) rather than padded."""
-        return self._packed is not None
+        return self._forward.packed is not None
+
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens per forward batch (padded ones included); lowered when a batch runs out of device memory."""
+        return self._forward.batch_tokens
+
+    @batch_tokens.setter
+    def batch_tokens(self, value: int) -> None:
+        self._forward.batch_tokens = value
 
     def _plan(self, tok: Tokenized) -> Plan:
-        """CPU pre-processing after tokenizing: packed batches of real tokens, or sorted by length and cut
-        into padded token-budget batches."""
-        if self._packed is not None:
-            batches = plan_packed(
-                tok, batch_tokens=self.batch_tokens, max_batch_size=self.config.max_batch_size or len(tok.lengths) or 1
-            )
-            real = int(tok.lengths.sum())
-            return Plan(
-                batches=batches, real_tokens=real, padded_tokens=real, truncated_positions=np.flatnonzero(tok.truncated)
-            )
-        return plan_batches(
+        return make_plan(
             tok,
+            packed=self.packed,
             batch_tokens=self.batch_tokens,
-            max_batch_size=self.config.max_batch_size or 1024,
+            max_batch_size=self.config.max_batch_size,
             pad_token_id=self.text_tokenizer.pad_token_id,
             padding_side=self.text_tokenizer.padding_side,
         )
@@ -477,168 +444,3 @@ class ElasticEncoder:
                 f"it serves {', '.join(str(g) for g in self.granularities)}"
             )
         return wanted
-
-    def _run_to(self, depth: int) -> _Depth:
-        return _Depth(self, depth)
-
-    def _make_hook(self, layer: int):
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            cap = self._capture
-            if layer in cap.layers and layer != self.num_layers and cap.mask is not None:
-                hidden = output[0] if isinstance(output, (tuple, list)) else output
-                cap.pooled[layer] = pool(hidden, cap.mask, self.pooling)
-
-        return hook
-
-    def _forward(self, batch: Batch | PackedBatch, layers: frozenset[int], depth: int) -> dict[int, torch.Tensor]:
-        """Run the blocks up to ``depth`` on one batch; return each exit layer pooled, (B, H) float32."""
-        if isinstance(batch, PackedBatch):
-            assert self._packed is not None
-            return self._packed.forward(batch, layers, depth, self.device)
-        ids = _to_device(batch.input_ids, self.device)
-        mask = _to_device(batch.attention_mask, self.device)
-        self._capture = _Capture(mask=mask, layers=layers)
-        try:
-            output = self.model(input_ids=ids, attention_mask=mask)
-            pooled = self._capture.pooled
-            if depth == self.num_layers and depth in layers:
-                # The model's own last state (hidden_states[L] in HF terms, final norm included).
-                pooled[depth] = pool(output.last_hidden_state, mask, self.pooling)
-        finally:
-            self._capture = _Capture()
-        return pooled
-
-    def _forward_fitting(
-        self, batch: Batch | PackedBatch, layers: frozenset[int], depth: int
-    ) -> list[tuple[Batch | PackedBatch, dict[int, torch.Tensor]]]:
-        """:meth:`_forward`, halving a batch that runs out of device memory (and the token budget for the
-        batches after it) until it fits; a single text that does not fit is the error."""
-        try:
-            return [(batch, self._forward(batch, layers, depth))]
-        except torch.cuda.OutOfMemoryError:
-            rows = len(batch.positions)
-            width = batch.longest if isinstance(batch, PackedBatch) else batch.input_ids.shape[1]
-            if rows == 1:
-                raise
-            torch.cuda.empty_cache()
-            budget = max(width, batch.padded_tokens // 2)
-            if budget < self.batch_tokens:
-                logger.warning(
-                    "out of device memory on a batch of %d texts x %d tokens; splitting it and lowering "
-                    "batch_tokens from %d to %d",
-                    rows,
-                    width,
-                    self.batch_tokens,
-                    budget,
-                )
-                self.batch_tokens = budget
-            half = rows // 2
-            return self._forward_fitting(batch.rows(0, half), layers, depth) + self._forward_fitting(
-                batch.rows(half, rows), layers, depth
-            )
-
-    def _post(self, pooled: dict[int, torch.Tensor], grans: tuple[Granularity, ...]) -> dict[Granularity, torch.Tensor]:
-        """Apply the calibration, cut each prefix, re-normalize after cutting; float32, still on the device."""
-        projected: dict[int, torch.Tensor] = {}
-        for layer, (weight, bias) in self._projections.items():
-            if layer in pooled:
-                projected[layer] = pooled[layer] @ weight if bias is None else torch.addmm(bias, pooled[layer], weight)
-        result = {}
-        for g in grans:
-            source = projected[g.layer] if g.layer in projected and self._calibrated(g) else pooled[g.layer]
-            vec = source[:, : g.dim]
-            if self.config.normalize:
-                vec = F.normalize(vec, p=2.0, dim=-1)
-            result[g] = vec.float()
-        return result
-
-
-class _HostSink:
-    """Moves each batch's vectors to the host and writes them back in input order.
-
-    On CUDA the copies are asynchronous (into pinned memory, one event per batch), so the CPU goes on
-    queueing the next batches while the GPU works and the GPU never waits for a host copy; rows land in
-    ``out`` once their batch's event has fired. Elsewhere rows are written at once.
-    """
-
-    MAX_IN_FLIGHT = 8  # batches whose copies may be pending (bounds the pinned host memory held)
-
-    def __init__(self, out: dict[Granularity, np.ndarray], device: torch.device) -> None:
-        self.out = out
-        self.cuda = device.type == "cuda"
-        self.pending: list[tuple[np.ndarray, dict[Granularity, torch.Tensor], Any]] = []
-
-    def add(self, positions: np.ndarray, vectors: dict[Granularity, torch.Tensor]) -> None:
-        if not self.cuda:
-            self._write(positions, vectors)
-            return
-        copies = {g: v.to("cpu", non_blocking=True) for g, v in vectors.items()}
-        event = torch.cuda.Event()
-        event.record()
-        self.pending.append((positions, copies, event))
-        while self.pending and (len(self.pending) > self.MAX_IN_FLIGHT or self.pending[0][2].query()):
-            self._pop()
-
-    def drain(self) -> None:
-        while self.pending:
-            self._pop()
-
-    def _pop(self) -> None:
-        positions, copies, event = self.pending.pop(0)
-        event.synchronize()
-        self._write(positions, copies)
-
-    def _write(self, positions: np.ndarray, vectors: dict[Granularity, torch.Tensor]) -> None:
-        for g, v in vectors.items():
-            self.out[g][positions] = v.numpy()
-
-
-class _Depth:
-    """Context manager: run only the first ``depth`` of the kept blocks, restoring them after."""
-
-    def __init__(self, encoder: ElasticEncoder, depth: int) -> None:
-        self.encoder = encoder
-        self.depth = depth
-
-    def __enter__(self) -> None:
-        enc = self.encoder
-        if self.depth < len(enc._blocks):
-            set_submodule(enc.model, enc._blocks_path, nn.ModuleList(list(enc._blocks)[: self.depth]))
-
-    def __exit__(self, *exc: object) -> None:
-        enc = self.encoder
-        set_submodule(enc.model, enc._blocks_path, enc._blocks)
-
-
-def _load_model(auto_model: Any, model_dir: str, path: str, dtype: torch.dtype) -> nn.Module:
-    """The model with PyTorch's fused scaled-dot-product attention (SDPA: flash / memory-efficient kernels on
-    CUDA); architectures transformers has no SDPA path for fall back to its eager attention."""
-    try:
-        try:
-            return auto_model.from_pretrained(model_dir, local_files_only=True, dtype=dtype, attn_implementation="sdpa")
-        except ValueError as exc:
-            if "sdpa" not in str(exc).lower() and "scaled_dot_product" not in str(exc).lower():
-                raise
-            logger.info("%s has no SDPA attention in transformers; using eager attention", path)
-            return auto_model.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UnsupportedModelError(path, f"transformers cannot load it: {exc}") from None
-
-
-def _default_batch_tokens(device: torch.device, mdir: ModelDir, dtype: torch.dtype) -> int:
-    """Padded tokens per forward batch when the config sets none: fixed on CPU / MPS; on CUDA sized to
-    the device's free memory (40% of it over one block's live activations per token, with headroom),
-    between 8k and 256k tokens. A batch that still does not fit is split (:meth:`_forward_fitting`)."""
-    if device.type != "cuda":
-        return DEFAULT_BATCH_TOKENS.get(device.type, 4096)
-    free, _total = torch.cuda.mem_get_info(device)
-    hidden = mdir.hidden_size
-    inner = mdir.config.get("intermediate_size")
-    inner = inner if isinstance(inner, int) and inner > 0 else 4 * hidden
-    per_token = torch.empty((), dtype=dtype).element_size() * (8 * hidden + 2 * inner)
-    tokens = int(0.4 * free / per_token)
-    return max(8192, min(262144, tokens // 1024 * 1024))
-
-
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    return host_to_device(torch.from_numpy(array), device)

@@ -20,77 +20,20 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._batching import Tokenized
+from ._batching import PackedBatch
 from ._config import Pooling
 
-__all__ = ["PACKED_MODEL_TYPES", "PackedBatch", "PackedBert", "host_to_device", "plan_packed"]
+__all__ = ["PACKED_MODEL_TYPES", "PackedBert", "host_to_device"]
 
 #: model types the packed path runs -> whether position ids start after the padding index (RoBERTa's
 #: ``create_position_ids_from_input_ids``) instead of at 0
 PACKED_MODEL_TYPES = {"bert": False, "roberta": True, "xlm-roberta": True}
-
-
-@dataclass(frozen=True)
-class PackedBatch:
-    positions: np.ndarray  # input positions of the texts, in batch order
-    ids: np.ndarray  # (N,) int64: every text's ids, one after another
-    lengths: np.ndarray  # (B,) tokens per text
-
-    @property
-    def padded_tokens(self) -> int:
-        """Tokens computed: the real ones (nothing is padded)."""
-        return int(self.ids.size)
-
-    @property
-    def longest(self) -> int:
-        return int(self.lengths.max()) if len(self.lengths) else 0
-
-    @property
-    def shortest(self) -> int:
-        return int(self.lengths.min()) if len(self.lengths) else 0
-
-    def rows(self, start: int, stop: int) -> PackedBatch:
-        offsets = np.concatenate([[0], np.cumsum(self.lengths)])
-        return PackedBatch(
-            positions=self.positions[start:stop],
-            ids=self.ids[offsets[start] : offsets[stop]],
-            lengths=self.lengths[start:stop],
-        )
-
-
-def plan_packed(tok: Tokenized, *, batch_tokens: int, max_batch_size: int) -> list[PackedBatch]:
-    """Cut texts (in input order; nothing is padded, so no sorting) into batches of at most
-    ``batch_tokens`` real tokens and ``max_batch_size`` texts. A text longer than the budget gets a
-    batch of its own."""
-    batches: list[PackedBatch] = []
-    n = len(tok.lengths)
-    start = 0
-    while start < n:
-        stop, total = start, 0
-        while stop < n and stop - start < max_batch_size:
-            length = int(tok.lengths[stop])
-            if stop > start and total + length > batch_tokens:
-                break
-            total += length
-            stop += 1
-        pieces = [np.asarray(tok.ids[i], dtype=np.int64) for i in range(start, stop)]
-        batches.append(
-            PackedBatch(
-                positions=np.arange(start, stop),
-                ids=np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64),
-                lengths=tok.lengths[start:stop].astype(np.int64),
-            )
-        )
-        start = stop
-    return batches
 
 
 class PackedBert:

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ._batching import Tokenized, check_texts, tokenize
+from ._batching import Tokenized, tokenize
 from ._errors import ModelError, UnsupportedModelError
 from ._loading import ModelDir, read_model_dir
+from ._text import check_texts
 
 __all__ = ["TextTokenizer", "cached_tokenizer", "load_hf_tokenizer", "tokenized_from_flat"]
 

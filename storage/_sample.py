@@ -14,6 +14,8 @@ import lance
 import numpy as np
 import pyarrow as pa
 
+from embedder import embeddable_text
+
 if TYPE_CHECKING:
     from ._table import EmbeddingTable
 
@@ -64,5 +66,5 @@ def sample_texts(
     want = min(total, n + n // 10 + 8)
     rows = np.sort(np.random.default_rng(seed).choice(total, size=want, replace=False)) if want else []
     values = ds.take(rows, columns=[column]).column(column).to_pylist() if want else []
-    out = list(dict.fromkeys(v for v in values if isinstance(v, str) and v.strip()))
+    out = list(dict.fromkeys(t for t in map(embeddable_text, values) if t is not None))
     return out[:n]

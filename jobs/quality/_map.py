@@ -39,6 +39,7 @@ from embedder import (
     Granularity,
     ModelError,
     agreement,
+    embeddable_text,
     neighbours,
     pair_correlation,
     recommend,
@@ -482,13 +483,9 @@ def sample_job_texts(resolved: Any, n: int, *, seed: int = 0) -> list[str]:
     for i in rng.permutation(len(paths)):
         for batch in pads.dataset(paths[i], format=fmt, filesystem=fs).to_batches(columns=[column]):
             for value in batch.column(0).to_pylist():
-                if isinstance(value, bytes):
-                    try:
-                        value = value.decode("utf-8")
-                    except UnicodeDecodeError:
-                        continue
-                if isinstance(value, str) and value.strip():
-                    seen[value] = None
+                text = embeddable_text(value)
+                if text is not None:
+                    seen[text] = None
             if len(seen) >= wanted:
                 break
         if len(seen) >= wanted:

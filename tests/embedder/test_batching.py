@@ -4,25 +4,12 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from embedder import find_invalid_texts
 from embedder._batching import Tokenized, plan_batches, tokenize
 
 
 def _tok(lengths: list[int]) -> Tokenized:
     ids = [[7] * n for n in lengths]
     return Tokenized(ids=ids, lengths=np.array(lengths), truncated=np.zeros(len(lengths), dtype=bool))
-
-
-def test_find_invalid_texts_names_each_position_and_reason():
-    texts = ["ok", None, "", "   \n\t", 5, b"bytes", "fine"]
-    assert find_invalid_texts(texts) == [
-        (1, "null"),
-        (2, "empty string"),
-        (3, "whitespace only"),
-        (4, "not a string (int)"),
-        (5, "not a string (bytes)"),
-    ]
-    assert find_invalid_texts(["a", " b "]) == []
 
 
 def test_batches_respect_the_token_budget_and_cover_every_row_once():

@@ -79,8 +79,8 @@ def test_finds_blocks_generically_on_other_architectures(tiny_other_arch):
     pairs = [(1, 32), (2, 16), (3, 32)]
     enc = ElasticEncoder.from_pretrained(tiny_other_arch, pairs, max_length=128)
     expected_path = {"tiny-distilbert": "transformer.layer", "tiny-modernbert": "layers"}[tiny_other_arch.name]
-    assert enc._blocks_path == expected_path
-    assert len(enc._blocks) == 3
+    assert enc._exits.blocks_path == expected_path
+    assert len(enc._exits.blocks) == 3
     _assert_matches(enc.encode(TEXTS), reference_vectors(tiny_other_arch, TEXTS, pairs, max_length=128))
 
 
@@ -114,7 +114,7 @@ def count_block_calls(monkeypatch):
 
 def test_blocks_after_the_deepest_layer_never_run(tiny_bert_dir, count_block_calls):
     enc = ElasticEncoder.from_pretrained(tiny_bert_dir, ["l1_d32", "l2_d64"], batch_tokens=64, max_length=128)
-    assert len(enc._blocks) == 2  # blocks 3 and 4 were dropped at load time
+    assert len(enc._exits.blocks) == 2  # blocks 3 and 4 were dropped at load time
     result = enc.encode_with_stats(TEXTS)
     assert result.stats.batches > 1
     # zero-based layer_idx: blocks 0 and 1 ran once per batch, 2 and 3 never
@@ -237,7 +237,7 @@ def test_bad_texts_are_rejected_with_their_positions(tiny_bert_dir):
         enc.encode(["fine", None, "", "  ", 3, "also fine"])  # type: ignore[list-item]
     err = info.value
     assert err.positions == [1, 2, 3, 4]
-    assert err.reasons == ["null", "empty string", "whitespace only", "not a string (int)"]
+    assert err.reasons == ["null text", "empty text", "whitespace-only text", "text is not a string (int)"]
     assert "4 of 6 inputs are not embeddable text" in str(err)
 
 
@@ -305,16 +305,16 @@ def test_text_tokenizer_resolves_max_length_as_the_encoder_does(minilm_path):
 def _small_device(enc, monkeypatch, tokens: int) -> list[int]:
     """Inject the fault a CPU cannot produce: batches over ``tokens`` computed tokens raise CUDA's
     out-of-memory error; the rows of each batch that ran are recorded."""
-    real_forward = enc._forward
+    real_run = enc._forward.run
     rows: list[int] = []
 
     def forward(batch, layers, depth):
         if batch.padded_tokens > tokens:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         rows.append(len(batch.positions))
-        return real_forward(batch, layers, depth)
+        return real_run(batch, layers, depth)
 
-    monkeypatch.setattr(enc, "_forward", forward)
+    monkeypatch.setattr(enc._forward, "run", forward)
     return rows
 
 
@@ -334,7 +334,7 @@ def test_a_batch_that_runs_out_of_device_memory_is_split(tiny_bert_dir, lee_arti
     assert "out of device memory on a batch of 40 texts x 64 tokens" in caplog.text
     # one text that does not fit on its own is the error
     enc.batch_tokens = 1_000_000
-    monkeypatch.setattr(enc, "_forward", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("full")))
+    monkeypatch.setattr(enc._forward, "run", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("full")))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         enc.encode(texts[:1])
 

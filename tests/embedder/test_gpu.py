@@ -40,7 +40,7 @@ def test_cuda_float32_matches_cpu_closely(minilm_path, lee_articles):
 
 
 def test_cuda_async_host_copies_keep_input_order(minilm_path, lee_articles):
-    """Many small batches: more than _HostSink keeps in flight, each copied back asynchronously."""
+    """Many small batches: more than HostSink keeps in flight, each copied back asynchronously."""
     texts = list(lee_articles[:200])
     small = ElasticEncoder.from_pretrained(minilm_path, GRANS, batch_tokens=2048)
     res = small.encode_with_stats(texts)
