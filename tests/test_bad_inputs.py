@@ -28,7 +28,8 @@ from jobs import run_job
 from jobs.cli import app
 from storage import RunIdError, TableNotFoundError, collect_garbage, open_table
 
-from .conftest import free_port, write_embedded_table
+from .jobfiles import write_embedded_table
+from .raynodes import free_port
 
 DELETE = object()  # an edit that removes the key
 

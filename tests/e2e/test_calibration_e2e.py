@@ -14,7 +14,7 @@ from jobs import JobSpecError, calibrate_job, run_job
 from jobs.cli import app
 from storage import calibration_dir, list_calibrations, open_table
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 
 GRANS = ["l2_d16", "l3_d32", "l4_d16", "l4_d64"]
 

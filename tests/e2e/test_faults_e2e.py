@@ -25,8 +25,8 @@ from jobs import run_job
 from jobs.cli import app
 from storage import TableLocked, open_table, staged_runs, staging_dir
 
-from ..conftest import write_job
 from ..hosts import take_lock_from_another_host
+from ..jobfiles import write_job
 from ..s3proxy import S3FaultProxy
 from .audit import audit_table
 

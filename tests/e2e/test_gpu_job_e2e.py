@@ -12,8 +12,8 @@ from embedder import ElasticEncoder
 from jobs import run_job
 from storage import open_table
 
-from ..conftest import write_job
 from ..embedder.reference import row_cosines
+from ..jobfiles import write_job
 
 pytestmark = [
     pytest.mark.gpu,

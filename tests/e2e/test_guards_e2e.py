@@ -15,7 +15,7 @@ from jobs import DeletionRefused, run_job
 from jobs.cli import app
 from storage import RunStaging, open_table, staged_runs
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 from .audit import audit_table
 
 GRANS = ["l2_d32", "l4_d64"]

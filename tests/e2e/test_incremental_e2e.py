@@ -13,7 +13,7 @@ from bench.corpora import passages
 from jobs import JobSpecError, run_job
 from storage import TableLock, TableLocked, open_table, staged_runs, staging_dir
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 from ..processes import kill_once
 from .audit import audit_table
 

@@ -13,7 +13,7 @@ from jobs import JobSpecError, run_job
 from jobs.cli import app
 from storage import open_table
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 
 GRANS = ["l2_d16", "l4_d32", "l4_d64"]
 

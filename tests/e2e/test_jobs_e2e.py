@@ -17,7 +17,7 @@ from jobs import JobSpecError, RejectLimitExceeded, run_job
 from jobs.cli import app
 from storage import METADATA_KEY, open_table, split_table_uri
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 
 GRANS = ["l3_d64", "l3_d128", "l6_d128", "l6_d384"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import ray_two_node_cluster
+from ..raynodes import ray_two_node_cluster
 from .audit import audit_table
 from .test_multinode_e2e import _expected, _run
 

@@ -20,7 +20,8 @@ import pytest
 from cluster import plan_pool
 from storage import StagedPart
 
-from ..conftest import ray_two_node_cluster, write_job
+from ..jobfiles import write_job
+from ..raynodes import ray_two_node_cluster
 from .audit import audit_table
 
 # the job's driver runs in its own process (this one may hold another Ray runtime): it prints the summary

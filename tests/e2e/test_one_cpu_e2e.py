@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 from .audit import audit_table
 
 # its own process: this one may hold a 2-CPU Ray runtime already

@@ -14,7 +14,8 @@ import pytest
 
 from storage import open_table
 
-from ..conftest import ray_head_process, write_job
+from ..jobfiles import write_job
+from ..raynodes import ray_head_process
 
 pytestmark = pytest.mark.slow
 

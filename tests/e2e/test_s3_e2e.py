@@ -13,7 +13,7 @@ from jobs import run_job
 from jobs.cli import app
 from storage import ObjectStore, open_table
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 
 
 def test_s3_in_and_out(ray_local, s3_env, tmp_path, lee_articles, minilm_path):

@@ -27,7 +27,7 @@ import pytest
 from jobs import run_job
 from storage import ObjectStore, open_table, staged_runs
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 from .audit import audit_table
 
 

@@ -26,7 +26,8 @@ from jobs._schedule import Scheduler
 from jobs.cli import app
 from storage import TableNotFoundError, open_table
 
-from ..conftest import free_port, ray_head_process, write_job
+from ..jobfiles import write_job
+from ..raynodes import free_port, ray_head_process
 
 EXE = Path(sys.executable).with_name("embedjob")
 runner = CliRunner()

@@ -25,7 +25,7 @@ from storage import (
     NoStoredTextError,
     sample_texts,
 )
-from tests.conftest import write_embedded_table, write_job
+from tests.jobfiles import write_embedded_table, write_job
 
 runner = CliRunner()
 FAST = dict(timing_texts=16, repeats=1)  # the cost figures are beside the point here

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from jobs._schedule import ScheduleError, Scheduler, parse_cron
 from jobs.cli import app
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ from jobs.cli import app
 from storage import Provenance, commit, output_schema, vocab
 from storage.vocab import resolve_mode
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 
 
 @pytest.fixture

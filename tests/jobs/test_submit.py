@@ -7,7 +7,7 @@ import tomllib
 from jobs._spec import load_job, parse_job
 from jobs._submit import entrypoint, job_text, local_paths
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 
 
 def test_job_text_round_trips_with_absolute_paths(tmp_path):

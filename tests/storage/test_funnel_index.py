@@ -21,7 +21,7 @@ from storage import (
     parse_stages,
 )
 
-from ..conftest import write_embedded_table
+from ..jobfiles import write_embedded_table
 
 GRANS = ("l2_d16", "l4_d32", "l4_d64")
 
