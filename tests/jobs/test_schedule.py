@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from jobs._schedule import ScheduleError, Scheduler, parse_cron
+from jobs.schedule import ScheduleError, Scheduler, parse_cron
 from jobs.cli import app
 
 from ..conftest import write_job
