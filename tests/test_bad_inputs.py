@@ -220,7 +220,7 @@ def test_the_python_api_refuses_the_same(tmp_path):
 
 
 def test_a_damaged_exit_file_fails_only_its_own_schedule(base, tmp_path):
-    from jobs._schedule import Scheduler
+    from jobs.schedule import Scheduler
 
     sched = Scheduler(tmp_path / "state", clock=lambda: now[0], local_command=lambda job: ["true"])
     now = [time.time()]
@@ -229,10 +229,11 @@ def test_a_damaged_exit_file_fails_only_its_own_schedule(base, tmp_path):
     sched.add("second", job, "* * * * *")
     now[0] += 61
     fires = {f.schedule: f for f in sched.run_due()}
+    exits = {name: tmp_path / "state" / "exits" / f"{f.id}.exit" for name, f in fires.items()}  # STATE_DIR's layout
     deadline = time.time() + 30
-    while not all(sched._exit_path(f.id).exists() for f in fires.values()) and time.time() < deadline:
+    while not all(path.exists() for path in exits.values()) and time.time() < deadline:
         time.sleep(0.1)
-    sched._exit_path(fires["first"].id).write_text("garbage\x00")  # a damaged file (a full disk, a bad editor)
+    exits["first"].write_text("garbage\x00")  # a damaged file (a full disk, a bad editor)
     rows = {r.schedule.name: r for r in sched.status()}
     assert rows["first"].last_fire.state == "failed" and "damaged" in rows["first"].last_fire.message
     assert rows["second"].last_fire.state == "succeeded"
@@ -241,8 +242,8 @@ def test_a_damaged_exit_file_fails_only_its_own_schedule(base, tmp_path):
 
 
 def test_the_state_dir_logs_and_database_are_private(base, tmp_path, monkeypatch):
-    from jobs._schedule import Scheduler
     from jobs._state import remember_run
+    from jobs.schedule import Scheduler
 
     state = tmp_path / "state"
     monkeypatch.setenv("EMBEDJOB_STATE_DIR", str(state))

@@ -22,8 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cluster import RayJobsClient
-from jobs._schedule import Scheduler
 from jobs.cli import app
+from jobs.schedule import Scheduler
 from storage import TableNotFoundError, open_table
 
 from ..jobfiles import write_job

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from jobs._schedule import ScheduleError, Scheduler, parse_cron
 from jobs.cli import app
+from jobs.schedule import FireKind, FireState, ScheduleError, Scheduler, parse_cron
 
 from ..jobfiles import write_job
 
@@ -218,6 +219,118 @@ def test_outcome_is_recorded_after_the_scheduler_that_fired_it_is_gone(tmp_path,
     later = _scheduler(tmp_path, clock)
     (done,) = later.wait([fire], timeout_s=30, poll_s=0.05)
     assert (done.state, done.exit_code) == ("failed", 4)
+
+
+# ----------------------------------------------------------------- the store on disk
+
+# What the first embedjob with schedules wrote (its schema, verbatim, and ``PRAGMA user_version = 1``):
+# databases made by it must open unchanged.
+_V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    timezone TEXT,
+    address TEXT,
+    created_at REAL NOT NULL,
+    last_slot REAL
+);
+CREATE TABLE IF NOT EXISTS fires (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    schedule TEXT NOT NULL,
+    slot REAL NOT NULL,
+    fired_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    finished_at REAL,
+    pid INTEGER,
+    pid_start INTEGER,
+    submission_id TEXT,
+    exit_code INTEGER,
+    ray_status TEXT,
+    log_path TEXT,
+    message TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS fires_by_schedule ON fires (schedule, id);
+"""
+
+
+def _v1_database(path: Path) -> None:
+    """A schedule database as version 1 wrote it: WAL, its schema, user_version 1."""
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_V1_SCHEMA)
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+
+
+def _on_disk(path: Path) -> tuple[int, list[tuple]]:
+    db = sqlite3.connect(path)
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        schema = db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    finally:
+        db.close()
+    return version, schema
+
+
+def test_a_version_1_database_opens_unchanged(tmp_path, clock, job):
+    db_path = tmp_path / "state" / "schedule.db"
+    _v1_database(db_path)
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute(
+        "INSERT INTO schedules (name, job, cron, timezone, address, created_at, last_slot) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ("nightly", str(job), "0 2 * * *", "UTC", None, _ts("2026-11-20 01:00:00"), _ts("2026-11-22 02:00:00")),
+    )
+    db.execute(
+        "INSERT INTO fires (schedule, slot, fired_at, state, kind, finished_at, exit_code, log_path) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ("nightly", _ts("2026-11-22 02:00:00"), _ts("2026-11-22 02:00:01"), "failed", "local", 1.0, 3, "x.log"),
+    )
+    db.close()
+    before = _on_disk(db_path)
+    sched = _scheduler(tmp_path, clock)
+    assert _on_disk(db_path) == before
+    assert before[0] == 1
+    (fire,) = sched.fires("nightly")
+    assert (fire.state, fire.kind, fire.exit_code, fire.outcome()) == (
+        FireState.FAILED,
+        FireKind.LOCAL,
+        3,
+        "failed (exit 3)",
+    )
+    assert sched.next_fire(sched.get("nightly")) == _ts("2026-11-23 02:00:00")
+
+
+def test_a_new_database_has_the_version_1_schema_and_keeps_state_strings(tmp_path, clock, job):
+    _v1_database(tmp_path / "old" / "schedule.db")
+    sched = _scheduler(tmp_path, clock)
+    assert _on_disk(sched.db_path) == _on_disk(tmp_path / "old" / "schedule.db")
+    sched.add("nightly", job, "0 2 * * *", timezone="UTC")
+    clock.set("2026-11-23 02:00:00")
+    (fire,) = sched.run_due()
+    sched.wait([fire], timeout_s=30, poll_s=0.05)
+    db = sqlite3.connect(sched.db_path)
+    try:
+        rows = db.execute("SELECT state, kind, typeof(state) FROM fires").fetchall()
+    finally:
+        db.close()
+    assert rows == [("succeeded", "local", "text")]
+    assert [s.value for s in FireState] == ["starting", "running", "succeeded", "failed", "skipped"]
+
+
+def test_a_database_from_a_newer_embedjob_is_refused(tmp_path, clock):
+    db_path = tmp_path / "state" / "schedule.db"
+    _v1_database(db_path)
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("PRAGMA user_version = 7")
+    db.close()
+    with pytest.raises(ScheduleError, match=r"schedule\.db was written by a newer embedjob \(schema 7\)"):
+        _scheduler(tmp_path, clock)
+    assert _on_disk(db_path)[0] == 7
 
 
 # ----------------------------------------------------------------- CLI (real processes)
