@@ -167,7 +167,7 @@ def schedule_serve(
 
 
 def _scheduler(state_dir: Path | None, *, python: str = "python"):
-    from .._schedule import Scheduler
+    from ..schedule import Scheduler
 
     try:
         return Scheduler(state_dir, python=python)
