@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from ..schedule import FireState
 from ._app import PythonOpt, app, quiet_ray_client, setup_logging, when
 from ._console import console, err_console, fail
 
@@ -129,7 +130,7 @@ def schedule_run_due(
         fires = scheduler.wait(started)
         for fire in fires:
             _print_fire(fire)
-    if wait and any(f.state == "failed" for f in fires):
+    if wait and any(f.state == FireState.FAILED for f in fires):
         raise typer.Exit(1)
 
 
