@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from ._backfill import BackfillPlan, BackfillResult, run_backfill
 from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
-from ._connect import ray_session
+from ._connect import probe_address, ray_session
 from ._errors import ClusterError, SourceError
 from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
 from ._pool import NodeShare, PoolPlan, PoolRequest, plan_pool
+from ._registry import IdRegistry
 from ._sources import Source, resolve_source
+from ._stages import load_encoder
 from ._submit import (
     TERMINAL_STATUSES,
     RayJobInfo,
@@ -29,6 +31,7 @@ __all__ = [
     "CalibrationSample",
     "ClusterError",
     "EmbedPlan",
+    "IdRegistry",
     "NodeShare",
     "PipelineResult",
     "PoolPlan",
@@ -41,7 +44,9 @@ __all__ = [
     "actor_placement",
     "build_runtime_env",
     "jobs_api_address",
+    "load_encoder",
     "plan_pool",
+    "probe_address",
     "ray_session",
     "resolve_source",
     "run_backfill",

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from ._errors import ClusterError
 
-__all__ = ["ray_session"]
+__all__ = ["probe_address", "ray_session"]
 
 logger = logging.getLogger("cluster")
 
@@ -36,7 +36,7 @@ def ray_session(address: str | None = None, *, connect_timeout_s: float = 15.0) 
         return
     addr = address or os.environ.get("RAY_ADDRESS") or None
     if addr and addr not in ("auto", "local"):
-        _probe(addr, connect_timeout_s)
+        probe_address(addr, connect_timeout_s)
     started = False
     if addr and addr != "local":
         _use_token_auth_if_available()
@@ -125,7 +125,7 @@ def _use_token_auth_if_available() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
-def _probe(address: str, timeout: float) -> None:
+def probe_address(address: str, timeout: float) -> None:
     """Fail fast on a host:port nobody listens on (ray.init would retry for a long time)."""
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     if parsed.scheme not in ("tcp", "ray") or not parsed.hostname or not parsed.port:

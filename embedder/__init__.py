@@ -5,11 +5,20 @@ Knows nothing about Ray, files or Lance.
 
 from __future__ import annotations
 
-from ._batching import Tokenized
+from ._batching import Tokenized, plan_batches, tokenize
 from ._calibrate import fit_calibration
 from ._calibration import Calibration, CalibrationInfo, LayerFit
 from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, heldout_mask
-from ._config import MODEL_DTYPES, POOLINGS, EncoderConfig, ModelDtype, Pooling, PoolingName
+from ._config import (
+    MODEL_DTYPES,
+    POOLINGS,
+    EncoderConfig,
+    ModelDtype,
+    Pooling,
+    PoolingName,
+    resolve_device,
+    resolve_dtype,
+)
 from ._encoder import ElasticEncoder, EncodeResult, EncodeStats
 from ._errors import (
     CalibrationError,
@@ -21,7 +30,7 @@ from ._errors import (
     UnsupportedModelError,
 )
 from ._granularity import STARBUCKS, Granularity, parse_granularities, resolve_granularities
-from ._loading import read_model_dir, weight_files, weights_fingerprint
+from ._loading import find_blocks, read_model_dir, weight_files, weights_fingerprint
 from ._quality import agreement, neighbours, pair_correlation, recall_at_k, recommend, spearman
 from ._text import (
     EMPTY_TEXT,
@@ -29,6 +38,7 @@ from ._text import (
     NULL_TEXT,
     UNDECODABLE_TEXT,
     WHITESPACE_ONLY_TEXT,
+    check_texts,
     decode_text,
     embeddable_text,
     find_invalid_texts,
@@ -69,20 +79,26 @@ __all__ = [
     "UnsupportedModelError",
     "agreement",
     "cached_tokenizer",
+    "check_texts",
     "decode_text",
     "embeddable_text",
+    "find_blocks",
     "find_invalid_texts",
     "fit_calibration",
     "heldout_mask",
     "neighbours",
     "pair_correlation",
     "parse_granularities",
+    "plan_batches",
     "read_model_dir",
     "recall_at_k",
     "recommend",
+    "resolve_device",
+    "resolve_dtype",
     "resolve_granularities",
     "spearman",
     "text_problem",
+    "tokenize",
     "tokenized_from_flat",
     "weight_files",
     "weights_fingerprint",

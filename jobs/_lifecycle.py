@@ -40,8 +40,8 @@ from storage.vocab import updates_rows
 
 from ._checks import ResolvedJob
 from ._indexing import refresh_indexes
-from ._state import remember_run
 from ._summary import RunSummary
+from .state import remember_run
 
 __all__ = ["RunNotResumable", "TableRun", "Work", "in_ray_session", "pool_request", "run_on_table"]
 

@@ -32,8 +32,8 @@ from ._checks import ResolvedJob, check_job
 from ._guards import check_deletions, check_rejects
 from ._lifecycle import RunNotResumable, TableRun, pool_request, refresh_indexes_after, run_on_table
 from ._spec import JobSpec, load_job, parse_job
-from ._state import lookup_run, state_dir
 from ._summary import RunSummary
+from .state import lookup_run, state_dir
 
 __all__ = ["RunNotResumable", "RunSummary", "resume_run", "run_job"]
 

@@ -242,8 +242,8 @@ def test_a_damaged_exit_file_fails_only_its_own_schedule(base, tmp_path):
 
 
 def test_the_state_dir_logs_and_database_are_private(base, tmp_path, monkeypatch):
-    from jobs._state import remember_run
     from jobs.schedule import Scheduler
+    from jobs.state import remember_run
 
     state = tmp_path / "state"
     monkeypatch.setenv("EMBEDJOB_STATE_DIR", str(state))

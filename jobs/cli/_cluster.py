@@ -44,7 +44,7 @@ def submit(
     from cluster import ClusterError
 
     from .._spec import JobSpecError, load_job
-    from .._submit import is_loopback, local_paths, submit_job
+    from ..submission import is_loopback, local_paths, submit_job
 
     quiet_ray_client()
     try:

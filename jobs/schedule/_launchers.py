@@ -161,7 +161,7 @@ class RayLauncher(Launcher):
         self.python = python
 
     def launch(self, schedule: Schedule, fire: Fire) -> Fire:
-        from .._submit import submit_job
+        from ..submission import submit_job
 
         sid = f"embedjob-{schedule.name}-{slot_stamp(fire.slot, schedule.timezone)}-{secrets.token_hex(3)}"
         # recorded before submitting: a scheduler that dies in between finds the job by this id

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .._state import private_dir, state_dir
+from ..state import private_dir, state_dir
 from ._cron import iso, latest_due, next_after, parse_cron, zone
 from ._launchers import Launcher, LocalLauncher, RayLauncher, run_job_command
 from ._records import Fire, FireKind, FireState, Schedule, ScheduleError, ScheduleStatus

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from cluster import NodeShare, PoolPlan
-from cluster._pipeline import actor_placement
+from cluster import NodeShare, PoolPlan, actor_placement
 
 
 def _live_groups(ray) -> list[dict]:

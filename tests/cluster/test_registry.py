@@ -5,7 +5,7 @@ from __future__ import annotations
 import lance
 import pyarrow as pa
 
-from cluster._registry import IdRegistry
+from cluster import IdRegistry
 from storage import RunStaging, StagedPart
 
 

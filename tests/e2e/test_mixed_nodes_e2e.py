@@ -31,7 +31,7 @@ import json, sys, types
 import ray
 from cluster import ray_session
 from cluster import PoolRequest, actor_placement, start_pool
-from cluster._stages import load_encoder
+from cluster import load_encoder
 from embedder import EncoderConfig
 
 model, address = sys.argv[1], sys.argv[2]

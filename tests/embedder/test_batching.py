@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from embedder._batching import Tokenized, plan_batches, tokenize
+from embedder import Tokenized, plan_batches, tokenize
 
 
 def _tok(lengths: list[int]) -> Tokenized:

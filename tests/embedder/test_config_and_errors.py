@@ -14,8 +14,9 @@ from embedder import (
     ModelError,
     Pooling,
     UnsupportedModelError,
+    resolve_device,
+    resolve_dtype,
 )
-from embedder._config import resolve_device, resolve_dtype
 
 
 @pytest.mark.parametrize(

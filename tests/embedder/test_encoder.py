@@ -19,9 +19,9 @@ from embedder import (
     Pooling,
     TextTokenizer,
     UnsupportedModelError,
+    find_blocks,
     tokenized_from_flat,
 )
-from embedder._loading import find_blocks
 
 from .reference import reference_vectors, row_cosines
 

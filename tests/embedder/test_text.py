@@ -14,11 +14,11 @@ from embedder import (
     UNDECODABLE_TEXT,
     WHITESPACE_ONLY_TEXT,
     InvalidTextError,
+    check_texts,
     decode_text,
     find_invalid_texts,
     text_problem,
 )
-from embedder._text import check_texts
 
 
 def test_reason_strings_are_the_ones_rejects_tables_hold():

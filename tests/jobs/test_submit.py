@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 
 from jobs._spec import load_job, parse_job
-from jobs._submit import entrypoint, job_text, local_paths
+from jobs.submission import entrypoint, job_text, local_paths
 
 from ..jobfiles import write_job
 

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from ._spec import JobSpec, load_job, parse_job
 
-__all__ = ["Submission", "job_text", "local_paths", "submit_job"]
+__all__ = ["Submission", "entrypoint", "is_loopback", "job_text", "local_paths", "submit_job"]
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
