@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from jobs._spec import load_job, parse_job
+from jobs import load_job, parse_job
 from jobs.submission import entrypoint, job_text, local_paths
 
 from ..jobfiles import write_job
