@@ -49,9 +49,9 @@ from storage import (
     sibling_uri,
     table_exists,
 )
+from storage import VERSION as __version__
 from storage.vocab import OutputMode, keeps_existing_rows, replaces_table, resolve_mode
 
-from . import __version__
 from ._spec import CalibrateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError
 
 __all__ = ["ResolvedJob", "check_job"]

@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
+from storage import VERSION as __version__
+
 from . import _console
 from ._console import console, fail
 

@@ -72,11 +72,5 @@ def test_embedder_has_no_import_cycle(graph):
     assert import_cycles(graph, ("embedder",)) == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="jobs has two cycles: jobs._checks and jobs._run import jobs (from . import __version__) while "
-    "jobs/__init__ imports them (ring: jobs, jobs._calibrate, jobs._checks, jobs._evaluate, jobs._indexing, "
-    "jobs._run); jobs.cli <-> jobs._cli_evaluate (from .cli import _fail, _open, console, err_console)",
-)
 def test_no_package_has_an_import_cycle(graph):
     assert import_cycles(graph, PACKAGES) == []
