@@ -10,6 +10,7 @@ from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import probe_address, ray_session
 from ._errors import ClusterError, SourceError
 from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
+from ._plans import CorpusPlan, EncoderPlan
 from ._pool import NodeShare, PoolPlan, PoolRequest, plan_pool
 from ._registry import IdRegistry
 from ._sources import Source, resolve_source
@@ -30,7 +31,9 @@ __all__ = [
     "CalibrationPlan",
     "CalibrationSample",
     "ClusterError",
+    "CorpusPlan",
     "EmbedPlan",
+    "EncoderPlan",
     "IdRegistry",
     "NodeShare",
     "PipelineResult",

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from embedder import EncoderConfig
 from storage import RunStaging, StagedPart, backfill_fragment, fragment_ids, rows_per_node, vector_array, vector_column
 
 from ._pipeline import actor_placement, start_pool
-from ._pool import PoolPlan, PoolRequest
+from ._plans import EncoderPlan
+from ._pool import PoolPlan
 from ._stages import load_encoder, node_id
 
 __all__ = ["BackfillPlan", "BackfillResult", "run_backfill"]
@@ -28,16 +28,13 @@ logger = logging.getLogger("cluster")
 
 
 @dataclass(frozen=True, kw_only=True)
-class BackfillPlan:
+class BackfillPlan(EncoderPlan):
+    """New vector columns for a table's fragments (``encoder``: the new granularities only)."""
+
     run_id: str
     table_uri: str
     read_version: int
-    model_path: str
-    encoder: EncoderConfig  # the new granularities only
     vector_dtype: str
-    storage_options: dict[str, str] | None = field(default=None, repr=False)
-    calibration_uri: str | None = None
-    pool: PoolRequest = field(default_factory=PoolRequest)
     #: a resumed backfill: fragments whose new columns its staging folder already holds are not embedded again
     resume: bool = False
 

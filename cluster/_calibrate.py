@@ -14,15 +14,15 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from embedder import CalibrationStats, EncoderConfig, Granularity, embeddable_text, heldout_mask, read_model_dir
 
 from ._pipeline import actor_placement, map_with_actors, start_pool
-from ._pool import PoolPlan, PoolRequest
-from ._sources import Source
+from ._plans import CorpusPlan
+from ._pool import PoolPlan
 from ._stages import load_encoder
 
 __all__ = ["CalibrationPlan", "CalibrationSample", "run_calibration", "sample_fraction"]
@@ -31,19 +31,13 @@ logger = logging.getLogger("cluster")
 
 
 @dataclass(frozen=True, kw_only=True)
-class CalibrationPlan:
+class CalibrationPlan(CorpusPlan):
     """A calibration fit: which corpus, which model and exit layers, how big a sample."""
 
-    source: Source
-    id_column: str
-    text_column: str
-    model_path: str
-    encoder: EncoderConfig
     layers: tuple[int, ...]
     sample: int
     heldout_fraction: float = 0.2
     seed: int = 0
-    pool: PoolRequest = field(default_factory=PoolRequest)
 
 
 @dataclass

@@ -16,13 +16,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from embedder import EncoderConfig, weight_files
+from embedder import weight_files
 from storage import StagedPart, rows_per_node
 from storage.vocab import TOKENIZE_CHOICES, replaces_table
 
+from ._plans import CorpusPlan
 from ._pool import PoolPlan, PoolRequest, plan_pool
 from ._registry import IdRegistry
-from ._sources import Source
 from ._stages import EncodeActor, prepare
 
 __all__ = ["EmbedPlan", "PipelineResult", "actor_placement", "map_with_actors", "run_pipeline", "start_pool"]
@@ -31,28 +31,17 @@ logger = logging.getLogger("cluster")
 
 
 @dataclass(frozen=True, kw_only=True)
-class EmbedPlan:
+class EmbedPlan(CorpusPlan):
     """Everything one run needs, resolved and checked by the job layer."""
 
     run_id: str
-    source: Source
-    id_column: str
-    text_column: str
     passthrough: tuple[str, ...]
-    model_path: str
-    encoder: EncoderConfig
     schema: pa.Schema
     output_uri: str
     rejects_uri: str
     vector_dtype: str
-    storage_options: dict[str, str] | None = field(default=None, repr=False)
-    pool: PoolRequest = field(default_factory=PoolRequest)
     rows_per_block: int | None = None
     rows_per_part: int = 16384
-    #: where the run's calibration is stored (next to the table). Each actor loads it from there, so
-    #: its constructor arguments stay small: a restarted actor whose large arguments were evicted from
-    #: the object store fails to start (ray#53727).
-    calibration_uri: str | None = None
     #: how rows are compared with the table (IdRegistry): create / overwrite / append / incremental
     mode: str = "create"
     #: the table version the run planned against (None: no table yet)
