@@ -93,24 +93,14 @@ class _Backfill:
         return run_backfill(plan)
 
     def summarize(self, run: TableRun, result: BackfillResult) -> RunSummary:
-        cal = self.resolved.calibration
-        return RunSummary(
-            run_id=run.run_id,
-            job_name=run.job_name,
-            table_uri=self.resolved.output_uri,
-            mode=self.mode,
-            status="committed",
-            table_version=None,
+        return run.summary(
+            self.mode,
+            self.resolved,
             rows_read=result.rows,
             rows_embedded=result.rows,
             rows_resumed=result.resumed,
             seconds_pipeline=result.seconds,
-            started_at=run.started,
-            finished_at=run.started,
             pool=result.pool,
-            calibration=cal.fingerprint if cal else None,
-            calibration_origin=self.resolved.calibration_origin,
-            read_version=run.read_version,
             rows_per_node=result.rows_per_node,
         )
 

@@ -94,6 +94,25 @@ class TableRun:
     def job_name(self) -> str:
         return self.resolved.spec.name or Path(self.source_name).stem
 
+    def summary(self, mode: str, resolved: ResolvedJob, **counts: Any) -> RunSummary:
+        """The run's summary before its commit (committed, no version yet) with the work's ``counts``;
+        ``resolved``: the job as the work ran it (with the calibration it fitted, if any)."""
+        cal = resolved.calibration
+        return RunSummary(
+            run_id=self.run_id,
+            job_name=self.job_name,
+            table_uri=resolved.output_uri,
+            mode=mode,
+            status="committed",
+            table_version=None,
+            started_at=self.started,
+            finished_at=self.started,
+            read_version=self.read_version,
+            calibration=cal.fingerprint if cal else None,
+            calibration_origin=resolved.calibration_origin,
+            **counts,
+        )
+
 
 class Work(Protocol):
     """What one kind of run does on a table; the lifecycle does the rest."""

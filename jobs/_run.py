@@ -179,24 +179,15 @@ class _Embed:
             run_fields=fields,
         )
         _check_exactly_once(result.parts, run.run_id)
-        return RunSummary(
-            run_id=run.run_id,
-            job_name=run.job_name,
-            table_uri=resolved.output_uri,
-            mode=self.mode,
-            status="committed",
-            table_version=None,
+        return run.summary(
+            self.mode,
+            resolved,
             # what the commit adds, including rows an earlier attempt of this run staged (rows_resumed)
             rows_embedded=result.rows_embedded,
             tokens=result.tokens,
             truncated=result.truncated,
-            started_at=run.started,
-            finished_at=run.started,
-            calibration=resolved.calibration.fingerprint if resolved.calibration else None,
-            calibration_origin=resolved.calibration_origin,
             seconds_calibration=self.seconds_calibration,
             rows_resumed=counts.get("staged", 0),
-            read_version=run.read_version,
             rows_per_node=result.rows_per_node,
             **fields,
         )
