@@ -97,7 +97,7 @@ class StagingRecord:
     spec: dict[str, Any] | None = None
     mode: str | None = None
     read_version: int | None = None
-    provenance: dict[str, Any] | None = None
+    provenance: str | None = None  # the table provenance's JSON: what made the run's vectors
     started_at: str | None = None
     attempts: int = 1
     error: str | None = None
@@ -130,7 +130,7 @@ class StagingRecord:
         return self.status == RunStatus.COMMITTING or (self.status == RunStatus.COMMITTED and bool(self.pending))
 
     def resume_problem(
-        self, table_version: int | None, *, provenance: Mapping[str, Any] | None = None, mode: str | None = None
+        self, table_version: int | None, *, provenance: str | None = None, mode: str | None = None
     ) -> str | None:
         """Why this run cannot be resumed against the table at ``table_version`` (and, when given, a job
         with this provenance and mode); None when it can. The one rule for ``run``, ``resume``, ``gc`` and
@@ -143,7 +143,7 @@ class StagingRecord:
                 f"it planned against table version {self.read_version}, the table is at {table_version} "
                 f"now (another run committed meanwhile)"
             )
-        if provenance is not None and self.provenance != dict(provenance):
+        if provenance is not None and self.provenance != provenance:
             return "the job's model or granularities differ from the run's"
         if mode is not None and self.mode != mode:
             return f"the run used mode {self.mode!r}, this job {mode!r}"

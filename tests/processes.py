@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Kill:
-    """What the killer did: the pid it killed (None: the process never showed up, or the run was over)."""
+    """What the killer did: the pids it killed, in order (none: the process never showed up, or the run was
+    over), and the command line of the first."""
 
-    pid: int | None = None
+    pids: list[int] = field(default_factory=list)
     command: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def pid(self) -> int | None:
+        return self.pids[0] if self.pids else None
 
 
 def _processes(match: str) -> Iterator[tuple[int, str]]:
@@ -33,22 +38,25 @@ def _processes(match: str) -> Iterator[tuple[int, str]]:
 
 
 @contextmanager
-def kill_once(match: str, *, when: Callable[[], bool] = lambda: True, timeout_s: float = 300.0) -> Iterator[Kill]:
+def kill_once(
+    match: str, *, when: Callable[[], bool] = lambda: True, times: int = 1, timeout_s: float = 300.0
+) -> Iterator[Kill]:
     """While the block runs, SIGKILL the first process whose command line holds ``match`` (a Ray actor's process
-    title names its class) once ``when()`` is true, once. The thread is stopped when the block ends."""
+    title names its class) once ``when()`` is true; ``times`` > 1: each one that shows up next, until that many
+    were killed. The thread is stopped when the block ends."""
     kill = Kill()
 
     def watch() -> None:
         deadline = time.monotonic() + timeout_s
-        while not kill.stop.is_set() and time.monotonic() < deadline:
-            found = next(_processes(match), None)
+        while not kill.stop.is_set() and time.monotonic() < deadline and len(kill.pids) < times:
+            found = next((p for p in _processes(match) if p[0] not in kill.pids), None)
             if found is not None and when():
                 try:
                     os.kill(found[0], signal.SIGKILL)
                 except ProcessLookupError:
                     continue
-                kill.pid, kill.command = found
-                return
+                kill.pids.append(found[0])
+                kill.command = kill.command or found[1]
             time.sleep(0.05)
 
     thread = threading.Thread(target=watch, name=f"kill-once-{match}", daemon=True)
