@@ -169,43 +169,54 @@ def resolve_source(uri: str, fmt: str | None = None, *, store: ObjectStore | Non
     A directory means every file in it with the format's suffix; a glob is
     expanded; ``s3://`` URIs are listed through s3fs.
     """
+    fmt = _input_format(uri, fmt)
+    if fmt == "lance":
+        return Source(uri=uri, format=fmt, paths=(uri,), store=store)
+    suffixes = tuple(s for s, f in _SUFFIXES.items() if f == fmt)
+    paths = _list_s3(uri, suffixes, store) if uri.startswith("s3://") else _list_local(uri, suffixes)
+    if not paths:
+        raise SourceError(f"input {uri!r} matches no {fmt} files")
+    return Source(uri=uri, format=fmt, paths=paths, store=store)
+
+
+def _input_format(uri: str, fmt: str | None) -> str:
+    """The checked input format: the one given (``json`` meaning jsonl), else the one ``uri``'s suffix names."""
     fmt = (fmt or infer_format(uri)).lower()
     if fmt == "json":
         fmt = "jsonl"
     if fmt not in INPUT_FORMATS:
         raise SourceError(f"input format {fmt!r} is not supported; allowed: {', '.join(INPUT_FORMATS)}")
-    is_s3 = uri.startswith("s3://")
-    if fmt == "lance":
-        return Source(uri=uri, format=fmt, paths=(uri,), store=store)
-    suffixes = tuple(s for s, f in _SUFFIXES.items() if f == fmt)
-    if is_s3:
-        fs = (store or ObjectStore.from_env()).filesystem()
-        key = uri.removeprefix("s3://")
-        try:
-            if _GLOB_CHARS & set(key):
-                found = sorted(fs.glob(key))
-            elif fs.isdir(key):
-                found = sorted(p for p in fs.find(key) if p.lower().endswith(suffixes))
-            elif fs.exists(key):
-                found = [key]
-            else:
-                found = []
-        except OSError as exc:
-            raise SourceError(f"cannot list input {uri!r}: {exc}") from None
-        paths = tuple(f"s3://{p}" for p in found)
-    else:
-        p = Path(uri).expanduser()
-        if _GLOB_CHARS & set(uri):
-            paths = tuple(sorted(globlib.glob(str(p), recursive=True)))
-        elif p.is_dir():
-            paths = tuple(sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes))
-        elif p.is_file():
-            paths = (str(p),)
+    return fmt
+
+
+def _list_s3(uri: str, suffixes: tuple[str, ...], store: ObjectStore | None) -> tuple[str, ...]:
+    """The ``s3://`` files ``uri`` names: a glob's matches, a prefix's files with ``suffixes``, or one object."""
+    fs = (store or ObjectStore.from_env()).filesystem()
+    key = uri.removeprefix("s3://")
+    try:
+        if _GLOB_CHARS & set(key):
+            found = sorted(fs.glob(key))
+        elif fs.isdir(key):
+            found = sorted(p for p in fs.find(key) if p.lower().endswith(suffixes))
+        elif fs.exists(key):
+            found = [key]
         else:
-            paths = ()
-    if not paths:
-        raise SourceError(f"input {uri!r} matches no {fmt} files")
-    return Source(uri=uri, format=fmt, paths=paths, store=store)
+            found = []
+    except OSError as exc:
+        raise SourceError(f"cannot list input {uri!r}: {exc}") from None
+    return tuple(f"s3://{p}" for p in found)
+
+
+def _list_local(uri: str, suffixes: tuple[str, ...]) -> tuple[str, ...]:
+    """The local files ``uri`` names: a glob's matches, a directory's files with ``suffixes``, or one file."""
+    p = Path(uri).expanduser()
+    if _GLOB_CHARS & set(uri):
+        return tuple(sorted(globlib.glob(str(p), recursive=True)))
+    if p.is_dir():
+        return tuple(sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes))
+    if p.is_file():
+        return (str(p),)
+    return ()
 
 
 def describe_columns(schema: pa.Schema) -> str:

@@ -53,41 +53,16 @@ def prepare(
     import ray
 
     ids = batch.column(id_column)
-    raw = batch.column(text_column)
-    texts: list[str | None] = []
-    hashes: list[str | None] = []
-    reasons: list[str | None] = []
     id_values = ids.to_pylist()
-    for value, id_value in zip(raw.to_pylist(), id_values, strict=True):
-        # undecodable bytes are kept, escaped, in the rejects table: the bytes can be recovered from it
-        text, reason = decode_text(value)
-        if reason is None:
-            reason = "null id" if id_value is None else text_problem(text)
-        if text is not None and not isinstance(text, str):
-            text = str(text)  # the rejects table keeps it as text
-        texts.append(text)
-        hashes.append(content_hash(text) if isinstance(text, str) else None)
-        reasons.append(reason)
+    texts, hashes, reasons = _check_rows(batch.column(text_column).to_pylist(), id_values)
     # Each valid row claims its id; the registry answers new / changed (embed), unchanged / staged
     # (skip), or a reason to reject (a duplicate, or in append mode an id the table has). A row's key
     # is the batch's digest plus its position, so a retried task re-claims its own ids and gets the
     # same answers.
-    digest = hashlib.blake2b(digest_size=8)
-    for id_value, h in zip(id_values, hashes, strict=True):
-        digest.update(repr(id_value).encode())
-        digest.update((h or "").encode())
-    prefix = digest.digest()
+    prefix = _batch_digest(id_values, hashes)
     keys = [prefix + i.to_bytes(8, "little") if r is None else None for i, r in enumerate(reasons)]
     statuses = ray.get(registry.classify.remote(prefix, len(id_values), id_values, keys, hashes))
-    keep = []
-    for i, status in enumerate(statuses):
-        if status in SKIP:
-            continue  # unchanged since the table's version, or staged by an earlier attempt of this run
-        if status == DUPLICATE:
-            reasons[i] = "duplicate id (an earlier row with this id was kept)"
-        elif status == EXISTS:
-            reasons[i] = "id already in the table (append adds new ids only; mode = 'incremental' updates rows)"
-        keep.append(i)
+    keep = _rows_to_keep(statuses, reasons)
     if len(keep) < len(id_values):
         take = pa.array(keep, pa.int64())
         batch, ids = batch.take(take), ids.take(take)
@@ -103,6 +78,50 @@ def prepare(
     if tokenizer is not None:
         columns[INPUT_IDS], columns[CUT] = _token_columns(tokenizer, texts, reasons)
     return pa.table(columns)
+
+
+def _check_rows(
+    raw_values: list[Any], id_values: list[Any]
+) -> tuple[list[str | None], list[str | None], list[str | None]]:
+    """Each row's text (decoded, as a string), its content hash and why it is rejected (None: valid)."""
+    texts: list[str | None] = []
+    hashes: list[str | None] = []
+    reasons: list[str | None] = []
+    for value, id_value in zip(raw_values, id_values, strict=True):
+        # undecodable bytes are kept, escaped, in the rejects table: the bytes can be recovered from it
+        text, reason = decode_text(value)
+        if reason is None:
+            reason = "null id" if id_value is None else text_problem(text)
+        if text is not None and not isinstance(text, str):
+            text = str(text)  # the rejects table keeps it as text
+        texts.append(text)
+        hashes.append(content_hash(text) if isinstance(text, str) else None)
+        reasons.append(reason)
+    return texts, hashes, reasons
+
+
+def _batch_digest(id_values: list[Any], hashes: list[str | None]) -> bytes:
+    """8 bytes naming the batch by its ids and content hashes: the prefix of its rows' registry keys."""
+    digest = hashlib.blake2b(digest_size=8)
+    for id_value, h in zip(id_values, hashes, strict=True):
+        digest.update(repr(id_value).encode())
+        digest.update((h or "").encode())
+    return digest.digest()
+
+
+def _rows_to_keep(statuses: Sequence[str], reasons: list[str | None]) -> list[int]:
+    """The positions of the rows the registry did not skip; a duplicate's or an existing id's reason is
+    written into ``reasons``."""
+    keep = []
+    for i, status in enumerate(statuses):
+        if status in SKIP:
+            continue  # unchanged since the table's version, or staged by an earlier attempt of this run
+        if status == DUPLICATE:
+            reasons[i] = "duplicate id (an earlier row with this id was kept)"
+        elif status == EXISTS:
+            reasons[i] = "id already in the table (append adds new ids only; mode = 'incremental' updates rows)"
+        keep.append(i)
+    return keep
 
 
 def _token_columns(

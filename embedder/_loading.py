@@ -88,52 +88,14 @@ class ModelDir:
 
 def read_model_dir(path: str | Path) -> ModelDir:
     """Validate ``path`` and read its configs; raises :class:`ModelError` naming what is wrong."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise ModelError(str(path), "directory does not exist (models are loaded from local dirs only)")
-    if not root.is_dir():
-        raise ModelError(str(path), "is a file; expected a model directory with config.json")
-    root = root.resolve()
-    transformer_dir = root
-    pooling: Pooling | None = None
-    include_prompt = True
-    modules_file = root / "modules.json"
-    if modules_file.is_file():
-        for module in _read_json(modules_file, str(path)):
-            mtype = module.get("type", "")
-            mdir = root / module.get("path", "")
-            if mtype == _ST_TRANSFORMER:
-                transformer_dir = mdir
-            elif mtype == _ST_POOLING:
-                pooling, include_prompt = _read_st_pooling(mdir / "config.json", str(path))
-            elif mtype not in _ST_IGNORED:
-                raise UnsupportedModelError(
-                    str(path),
-                    f"sentence-transformers module {mtype!r} (in modules.json) is not supported; "
-                    f"supported: Transformer, Pooling, Normalize",
-                )
-    elif (root / "1_Pooling" / "config.json").is_file():
-        pooling, include_prompt = _read_st_pooling(root / "1_Pooling" / "config.json", str(path))
+    root = _model_root(path)
+    transformer_dir, pooling, include_prompt = _read_st_modules(root, str(path))
     config_file = transformer_dir / "config.json"
     if not config_file.is_file():
         raise ModelError(str(path), f"no config.json in {transformer_dir}; is this a Hugging Face model dir?")
     config = _read_json(config_file, str(path))
-    max_seq_length = None
-    do_lower_case = False
-    for where in (transformer_dir, root):
-        st_file = where / "sentence_bert_config.json"
-        if st_file.is_file():
-            st_cfg = _read_json(st_file, str(path))
-            max_seq_length = st_cfg.get("max_seq_length")
-            do_lower_case = bool(st_cfg.get("do_lower_case", False))
-            break
-    num_layers = _first_int(config, _DEPTH_KEYS)
-    hidden_size = _first_int(config, _WIDTH_KEYS)
-    if num_layers is None or hidden_size is None:
-        raise UnsupportedModelError(
-            str(path),
-            f"config.json names no layer count ({'/'.join(_DEPTH_KEYS)}) or hidden size ({'/'.join(_WIDTH_KEYS)})",
-        )
+    max_seq_length, do_lower_case = _read_st_config(transformer_dir, root, str(path))
+    num_layers, hidden_size = _read_shape(config, str(path))
     return ModelDir(
         root=root,
         transformer_dir=transformer_dir,
@@ -145,6 +107,65 @@ def read_model_dir(path: str | Path) -> ModelDir:
         max_seq_length=int(max_seq_length) if max_seq_length else None,
         do_lower_case=do_lower_case,
     )
+
+
+def _model_root(path: str | Path) -> Path:
+    """``path`` resolved, once it is known to be a directory."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise ModelError(str(path), "directory does not exist (models are loaded from local dirs only)")
+    if not root.is_dir():
+        raise ModelError(str(path), "is a file; expected a model directory with config.json")
+    return root.resolve()
+
+
+def _read_st_modules(root: Path, model: str) -> tuple[Path, Pooling | None, bool]:
+    """The transformer's folder, the pooling and include_prompt, from modules.json (or a bare 1_Pooling
+    folder); the root, no pooling and True when the dir has neither."""
+    transformer_dir = root
+    pooling: Pooling | None = None
+    include_prompt = True
+    modules_file = root / "modules.json"
+    if modules_file.is_file():
+        for module in _read_json(modules_file, model):
+            mtype = module.get("type", "")
+            mdir = root / module.get("path", "")
+            if mtype == _ST_TRANSFORMER:
+                transformer_dir = mdir
+            elif mtype == _ST_POOLING:
+                pooling, include_prompt = _read_st_pooling(mdir / "config.json", model)
+            elif mtype not in _ST_IGNORED:
+                raise UnsupportedModelError(
+                    model,
+                    f"sentence-transformers module {mtype!r} (in modules.json) is not supported; "
+                    f"supported: Transformer, Pooling, Normalize",
+                )
+    elif (root / "1_Pooling" / "config.json").is_file():
+        pooling, include_prompt = _read_st_pooling(root / "1_Pooling" / "config.json", model)
+    return transformer_dir, pooling, include_prompt
+
+
+def _read_st_config(transformer_dir: Path, root: Path, model: str) -> tuple[Any, bool]:
+    """max_seq_length (as written) and do_lower_case from sentence_bert_config.json, in the transformer's
+    folder or else the root; None and False without one."""
+    for where in (transformer_dir, root):
+        st_file = where / "sentence_bert_config.json"
+        if st_file.is_file():
+            st_cfg = _read_json(st_file, model)
+            return st_cfg.get("max_seq_length"), bool(st_cfg.get("do_lower_case", False))
+    return None, False
+
+
+def _read_shape(config: dict[str, Any], model: str) -> tuple[int, int]:
+    """The layer count and hidden size config.json names."""
+    num_layers = _first_int(config, _DEPTH_KEYS)
+    hidden_size = _first_int(config, _WIDTH_KEYS)
+    if num_layers is None or hidden_size is None:
+        raise UnsupportedModelError(
+            model,
+            f"config.json names no layer count ({'/'.join(_DEPTH_KEYS)}) or hidden size ({'/'.join(_WIDTH_KEYS)})",
+        )
+    return num_layers, hidden_size
 
 
 def _read_json(file: Path, model: str) -> Any:

@@ -52,36 +52,43 @@ def parse_stages(stages: StageSpec) -> tuple[FunnelStage, ...]:
     items: list[Any] = [s for s in re.split(r"[,\s]+", stages) if s] if isinstance(stages, str) else list(stages)
     if not items:
         raise ValueError("a funnel needs at least one stage, e.g. 'l6_d64:200,l6_d384:10'")
-    out: list[FunnelStage] = []
-    for item in items:
-        if isinstance(item, FunnelStage):
-            out.append(item)
-            continue
-        if isinstance(item, str):
-            gran, sep, k = item.rpartition(":")
-            if not sep:
-                raise ValueError(f"funnel stage {item!r}: expected GRANULARITY:K, e.g. l6_d64:200")
-            item = (gran, k)
-        try:
-            gran, k = item
-            k = int(k)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"funnel stage {item!r}: expected (granularity, k) with an integer k, e.g. ('l6_d64', 200)"
-            ) from None
-        if k < 1:
-            raise ValueError(f"funnel stage {gran}:{k}: k must be >= 1")
-        out.append(FunnelStage(Granularity.parse(gran), k))
-    for before, after in itertools.pairwise(out):
+    out = [_parse_stage(item) for item in items]
+    _check_funnel(out)
+    return tuple(out)
+
+
+def _parse_stage(item: Any) -> FunnelStage:
+    """One stage, given as a FunnelStage, ``"GRANULARITY:K"`` or ``(granularity, k)``."""
+    if isinstance(item, FunnelStage):
+        return item
+    if isinstance(item, str):
+        gran, sep, k = item.rpartition(":")
+        if not sep:
+            raise ValueError(f"funnel stage {item!r}: expected GRANULARITY:K, e.g. l6_d64:200")
+        item = (gran, k)
+    try:
+        gran, k = item
+        k = int(k)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"funnel stage {item!r}: expected (granularity, k) with an integer k, e.g. ('l6_d64', 200)"
+        ) from None
+    if k < 1:
+        raise ValueError(f"funnel stage {gran}:{k}: k must be >= 1")
+    return FunnelStage(Granularity.parse(gran), k)
+
+
+def _check_funnel(stages: list[FunnelStage]) -> None:
+    """Each stage keeps at most as many rows as the one before, and names a granularity once."""
+    for before, after in itertools.pairwise(stages):
         if after.k > before.k:
             raise ValueError(
                 f"funnel stage {after} keeps more rows than the stage before it ({before}); "
                 f"each stage re-scores the previous stage's shortlist, so k must not grow"
             )
-    grans = [s.granularity for s in out]
+    grans = [s.granularity for s in stages]
     if len(set(grans)) != len(grans):
-        raise ValueError(f"funnel stages name a granularity twice: {', '.join(map(str, out))}")
-    return tuple(out)
+        raise ValueError(f"funnel stages name a granularity twice: {', '.join(map(str, stages))}")
 
 
 def funnel_search_vectors(

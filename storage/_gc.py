@@ -52,63 +52,104 @@ def collect_garbage(
     - calibration files no remaining version uses and older than ``older_than``.
     """
     opts = dict(storage_options or {}) or None
-    # only around a table embedjob wrote: a "<stem>_staging" folder next to anything else is not ours to delete
-    if read_provenance(table_uri, opts) is None:
-        what = "is a Lance dataset embedjob did not write" if table_exists(table_uri, opts) else "is not a table"
-        raise TableNotFoundError(
-            f"{table_uri!r} {what} (no embedjob provenance); gc cleans up only around embedjob tables"
-        )
+    _check_embedjob_table(table_uri, opts)
     report = GcReport()
     lock = TableLock(table_uri, run_id="gc", storage_options=opts)
     lock.acquire(wait_s=wait_s)
     try:
         ds = lance.dataset(table_uri, storage_options=opts)
         now = datetime.now(UTC)
-        for staging in staged_runs(table_uri, opts):
-            record = staging.read_record() or StagingRecord(run_id=staging.run_id, status="")
-            if record.bookkeeping_pending:
-                # committed (or maybe: the table's commit message says), its bookkeeping not finished: the
-                # job's next run or `embedjob resume RUN_ID` needs this record to write it
-                report.staging_kept.append(staging.run_id)
-                continue
-            age = now - datetime.fromisoformat(record.started_at) if record.started_at else timedelta.max
-            resumable = record.resume_problem(int(ds.version)) is None
-            if resumable and age < older_than:
-                report.staging_kept.append(staging.run_id)
-            else:
-                staging.remove()
-                report.staging_removed.append(staging.run_id)
-        unverified = not report.staging_kept
-        for suffix in ("", "runs", "rejects"):
-            uri = sibling_uri(table_uri, suffix) if suffix else table_uri
-            if suffix and not table_exists(uri, opts):
-                continue
-            stats = lance.dataset(uri, storage_options=opts).cleanup_old_versions(
-                older_than=older_than, delete_unverified=unverified, error_if_tagged_old_versions=False
-            )
-            report.versions_removed[suffix or "table"] = int(stats.old_versions)
-            report.bytes_removed += int(stats.bytes_removed)
-        used = set()
-        ds = lance.dataset(table_uri, storage_options=opts)
-        for v in ds.versions():
-            raw = (lance.dataset(table_uri, version=v["version"], storage_options=opts).schema.metadata or {}).get(
-                METADATA_KEY
-            )
-            if raw:
-                used.add(Provenance.from_json(raw).calibration)
-        for cal in list_calibrations(table_uri, storage_options=opts):
-            created = datetime.fromisoformat(cal.info.created_at)
-            if created.tzinfo is None:
-                created = created.replace(tzinfo=UTC)
-            if cal.fingerprint not in used and now - created >= older_than:
-                uri = calibration_uri(table_uri, cal.fingerprint)
-                fs, path = filesystem(uri, opts)
-                for p in (path, path[: -len(".safetensors")] + ".json"):
-                    try:
-                        fs.delete_file(p)
-                    except FileNotFoundError:
-                        pass
-                report.calibrations_removed.append(cal.fingerprint)
+        _clean_staging(table_uri, opts, int(ds.version), now, older_than, report)
+        _clean_versions(table_uri, opts, older_than, report)
+        _clean_calibrations(table_uri, opts, now, older_than, report)
     finally:
         lock.release()
     return report
+
+
+def _check_embedjob_table(table_uri: str, opts: dict[str, str] | None) -> None:
+    """Raise unless ``table_uri`` is a table embedjob wrote."""
+    # only around a table embedjob wrote: a "<stem>_staging" folder next to anything else is not ours to delete
+    if read_provenance(table_uri, opts) is None:
+        what = "is a Lance dataset embedjob did not write" if table_exists(table_uri, opts) else "is not a table"
+        raise TableNotFoundError(
+            f"{table_uri!r} {what} (no embedjob provenance); gc cleans up only around embedjob tables"
+        )
+
+
+def _clean_staging(
+    table_uri: str,
+    opts: dict[str, str] | None,
+    table_version: int,
+    now: datetime,
+    older_than: timedelta,
+    report: GcReport,
+) -> None:
+    """Remove the staging folders of runs that committed, can no longer resume, or are too old."""
+    for staging in staged_runs(table_uri, opts):
+        record = staging.read_record() or StagingRecord(run_id=staging.run_id, status="")
+        if record.bookkeeping_pending:
+            # committed (or maybe: the table's commit message says), its bookkeeping not finished: the
+            # job's next run or `embedjob resume RUN_ID` needs this record to write it
+            report.staging_kept.append(staging.run_id)
+            continue
+        age = now - datetime.fromisoformat(record.started_at) if record.started_at else timedelta.max
+        resumable = record.resume_problem(table_version) is None
+        if resumable and age < older_than:
+            report.staging_kept.append(staging.run_id)
+        else:
+            staging.remove()
+            report.staging_removed.append(staging.run_id)
+
+
+def _clean_versions(table_uri: str, opts: dict[str, str] | None, older_than: timedelta, report: GcReport) -> None:
+    """Remove the old Lance versions of the table, its runs and its rejects; unreferenced files go too when no
+    staged run was kept."""
+    unverified = not report.staging_kept
+    for suffix in ("", "runs", "rejects"):
+        uri = sibling_uri(table_uri, suffix) if suffix else table_uri
+        if suffix and not table_exists(uri, opts):
+            continue
+        stats = lance.dataset(uri, storage_options=opts).cleanup_old_versions(
+            older_than=older_than, delete_unverified=unverified, error_if_tagged_old_versions=False
+        )
+        report.versions_removed[suffix or "table"] = int(stats.old_versions)
+        report.bytes_removed += int(stats.bytes_removed)
+
+
+def _calibrations_in_use(table_uri: str, opts: dict[str, str] | None) -> set[str | None]:
+    """The calibration fingerprints the table's remaining versions name in their provenance."""
+    used: set[str | None] = set()
+    ds = lance.dataset(table_uri, storage_options=opts)
+    for v in ds.versions():
+        raw = (lance.dataset(table_uri, version=v["version"], storage_options=opts).schema.metadata or {}).get(
+            METADATA_KEY
+        )
+        if raw:
+            used.add(Provenance.from_json(raw).calibration)
+    return used
+
+
+def _clean_calibrations(
+    table_uri: str, opts: dict[str, str] | None, now: datetime, older_than: timedelta, report: GcReport
+) -> None:
+    """Remove the calibration files no remaining version uses and older than ``older_than``."""
+    used = _calibrations_in_use(table_uri, opts)
+    for cal in list_calibrations(table_uri, storage_options=opts):
+        created = datetime.fromisoformat(cal.info.created_at)
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        if cal.fingerprint not in used and now - created >= older_than:
+            _delete_calibration(table_uri, cal.fingerprint, opts)
+            report.calibrations_removed.append(cal.fingerprint)
+
+
+def _delete_calibration(table_uri: str, fingerprint: str, opts: dict[str, str] | None) -> None:
+    """Delete a calibration's weights and its JSON beside them (either may be gone already)."""
+    uri = calibration_uri(table_uri, fingerprint)
+    fs, path = filesystem(uri, opts)
+    for p in (path, path[: -len(".safetensors")] + ".json"):
+        try:
+            fs.delete_file(p)
+        except FileNotFoundError:
+            pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -64,10 +64,40 @@ def evaluate(
 
     Prints a table and writes quality_map.json and quality_map.png (layers x dims heatmap).
     """
-    from embedder import EmbedderError
+    dim_list = _check_options(
+        sample=sample,
+        k=k,
+        timing=timing,
+        grid=grid,
+        dims=dims,
+        no_lee=no_lee,
+        pairs=pairs,
+        recommend=recommend,
+        metric=metric,
+    )
+    options = dict(grid=grid, k=k, timing_texts=timing, sample=sample, seed=seed, use_lee=not no_lee, pairs_file=pairs)
+    if dim_list is not None:
+        options["dims"] = dim_list
+    qmap = _measure(target, options, sample, endpoint, region)
+    _print_map(qmap, out=out, json_path=json_path, png_path=png_path, title=title)
+    if recommend is not None:
+        _print_recommendation(qmap, recommend, metric)
 
-    from .._spec import JobSpecError
-    from ..quality import GRIDS, METRICS, PairsFileError, evaluate_job, evaluate_table, write_heatmap
+
+def _check_options(
+    *,
+    sample: int,
+    k: int,
+    timing: int,
+    grid: str,
+    dims: str | None,
+    no_lee: bool,
+    pairs: Path | None,
+    recommend: float | None,
+    metric: str,
+) -> tuple[int, ...] | None:
+    """The --dims list, once every option is checked; every problem in one error line, or ``fail``."""
+    from ..quality import GRIDS, METRICS
 
     problems = []
     if recommend is not None and not (0.0 < recommend <= 1.0):  # NaN fails too
@@ -85,19 +115,29 @@ def evaluate(
     dim_list = _parse_dims(dims, problems)
     if problems:
         fail(ValueError("; ".join(problems)))
+    return dim_list
 
-    options = dict(grid=grid, k=k, timing_texts=timing, sample=sample, seed=seed, use_lee=not no_lee, pairs_file=pairs)
-    if dim_list is not None:
-        options["dims"] = dim_list
+
+def _measure(target: str, options: dict[str, Any], sample: int, endpoint: str | None, region: str | None):
+    """The quality map of the job file or the table ``target`` names, or ``fail``."""
+    from embedder import EmbedderError
+
+    from .._spec import JobSpecError
+    from ..quality import PairsFileError, evaluate_job, evaluate_table
+
     is_job = target.endswith(".toml") and Path(target).is_file()
     err_console.print(Text(f"evaluating {'job' if is_job else 'table'} {target} on up to {sample:,} texts"))
     try:
         if is_job:
-            qmap = evaluate_job(target, **options)
-        else:
-            qmap = evaluate_table(open_table_at(target, endpoint, region), **options)
+            return evaluate_job(target, **options)
+        return evaluate_table(open_table_at(target, endpoint, region), **options)
     except (JobSpecError, PairsFileError, EmbedderError, ValueError) as exc:
         fail(exc)
+
+
+def _print_map(qmap, *, out: Path, json_path: Path | None, png_path: Path | None, title: str | None) -> None:
+    """The map as a table and its notes on the terminal; then its JSON and heatmap written."""
+    from ..quality import write_heatmap
 
     console.print(_table(qmap))
     for note in qmap.notes:
@@ -105,23 +145,26 @@ def evaluate(
     written_json = qmap.write_json(json_path or out / "quality_map.json")
     written_png = write_heatmap(qmap, png_path or out / "quality_map.png", title=title)
     console.print(Text(f"wrote {written_json} and {written_png}"), soft_wrap=True)
-    if recommend is not None:
-        try:
-            row = qmap.recommend(recommend, metric)
-        except ValueError as exc:
-            fail(exc)
-        kind = "calibrated" if qmap.calibrated else "raw"
-        full = qmap.row(qmap.reference).value(metric, calibrated=qmap.calibrated)
-        value = row.value(metric, calibrated=qmap.calibrated)
-        console.print(
-            Text(
-                f"recommended: {row.granularity} ({metric} {kind} {value:.3f} >= {recommend:g} x {full:.3f} of "
-                f"{qmap.reference}; layer cost {row.relative_cost:.2f} of full depth, {row.bytes_per_vector:,} "
-                f"bytes per vector){'' if row.in_job else '; not in the job: add it with --add-granularity'}",
-                style="bold",
-            ),
-            soft_wrap=True,
-        )
+
+
+def _print_recommendation(qmap, recommend: float, metric: str) -> None:
+    """The cheapest granularity within ``recommend`` of the full vector's ``metric``, or ``fail``."""
+    try:
+        row = qmap.recommend(recommend, metric)
+    except ValueError as exc:
+        fail(exc)
+    kind = "calibrated" if qmap.calibrated else "raw"
+    full = qmap.row(qmap.reference).value(metric, calibrated=qmap.calibrated)
+    value = row.value(metric, calibrated=qmap.calibrated)
+    console.print(
+        Text(
+            f"recommended: {row.granularity} ({metric} {kind} {value:.3f} >= {recommend:g} x {full:.3f} of "
+            f"{qmap.reference}; layer cost {row.relative_cost:.2f} of full depth, {row.bytes_per_vector:,} "
+            f"bytes per vector){'' if row.in_job else '; not in the job: add it with --add-granularity'}",
+            style="bold",
+        ),
+        soft_wrap=True,
+    )
 
 
 def _parse_dims(text: str | None, problems: list[str]) -> tuple[int, ...] | None:
