@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from ray.exceptions import RayActorError
 
 from bench.corpora import passages
 from embedder import ElasticEncoder, Granularity
@@ -42,7 +43,7 @@ def test_a_failed_backfill_is_recorded_and_resumes_without_redoing_its_fragments
 
     # the backfill's actor is killed once it staged a fragment, and each time Ray restarts it: out of restarts,
     # the backfill fails
-    with kill_once("BackfillActor", when=staged_a_part, times=4) as kill, pytest.raises(Exception):
+    with kill_once("BackfillActor", when=staged_a_part, times=4) as kill, pytest.raises(RayActorError):
         backfill_job(grown, ["l3_d16"], progress=False)
     assert len(kill.pids) >= 3, kill
     (staging,) = staged_runs(uri)
