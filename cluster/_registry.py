@@ -50,11 +50,11 @@ class IdRegistry:
         self._existing: dict[Any, str] = {}
         self._staged: set[Any] = set()
         if keeps_existing_rows(mode) and table_uri and read_version is not None:
-            from storage import read_hashes
+            from storage import CONTENT_HASH, ID, read_hashes
 
             table = read_hashes(table_uri, read_version, storage_options)
             self._existing = dict(
-                zip(table.column("id").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
+                zip(table.column(ID).to_pylist(), table.column(CONTENT_HASH).to_pylist(), strict=True)
             )
         if staging_uri is not None:
             from storage import RunStaging

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
 
-from storage import REJECTS_SCHEMA, RunStaging, StagedPart, write_fragments
+from storage import CONTENT_HASH, ID, REJECTS_SCHEMA, RUN_ID, TEXT, RunStaging, StagedPart, write_fragments
 
 from ._stages import NODE, REASON, TOKENS, TRUNCATED
 
@@ -120,13 +120,13 @@ class StagingSink(Datasink[list[StagedWrite]]):
                 _rejects(bad, self.run_id), self.rejects_uri, REJECTS_SCHEMA, storage_options=self.storage_options
             )
         digest = hashlib.blake2b(digest_size=16)
-        for id_value, h in zip(batch.column("id").to_pylist(), batch.column("content_hash").to_pylist(), strict=True):
+        for id_value, h in zip(batch.column(ID).to_pylist(), batch.column(CONTENT_HASH).to_pylist(), strict=True):
             digest.update(repr(id_value).encode() + b"\0" + (h or "").encode() + b"\0")
         RunStaging(self.uri, self.run_id, self.storage_options).add_part(
             StagedPart(
                 key=digest.hexdigest(),
                 fragments=main,
-                ids=good.column("id").to_pylist(),
+                ids=good.column(ID).to_pylist(),
                 tokens=int(pc.sum(good.column(TOKENS)).as_py() or 0),
                 truncated=int(pc.sum(pc.cast(good.column(TRUNCATED), pa.int64())).as_py() or 0),
                 reject_fragments=rejected,
@@ -143,10 +143,10 @@ def _rejects(bad: pa.Table, run_id: str) -> pa.Table:
     now = datetime.now(UTC)
     return pa.table(
         {
-            "id": pc.cast(bad.column("id"), pa.string()),
+            ID: pc.cast(bad.column(ID), pa.string()),
             "reason": bad.column(REASON),
-            "text": bad.column("text"),
-            "run_id": pa.array([run_id] * bad.num_rows, pa.string()),
+            TEXT: bad.column(TEXT),
+            RUN_ID: pa.array([run_id] * bad.num_rows, pa.string()),
             "rejected_at": pa.array([now] * bad.num_rows, pa.timestamp("us", tz="UTC")),
         },
         schema=REJECTS_SCHEMA,

@@ -18,7 +18,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedder import ElasticEncoder, EncoderConfig, cached_tokenizer, decode_text, text_problem, tokenized_from_flat
-from storage import content_hash, load_calibration, vector_array, vector_column
+from storage import (
+    CONTENT_HASH,
+    EMBEDDED_AT,
+    ID,
+    RUN_ID,
+    TEXT,
+    content_hash,
+    load_calibration,
+    vector_array,
+    vector_column,
+)
 
 from ._pool import PoolPlan
 from ._registry import DUPLICATE, EXISTS, SKIP
@@ -68,9 +78,9 @@ def prepare(
         batch, ids = batch.take(take), ids.take(take)
         texts, hashes, reasons = [texts[i] for i in keep], [hashes[i] for i in keep], [reasons[i] for i in keep]
     columns = {
-        "id": ids,
-        "text": pa.array(texts, pa.string()),
-        "content_hash": pa.array(hashes, pa.string()),
+        ID: ids,
+        TEXT: pa.array(texts, pa.string()),
+        CONTENT_HASH: pa.array(hashes, pa.string()),
     }
     for name in passthrough:
         columns[name] = batch.column(name)
@@ -193,7 +203,7 @@ class EncodeActor:
         n = batch.num_rows
         ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(ok)
-        texts = None if INPUT_IDS in batch.column_names else batch.column("text").take(pa.array(rows)).to_pylist()
+        texts = None if INPUT_IDS in batch.column_names else batch.column(TEXT).take(pa.array(rows)).to_pylist()
         tokens = np.zeros(n, dtype=np.int32)
         truncated = np.zeros(n, dtype=bool)
         vectors: dict[Any, np.ndarray] = {}
@@ -217,8 +227,8 @@ class EncodeActor:
                 full[rows] = vectors[g]
             out = out.append_column(vector_column(str(g)), vector_array(full, self.vector_dtype))
         now = pa.array([datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC"))
-        out = out.append_column("run_id", pa.array([self.run_id] * n, pa.string()))
-        out = out.append_column("embedded_at", now)
+        out = out.append_column(RUN_ID, pa.array([self.run_id] * n, pa.string()))
+        out = out.append_column(EMBEDDED_AT, now)
         out = out.append_column(TOKENS, pa.array(tokens))
         out = out.append_column(TRUNCATED, pa.array(truncated))
         # per row, not per batch: Ray Data may merge the outputs of several actors into one write batch

@@ -17,13 +17,14 @@ import pyarrow as pa
 from lance.fragment import FragmentMetadata
 
 from ._lance_io import TableMovedError, commit_operation, dataset_at, dataset_version
+from ._schema import CONTENT_HASH, ID
 
 __all__ = ["commit_changes", "read_hashes"]
 
 
 def read_hashes(uri: str, version: int, storage_options: Mapping[str, str] | None = None) -> pa.Table:
     """``id, content_hash`` of every row of the table at ``version`` (the rest of the columns stay unread)."""
-    return dataset_at(uri, version, storage_options).to_table(columns=["id", "content_hash"])
+    return dataset_at(uri, version, storage_options).to_table(columns=[ID, CONTENT_HASH])
 
 
 def _literal(value: Any) -> str:
@@ -57,8 +58,8 @@ def commit_changes(
     ds = dataset_at(uri, read_version, storage_options)
     per_fragment: dict[int, list[Any]] = defaultdict(list)
     if delete:
-        scan = ds.scanner(columns=["id"], with_row_address=True).to_table()
-        ids = scan.column("id").to_pylist()
+        scan = ds.scanner(columns=[ID], with_row_address=True).to_table()
+        ids = scan.column(ID).to_pylist()
         frag_ids = (scan.column("_rowaddr").to_numpy() >> 32).tolist()
         for id_value, frag_id in zip(ids, frag_ids, strict=True):
             if id_value in delete:
