@@ -17,11 +17,11 @@ import pyarrow as pa
 
 from cluster import BackfillPlan, BackfillResult, run_backfill
 from embedder import Granularity
-from storage import METADATA_KEY, RunIdError, calibration_uri, commit_new_columns, dataset_schema, is_run_id
+from storage import METADATA_KEY, calibration_uri, commit_new_columns, dataset_schema
 
-from ._checks import ResolvedJob, check_job
-from ._lifecycle import TableRun, pool_request, refresh_indexes_after, run_on_table
-from ._spec import JobSpec, load_job
+from ._checks import ResolvedJob
+from ._lifecycle import TableRun, checked_job, pool_request, refresh_indexes_after, run_on_table
+from ._spec import JobSpec
 from ._summary import RunSummary
 
 __all__ = ["backfill_job"]
@@ -45,12 +45,7 @@ def backfill_job(
     (model, weights, pooling, max_length, calibration) must be the table's.
     Rows, ids and existing vectors are not touched.
     """
-    if source_name is None:
-        source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
-    if resume is not None and not is_run_id(resume):
-        raise RunIdError(resume)
-    spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
-    resolved = check_job(spec, source_name=source_name, backfill=tuple(add))
+    resolved, source_name = checked_job(job, overrides, source_name, backfill=tuple(add))
     new = tuple(sorted(Granularity.parse(g) for g in add))
     return run_on_table(
         resolved,

@@ -17,9 +17,9 @@ from cluster import CalibrationPlan, run_calibration
 from embedder import Calibration
 from storage import save_calibration
 
-from ._checks import ResolvedJob, check_job
-from ._lifecycle import in_ray_session, pool_request
-from ._spec import JobSpec, load_job
+from ._checks import ResolvedJob
+from ._lifecycle import checked_job, in_ray_session, pool_request
+from ._spec import JobSpec
 
 __all__ = ["CalibrationReport", "calibrate_job", "fit_for_job"]
 
@@ -90,7 +90,5 @@ def calibrate_job(
 
     ``overrides`` are dotted job keys, e.g. ``{"calibrate.sample": 5000, "calibrate.layers": "all"}``.
     """
-    source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
-    spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
-    resolved = check_job(spec, source_name=source_name, purpose="calibrate")
+    resolved, _ = checked_job(job, overrides, purpose="calibrate")
     return in_ray_session(resolved, lambda: fit_for_job(resolved, progress=progress))

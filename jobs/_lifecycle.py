@@ -21,6 +21,7 @@ from cluster import PoolRequest, ray_session
 from storage import (
     AFTER_COMMIT,
     REJECTS_SCHEMA,
+    RunIdError,
     RunStaging,
     RunStatus,
     StagingRecord,
@@ -31,6 +32,7 @@ from storage import (
     committed_by,
     dataset_version,
     error_line,
+    is_run_id,
     new_run_id,
     read_rows,
     staged_runs,
@@ -38,12 +40,13 @@ from storage import (
 )
 from storage.vocab import updates_rows
 
-from ._checks import ResolvedJob
+from ._checks import ResolvedJob, check_job
 from ._indexing import refresh_indexes
+from ._spec import JobSpec, load_job
 from ._summary import RunSummary
 from .state import remember_run
 
-__all__ = ["RunNotResumable", "TableRun", "Work", "in_ray_session", "pool_request", "run_on_table"]
+__all__ = ["RunNotResumable", "TableRun", "Work", "checked_job", "in_ray_session", "pool_request", "run_on_table"]
 
 logger = logging.getLogger("embedjob")
 
@@ -61,6 +64,17 @@ def pool_request(resolved: ResolvedJob, progress: bool) -> PoolRequest:
     return PoolRequest(
         actors=c.actors, gpus_per_actor=c.gpus_per_actor, cpus_per_actor=c.cpus_per_actor, progress=progress
     )
+
+
+def checked_job(
+    job: str | Path | JobSpec, overrides: dict[str, Any] | None, source_name: str | None = None, **purpose: Any
+) -> tuple[ResolvedJob, str]:
+    """The lifecycle's first step: the job file (or spec) read, with ``overrides``, and checked for what it is
+    run for (``purpose``: ``check_job``'s ``backfill=`` or ``purpose=``); and the name its records carry."""
+    if source_name is None:
+        source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
+    spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
+    return check_job(spec, source_name=source_name, **purpose), source_name
 
 
 def in_ray_session(resolved: ResolvedJob, step: Callable[[], T]) -> T:
@@ -146,6 +160,8 @@ def run_on_table(
     """Run ``work`` (made for the table's version) on the checked job's table: lock, stage (a new run or the
     resumed one), execute on Ray, summarize, commit once, record. A failure is recorded and re-raised; once the
     commit landed nothing turns the run into a failed one."""
+    if resume is not None and not is_run_id(resume):
+        raise RunIdError(resume)
     run = TableRun(
         resolved=resolved,
         lock=TableLock(resolved.output_uri, run_id=resume or new_run_id(), storage_options=resolved.storage_options),

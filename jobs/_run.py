@@ -28,10 +28,10 @@ from storage.vocab import keeps_existing_rows, updates_rows
 
 from ._backfill import backfill_job
 from ._calibrate import fit_for_job
-from ._checks import ResolvedJob, check_job
+from ._checks import ResolvedJob
 from ._guards import check_deletions, check_rejects
-from ._lifecycle import RunNotResumable, TableRun, pool_request, refresh_indexes_after, run_on_table
-from ._spec import JobSpec, load_job, parse_job
+from ._lifecycle import RunNotResumable, TableRun, checked_job, pool_request, refresh_indexes_after, run_on_table
+from ._spec import JobSpec, parse_job
 from ._summary import RunSummary
 from .state import lookup_run, state_dir
 
@@ -67,12 +67,7 @@ def run_job(
     runs table) becomes a warning in ``RunSummary.warnings`` and is finished by
     the job's next run.
     """
-    if source_name is None:
-        source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
-    if resume is not None and not is_run_id(resume):
-        raise RunIdError(resume)
-    spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
-    resolved = check_job(spec, source_name=source_name)
+    resolved, source_name = checked_job(job, overrides, source_name)
     return run_on_table(
         resolved,
         lambda read_version: _Embed(resolved, read_version),
