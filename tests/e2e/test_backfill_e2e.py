@@ -15,7 +15,7 @@ from embedder import ElasticEncoder, Granularity
 from jobs import backfill_job, resume_run, run_job
 from storage import open_table, staged_runs, staging_dir
 
-from ..conftest import write_job
+from ..jobfiles import write_job
 from ..processes import kill_once
 
 
