@@ -30,6 +30,7 @@ from ._errors import (
     UnsupportedModelError,
 )
 from ._granularity import STARBUCKS, Granularity, parse_granularities, resolve_granularities
+from ._hub import BUNDLED_MODELS, LocalModel, hub_cache_dir, local_models, resolve_model
 from ._loading import find_blocks, read_model_dir, weight_files, weights_fingerprint
 from ._quality import agreement, neighbours, pair_correlation, recall_at_k, recommend, spearman
 from ._text import (
@@ -47,6 +48,7 @@ from ._text import (
 from ._tokenizer import TextTokenizer, cached_tokenizer, tokenized_from_flat
 
 __all__ = [
+    "BUNDLED_MODELS",
     "DEFAULT_ALPHAS",
     "EMPTY_TEXT",
     "MODEL_DTYPES",
@@ -70,6 +72,7 @@ __all__ = [
     "GranularityError",
     "InvalidTextError",
     "LayerFit",
+    "LocalModel",
     "ModelDtype",
     "ModelError",
     "Pooling",
@@ -86,6 +89,8 @@ __all__ = [
     "find_invalid_texts",
     "fit_calibration",
     "heldout_mask",
+    "hub_cache_dir",
+    "local_models",
     "neighbours",
     "pair_correlation",
     "parse_granularities",
@@ -96,6 +101,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_granularities",
+    "resolve_model",
     "spearman",
     "text_problem",
     "tokenize",

