@@ -76,6 +76,41 @@ class Source:
             raise SourceError(f"cannot read the schema of {first!r} as {self.format}: {exc}") from None
         raise SourceError(f"input format {self.format!r} is not supported; allowed: {', '.join(INPUT_FORMATS)}")
 
+    def head(self, n: int = 200) -> pa.Table:
+        """The first ``n`` rows of the first file (fewer if it holds fewer), read without Ray."""
+        first = self.paths[0]
+        fs = self.filesystem()
+        try:
+            if self.format == "lance":
+                import lance
+
+                opts = self.store.lance_options() if (self.store and self.is_s3) else None
+                return lance.dataset(first, storage_options=opts).head(n)
+            if self.format == "jsonl":
+                import pyarrow.json as pjson
+
+                with _open(first, fs) as fh:
+                    lines = b"".join(fh.readline() for _ in range(n))
+                return pjson.read_json(pa.BufferReader(lines))
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                pf = pq.ParquetFile(_open(first, fs))
+                batch = next(pf.iter_batches(batch_size=max(n, 1)), None)
+                return pf.schema_arrow.empty_table() if batch is None else pa.Table.from_batches([batch]).slice(0, n)
+            import pyarrow.csv as pcsv
+
+            with _open(first, fs) as fh:
+                reader = pcsv.open_csv(fh)
+                rows: list[pa.RecordBatch] = []
+                for batch in reader:
+                    rows.append(batch)
+                    if sum(b.num_rows for b in rows) >= n:
+                        break
+                return pa.Table.from_batches(rows, schema=reader.schema).slice(0, n)
+        except (OSError, pa.ArrowInvalid, ValueError) as exc:
+            raise SourceError(f"cannot read the first rows of {first!r} as {self.format}: {exc}") from None
+
     def check_readable(self, max_files: int = 256) -> None:
         """Every parquet file's footer can be read (up to ``max_files`` files): a truncated or damaged file is
         named here, before any work, instead of failing a run with an error that names no file. (A damaged

@@ -35,6 +35,7 @@ from storage import (
     METADATA_KEY,
     RESERVED_COLUMNS,
     TEXT,
+    TEXT_TYPES,
     VECTOR_PREFIX,
     ObjectStore,
     Provenance,
@@ -56,8 +57,6 @@ from storage.vocab import OutputMode, keeps_existing_rows, replaces_table, resol
 from ._spec import CalibrateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError
 
 __all__ = ["ResolvedJob", "check_job"]
-
-_TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.string_view())
 
 
 @dataclass(frozen=True)
@@ -334,7 +333,7 @@ def _text_column_problems(inp: InputSpec, schema: pa.Schema) -> list[str]:
     if inp.text_column not in schema.names:
         return []
     ttype = schema.field(inp.text_column).type
-    if ttype in _TEXT_TYPES or ttype == pa.null():
+    if ttype in TEXT_TYPES or ttype == pa.null():
         return []
     return [f"input.text_column {inp.text_column!r} has type {ttype}; expected a string or binary column"]
 

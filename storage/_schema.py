@@ -22,6 +22,7 @@ __all__ = [
     "RESERVED_COLUMNS",
     "RUN_ID",
     "TEXT",
+    "TEXT_TYPES",
     "VECTOR_PREFIX",
     "content_hash",
     "is_reserved_column",
@@ -36,6 +37,8 @@ ID, CONTENT_HASH, TEXT, RUN_ID, EMBEDDED_AT = "id", "content_hash", "text", "run
 RESERVED_COLUMNS = (ID, CONTENT_HASH, TEXT, RUN_ID, EMBEDDED_AT)
 #: what a query's result leaves out besides the vectors: the hash and the run's stamp
 BOOKKEEPING_COLUMNS = (CONTENT_HASH, RUN_ID, EMBEDDED_AT)
+#: the Arrow types an input's text column may have (binary: decoded as UTF-8, rows that are not are rejected)
+TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.string_view())
 #: a granularity's vector column is ``vec_l{L}_d{D}``
 VECTOR_PREFIX = "vec_"
 

@@ -15,6 +15,35 @@ __all__ = ["print_summary"]
 
 
 @app.command()
+def init(
+    corpus: Annotated[str, typer.Argument(help="The corpus: a file, a folder, a glob or s3://bucket/prefix/.")],
+    job: Annotated[
+        str | None, typer.Option("--job", help="Where to write the job file (default: NAME.toml here).")
+    ] = None,
+    output: Annotated[str | None, typer.Option("--output", help="The output table (default: out/NAME.lance).")] = None,
+    id_column: Annotated[str | None, typer.Option("--id-column", help="The column holding the ids.")] = None,
+    text_column: Annotated[str | None, typer.Option("--text-column", help="The column holding the text.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="A model dir or name (see `embedjob models`).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing job file.")] = False,
+) -> None:
+    """Write a job file for a corpus: the id and text columns read from its schema and first rows, a model this
+    machine has, the starbucks granularities; checked as `embedjob validate` checks it."""
+    from .._init import init_job
+    from .._spec import JobSpecError
+
+    try:
+        made = init_job(
+            corpus, job=job, output=output, id_column=id_column, text_column=text_column, model=model, force=force
+        )
+    except (JobSpecError, ValueError) as exc:
+        fail(exc)
+    for reason in made.reasons:
+        err_console.print(Text(f"picked the {reason}"), soft_wrap=True)
+    _print_resolved(f"{made.path}: written and valid", made.resolved)
+    console.print(Text(f"next: embedjob run {made.path}"), soft_wrap=True)
+
+
+@app.command()
 def validate(job: Annotated[str, typer.Argument(help="The job file (TOML).")]) -> None:
     """Run every check a job gets before Ray starts, and nothing else."""
     from .._checks import check_job
@@ -24,7 +53,12 @@ def validate(job: Annotated[str, typer.Argument(help="The job file (TOML).")]) -
         resolved = check_job(load_job(job), source_name=job)
     except JobSpecError as exc:
         fail(exc)
-    table = Table(title=f"{job}: valid", show_header=False)
+    _print_resolved(f"{job}: valid", resolved)
+
+
+def _print_resolved(title: str, resolved) -> None:
+    """What a checked job will do: input, model, granularities, output and mode, calibration."""
+    table = Table(title=title, show_header=False)
     table.add_row("input", f"{resolved.source.uri} ({resolved.source.format}, {len(resolved.source.paths)} file(s))")
     table.add_row("model", resolved.provenance.model_path)
     table.add_row("granularities", ", ".join(str(g) for g in resolved.granularities))
