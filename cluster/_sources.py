@@ -5,7 +5,7 @@ read the schema without reading the data, and build the Ray dataset.
 from __future__ import annotations
 
 import glob as globlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,38 @@ class Source:
                 return pa.Table.from_batches(rows, schema=reader.schema).slice(0, n)
         except (OSError, pa.ArrowInvalid, ValueError) as exc:
             raise SourceError(f"cannot read the first rows of {first!r} as {self.format}: {exc}") from None
+
+    def batches(self, columns: Sequence[str], batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+        """Every row's ``columns``, file by file, read in this process without Ray (what ``embedjob plan``
+        reads); a damaged file is named."""
+        fs = self.filesystem()
+        for path in self.paths:
+            try:
+                yield from self._file_batches(path, list(columns), batch_size, fs)
+            except (OSError, pa.ArrowInvalid, ValueError) as exc:
+                raise SourceError(f"cannot read {path!r} as {self.format}: {error_line(exc)}") from None
+
+    def _file_batches(self, path: str, columns: list[str], batch_size: int, fs: Any) -> Iterator[pa.RecordBatch]:
+        if self.format == "lance":
+            import lance
+
+            opts = self.store.lance_options() if (self.store and self.is_s3) else None
+            yield from lance.dataset(path, storage_options=opts).to_batches(columns=columns, batch_size=batch_size)
+        elif self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            yield from pq.ParquetFile(_open(path, fs)).iter_batches(batch_size=batch_size, columns=columns)
+        elif self.format == "csv":
+            import pyarrow.csv as pcsv
+
+            with _open(path, fs) as fh:
+                opts = pcsv.ConvertOptions(include_columns=columns)
+                yield from pcsv.open_csv(fh, convert_options=opts)
+        else:
+            import pyarrow.json as pjson
+
+            with _open(path, fs) as fh:
+                yield from pjson.read_json(fh).select(columns).to_batches(max_chunksize=batch_size)
 
     def check_readable(self, max_files: int = 256) -> None:
         """Every parquet file's footer can be read (up to ``max_files`` files): a truncated or damaged file is

@@ -7,6 +7,7 @@ registers its commands on :data:`app` when it is imported.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime
 from typing import Annotated
 
@@ -96,6 +97,9 @@ def open_table_at(uri: str, endpoint: str | None, region: str | None):
 def setup_logging() -> None:
     """INFO logs with a timestamp for commands that run work (run, calibrate, the scheduler), libraries quieter."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # transformers' "Loading weights" bar, once per process that loads a model (every actor): off, here and in
+    # the Ray workers this process starts (they inherit the environment)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for noisy in ("httpx", "urllib3", "botocore", "s3fs", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

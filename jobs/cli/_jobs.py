@@ -56,6 +56,51 @@ def validate(job: Annotated[str, typer.Argument(help="The job file (TOML).")]) -
     _print_resolved(f"{job}: valid", resolved)
 
 
+@app.command()
+def plan(
+    job: Annotated[str, typer.Argument(help="The job file (TOML).")],
+    json_out: Annotated[bool, typer.Option("--json", help="The plan as one JSON object.")] = False,
+    sample: Annotated[
+        int, typer.Option("--sample", min=100, help="Texts tokenized when more than 50,000 rows are to be embedded.")
+    ] = 5000,
+    measure: Annotated[
+        bool, typer.Option(help="Without recorded runs, time a short encode here for the estimate.")
+    ] = True,
+) -> None:
+    """What a run of the job would do now, without running it (no Ray, no GPU): rows, tokens, truncation, what
+    an incremental night touches, bytes per row, and an estimated embedding time."""
+    import json
+
+    from .._plan import plan_job
+    from .._spec import JobSpecError
+
+    setup_logging()
+    try:
+        made = plan_job(job, sample=sample, measure=measure)
+    except (JobSpecError, ValueError) as exc:
+        fail(exc)
+    if json_out:
+        typer.echo(json.dumps(made.to_json()))
+        return
+    table = Table(title=f"{job}: plan ({made.mode} into {made.table_uri})", show_header=False)
+    table.add_row("rows", f"{made.rows:,} read; {made.rejected:,} would be rejected")
+    if made.mode == "incremental":
+        table.add_row(
+            "changes",
+            f"{made.new:,} new, {made.changed:,} changed, {made.unchanged:,} unchanged, {made.deleted:,} deleted",
+        )
+    table.add_row("to embed", f"{made.rows_to_embed:,} rows, {made.tokens:,} tokens ({made.tokens_counted})")
+    share = f" ({made.truncated / made.rows_to_embed:.1%})" if made.rows_to_embed else ""
+    table.add_row("truncated", f"{made.truncated:,} texts{share} longer than max_length {made.max_length}")
+    table.add_row("granularities", f"{', '.join(made.granularities)}: {made.bytes_per_row:,} bytes of vectors per row")
+    if made.estimated_seconds is not None:
+        rate = f" at {made.tokens_per_second:,.0f} tokens/s ({made.throughput_from})" if made.tokens_per_second else ""
+        table.add_row("estimated", f"{made.estimated_seconds:,.0f} s of embedding{rate}, plus the run's start-up")
+    console.print(table)
+    for warning in made.warnings:
+        err_console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
+
+
 def _print_resolved(title: str, resolved) -> None:
     """What a checked job will do: input, model, granularities, output and mode, calibration."""
     table = Table(title=title, show_header=False)
