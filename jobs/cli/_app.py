@@ -21,6 +21,7 @@ from ._console import console, fail
 
 __all__ = [
     "EndpointOpt",
+    "LockTimeoutOpt",
     "PythonOpt",
     "RegionOpt",
     "app",
@@ -57,6 +58,13 @@ EndpointOpt = Annotated[
     str | None, typer.Option("--endpoint", help="S3-compatible endpoint for s3:// tables (keys from AWS_* env).")
 ]
 RegionOpt = Annotated[str | None, typer.Option("--region", help="S3 region for s3:// tables.")]
+#: one name, one meaning: ``--wait`` (a flag) waits until something ends; this waits for a table's lock
+LockTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--lock-timeout", min=0, help="Seconds to wait for a run that holds the table's lock (default 0: refuse)."
+    ),
+]
 PythonOpt = Annotated[
     str,
     typer.Option(
@@ -65,10 +73,19 @@ PythonOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"embedjob {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the full traceback of a failure instead of its one-line error.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
     ] = False,
 ) -> None:
     _console.debug = debug

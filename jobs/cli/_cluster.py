@@ -64,6 +64,10 @@ def submit(
         raise typer.Exit(code)
 
 
+#: how long `embedjob stop` waits for the job to end
+STOP_WAIT_S = 60.0
+
+
 @app.command()
 def status(
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="The submission id `embedjob submit` printed.")],
@@ -117,14 +121,16 @@ def logs(
 def stop(
     submission_id: Annotated[str, typer.Argument(metavar="ID", help="The submission id `embedjob submit` printed.")],
     address: AddressOpt = None,
-    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for it to end (0: don't wait).")] = 60.0,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help=f"Wait until the job has ended (up to {STOP_WAIT_S:g} s).")
+    ] = True,
     timeout: TimeoutOpt = 10.0,
 ) -> None:
     """Stop a submitted job (a stopped run commits nothing: its table stays at its previous version)."""
     client = _client(address, timeout)
     try:
         stopping = client.stop(submission_id)
-        info = client.wait(submission_id, timeout_s=wait) if wait > 0 else client.info(submission_id)
+        info = client.wait(submission_id, timeout_s=STOP_WAIT_S) if wait else client.info(submission_id)
     except _cluster_errors() as exc:
         fail(exc)
     said = "stop requested" if stopping else "it had already ended"

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ._app import app, setup_logging
+from ._app import LockTimeoutOpt, app, setup_logging
 from ._console import console, err_console, fail
 
 __all__ = ["print_summary"]
@@ -120,9 +120,7 @@ def run(
     job: Annotated[str, typer.Argument(help="The job file (TOML).")],
     progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
     address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
-    wait: Annotated[
-        float, typer.Option(help="Seconds to wait for another run that holds the table's lock (default: refuse).")
-    ] = 0.0,
+    lock_timeout: LockTimeoutOpt = 0.0,
     add_granularity: Annotated[
         list[str] | None,
         typer.Option(
@@ -135,7 +133,7 @@ def run(
         bool,
         typer.Option(
             "--allow-deletes",
-            help="Allow this run to delete more of the table than [output] max_delete_fraction (ids gone from "
+            help="Allow this run to delete more of the table than \\[output] max_delete_fraction (ids gone from "
             "the input); without it such a run fails before its commit.",
         ),
     ] = False,
@@ -154,9 +152,11 @@ def run(
             from .._backfill import backfill_job
 
             grans = [g.strip() for item in add_granularity for g in item.split(",") if g.strip()]
-            summary = backfill_job(job, grans, progress=progress, overrides=overrides, wait_s=wait)
+            summary = backfill_job(job, grans, progress=progress, overrides=overrides, wait_s=lock_timeout)
         else:
-            summary = run_job(job, progress=progress, overrides=overrides, wait_s=wait, allow_deletes=allow_deletes)
+            summary = run_job(
+                job, progress=progress, overrides=overrides, wait_s=lock_timeout, allow_deletes=allow_deletes
+            )
     except _run_errors() as exc:
         fail(exc)
     print_summary(summary)
@@ -170,9 +170,9 @@ def resume(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
     address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for the table's lock.")] = 0.0,
+    lock_timeout: LockTimeoutOpt = 0.0,
     allow_deletes: Annotated[
-        bool, typer.Option("--allow-deletes", help="Allow deleting more than [output] max_delete_fraction.")
+        bool, typer.Option("--allow-deletes", help="Allow deleting more than \\[output] max_delete_fraction.")
     ] = False,
 ) -> None:
     """Finish a run whose driver died: rows it staged are committed, not embedded again."""
@@ -181,7 +181,12 @@ def resume(
     setup_logging()
     try:
         summary = resume_run(
-            run_id, table_uri=table, progress=progress, address=address, wait_s=wait, allow_deletes=allow_deletes
+            run_id,
+            table_uri=table,
+            progress=progress,
+            address=address,
+            wait_s=lock_timeout,
+            allow_deletes=allow_deletes,
         )
     except _run_errors() as exc:
         fail(exc)

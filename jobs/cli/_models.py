@@ -16,7 +16,7 @@ def calibrate(
     job: Annotated[str, typer.Argument(help="The job file (TOML).")],
     sample: Annotated[
         int | None,
-        typer.Option(help="About how many rows of the corpus to fit on (default: [calibrate] sample, 5000)."),
+        typer.Option(help="About how many rows of the corpus to fit on (default: \\[calibrate] sample, 5000)."),
     ] = None,
     layers: Annotated[
         str | None,
@@ -95,7 +95,7 @@ def model_info(
     ],
     granularities: Annotated[
         str,
-        typer.Option("--granularities", "-g", help="'starbucks' or e.g. 'l3_d64,l6_d384'."),
+        typer.Option("--granularity", "--granularities", "-g", help="'starbucks' or e.g. 'l3_d64,l6_d384'."),
     ] = "starbucks",
 ) -> None:
     """Show what a model dir can serve: depth, width, pooling, max length, and the granularities resolved."""
@@ -122,7 +122,7 @@ def model_info(
 def models(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per model instead of a table.")] = False,
 ) -> None:
-    """The models this machine has, by the name a job's [model] path takes: the bundled ones and those in the
+    """The models this machine has, by the name a job's \\[model] path takes: the bundled ones and those in the
     Hugging Face cache (HF_HOME), with their depth, width, pooling and max length."""
     import json
 

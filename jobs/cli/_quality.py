@@ -21,7 +21,7 @@ def evaluate(
     ],
     sample: Annotated[int, typer.Option("--sample", help="Texts to sample from the corpus or the table.")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample.")] = 0,
-    k: Annotated[int, typer.Option("--k", help="Neighbours for recall@k.")] = 10,
+    k: Annotated[int, typer.Option("--k", "-k", help="Neighbours for recall@k.")] = 10,
     grid: Annotated[
         str,
         typer.Option(
@@ -41,8 +41,8 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", help="Folder for quality_map.json and quality_map.png.")] = Path(
         "quality_map"
     ),
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON here instead.")] = None,
-    png_path: Annotated[Path | None, typer.Option("--png", help="Write the heatmap here instead.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json-file", help="Write the JSON here instead.")] = None,
+    png_path: Annotated[Path | None, typer.Option("--png-file", help="Write the heatmap here instead.")] = None,
     title: Annotated[
         str | None, typer.Option("--title", help="The model's name in the heatmap (default: from its path).")
     ] = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._app import EndpointOpt, RegionOpt, app, open_table_at
+from ._app import EndpointOpt, LockTimeoutOpt, RegionOpt, app, open_table_at
 from ._console import console, fail
 
 
@@ -133,14 +133,14 @@ def index(
     sub_vectors: Annotated[
         int | None, typer.Option(help="PQ sub-vectors, a divisor of the dim (default: dim / 8).")
     ] = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for a run that holds the table's lock.")] = 0.0,
+    lock_timeout: LockTimeoutOpt = 0.0,
     endpoint: EndpointOpt = None,
     region: RegionOpt = None,
 ) -> None:
     """Build (or replace) cosine vector indexes on granularity columns; each is one new table version.
 
     Rows a later run adds are still found before the index is rebuilt (they
-    are scanned exactly); a job's [index] section rebuilds after each run.
+    are scanned exactly); a job's \\[index] section rebuilds after each run.
     """
     from embedder import GranularityError
     from storage import TableLocked, VectorIndexError, index_params
@@ -155,7 +155,7 @@ def index(
         for g in chosen:  # refuse before building any
             index_params(rows, g.dim, index_type, num_partitions=partitions, num_sub_vectors=sub_vectors)
         reports = [
-            tbl.create_index(g, index_type, num_partitions=partitions, num_sub_vectors=sub_vectors, wait_s=wait)
+            tbl.create_index(g, index_type, num_partitions=partitions, num_sub_vectors=sub_vectors, wait_s=lock_timeout)
             for g in chosen
         ]
     except (VectorIndexError, GranularityError, TableLocked) as exc:
@@ -175,7 +175,7 @@ def query(
     granularity: Annotated[
         str | None, typer.Option("--granularity", "-g", help="e.g. l6_d128 (default: richest).")
     ] = None,
-    k: Annotated[int | None, typer.Option("-k", help="How many hits (default 10; a funnel's last stage).")] = None,
+    k: Annotated[int | None, typer.Option("--k", "-k", help="How many hits (default 10; a funnel's last stage).")] = None,
     funnel: Annotated[
         str | None,
         typer.Option(
@@ -259,7 +259,7 @@ def gc(
     older_than: Annotated[
         str, typer.Option(help="Retention: keep versions (and resumable runs) younger than this, e.g. 7d, 12h, 0s.")
     ] = "7d",
-    wait: Annotated[float, typer.Option(help="Seconds to wait for a run that holds the table's lock.")] = 0.0,
+    lock_timeout: LockTimeoutOpt = 0.0,
     endpoint: EndpointOpt = None,
     region: RegionOpt = None,
 ) -> None:
@@ -269,7 +269,7 @@ def gc(
     tbl = open_table_at(table_uri, endpoint, region)
     try:
         report = collect_garbage(
-            table_uri, older_than=_duration(older_than), storage_options=tbl.storage_options, wait_s=wait
+            table_uri, older_than=_duration(older_than), storage_options=tbl.storage_options, wait_s=lock_timeout
         )
     except TableLocked as exc:
         fail(exc)
