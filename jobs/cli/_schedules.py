@@ -134,6 +134,30 @@ def schedule_run_due(
         raise typer.Exit(1)
 
 
+@schedule_app.command("fire")
+def schedule_fire(
+    name: Annotated[str, typer.Argument(help="The schedule to fire now.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the run ends; exit 1 if it failed.")] = False,
+    python: PythonOpt = "python",
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Fire a schedule now, whatever its cron says (it counts as its latest slot; skipped while its previous run
+    is still going)."""
+    setup_logging()
+    quiet_ray_client()
+    scheduler = _scheduler(state_dir, python=python)
+    try:
+        fire = scheduler.fire_now(name)
+    except ValueError as exc:
+        fail(exc)
+    _print_fire(fire)
+    if wait and fire.active:
+        (fire,) = scheduler.wait([fire])
+        _print_fire(fire)
+    if wait and fire.state == FireState.FAILED:
+        raise typer.Exit(1)
+
+
 @schedule_app.command("serve")
 def schedule_serve(
     poll: Annotated[

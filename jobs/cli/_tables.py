@@ -175,7 +175,9 @@ def query(
     granularity: Annotated[
         str | None, typer.Option("--granularity", "-g", help="e.g. l6_d128 (default: richest).")
     ] = None,
-    k: Annotated[int | None, typer.Option("--k", "-k", help="How many hits (default 10; a funnel's last stage).")] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", "-k", help="How many hits (default 10; a funnel's last stage).")
+    ] = None,
     funnel: Annotated[
         str | None,
         typer.Option(

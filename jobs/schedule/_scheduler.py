@@ -166,6 +166,19 @@ class Scheduler:
                 fires.append(fire)
         return fires
 
+    def fire_now(self, name: str) -> Fire:
+        """Fire schedule ``name`` now, whatever its cron says (``embedjob schedule fire``). The fire counts as the
+        schedule's latest slot; while its previous fire still runs it is recorded skipped, as a due slot would be."""
+        self.refresh()
+        schedule = self.get(name)
+        now = self.clock()
+        fire = self._claim(schedule, now, now, note="fired on demand")
+        if fire is None:
+            raise ScheduleError(f"schedule {name!r} was fired by another scheduler at this moment; try again")
+        if fire.state == FireState.STARTING:
+            fire = self._launchers[schedule.kind].launch(schedule, fire)
+        return fire
+
     def _fire_if_due(self, schedule: Schedule, now: float) -> Fire | None:
         base = schedule.last_slot if schedule.last_slot is not None else schedule.created_at
         slot = latest_due(schedule.cron, base, now, zone(schedule.timezone))
@@ -225,7 +238,7 @@ class Scheduler:
                 logger.exception("scheduler pass failed; trying again in %.0f s", poll_s)
             stop.wait(max(wait, 0.2))
 
-    def _claim(self, schedule: Schedule, slot: float, now: float) -> Fire | None:
+    def _claim(self, schedule: Schedule, slot: float, now: float, *, note: str = "") -> Fire | None:
         """Record the fire (or its skip) and move the schedule past ``slot``, in one transaction."""
 
         def decide(busy: Fire | None) -> tuple[FireState, str]:
@@ -234,9 +247,8 @@ class Scheduler:
             where = f"pid {busy.pid}" if busy.pid else (busy.submission_id or "starting")
             return FireState.SKIPPED, f"fire #{busy.id} ({where}) is still running"
 
-        note = ""
         missed_from = self.next_fire(schedule)
-        if missed_from < slot:
+        if not note and missed_from < slot:
             note = f"caught up: slots since {iso(missed_from, schedule.timezone)} were missed; fired once"
         fire_id = self._store.claim(schedule, slot, now, note=note, decide=decide)
         if fire_id is None:

@@ -172,6 +172,25 @@ def test_a_fire_is_skipped_while_the_previous_run_goes_on(tmp_path, clock, job):
     os.killpg(third.pid, signal.SIGKILL)
 
 
+def test_a_schedule_fires_on_demand_and_counts_as_its_latest_slot(tmp_path, clock, job):
+    sched = _scheduler(tmp_path, clock, code="import time; time.sleep(60)")
+    sched.add("nightly", job, "0 2 * * *", timezone="UTC")
+    clock.set("2026-11-23 01:30:00")  # not due before 02:00
+    assert sched.run_due() == []
+    first = sched.fire_now("nightly")
+    assert first.state == "running" and first.note == "fired on demand"
+    again = sched.fire_now("nightly")  # still running: skipped, as a due slot would be
+    assert again.state == "skipped" and f"fire #{first.id}" in again.message
+    os.killpg(first.pid, signal.SIGKILL)
+    _wait_dead(first.pid)
+    clock.set("2026-11-23 02:00:05")  # the cron slot after the manual fire still fires
+    (due,) = sched.run_due()
+    assert due.state == "running" and due.id > again.id
+    os.killpg(due.pid, signal.SIGKILL)
+    with pytest.raises(ScheduleError, match="no schedule"):
+        sched.fire_now("weekly")
+
+
 def test_two_schedulers_on_one_state_dir_fire_a_slot_once(tmp_path, clock, job):
     one, two = _scheduler(tmp_path, clock), _scheduler(tmp_path, clock)
     one.add("nightly", job, "0 2 * * *", timezone="UTC")
@@ -377,9 +396,18 @@ def test_run_due_fires_the_real_job_command_and_records_its_failure(tmp_path, jo
     assert "nightly: fire #1" in out.stdout and "failed (exit 2)" in out.stdout
     (fire,) = Scheduler(state).fires("nightly")
     log = Path(fire.log_path or "").read_text()
-    assert "model" in log and "directory does not exist" in log
+    assert "model 'model'" in log and "not a local directory" in log  # a relative name that is nowhere
     listing = runner.invoke(app, ["schedule", "list", "--state-dir", str(state)])
     assert "failed (exit 2)" in listing.output
+    # fired on demand, through the CLI, the same way
+    out = subprocess.run(
+        [str(exe), "schedule", "fire", "nightly", "--wait", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 1 and "nightly: fire #2" in out.stdout and "failed (exit 2)" in out.stdout, out.stdout
 
 
 def test_serve_catches_up_once_and_stops_on_sigterm(tmp_path, job):
