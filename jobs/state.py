@@ -8,12 +8,21 @@ table); this index is only a pointer to it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["lookup_run", "private_dir", "private_file", "remember_run", "state_dir"]
+__all__ = [
+    "lookup_run",
+    "lookup_submission",
+    "private_dir",
+    "private_file",
+    "remember_run",
+    "remember_submission",
+    "state_dir",
+]
 
 
 def state_dir() -> Path:
@@ -51,6 +60,30 @@ def remember_run(run_id: str, table_uri: str, job: str, storage: dict[str, Any] 
         private_file(folder / f"{run_id}.json", json.dumps(record).encode())
     except OSError:
         pass
+
+
+def remember_submission(submission_id: str, address: str, job: str) -> None:
+    """Where a job was submitted (``status``, ``logs`` and ``stop`` find it again); best effort."""
+    try:
+        folder = private_dir(state_dir() / "submissions")
+        record = {"submission_id": submission_id, "address": address, "job": job}
+        private_file(folder / f"{_file_name(submission_id)}.json", json.dumps(record).encode())
+    except OSError:
+        pass
+
+
+def lookup_submission(submission_id: str) -> str | None:
+    """The Jobs API address ``submission_id`` was submitted to from this machine, if it was."""
+    try:
+        record = json.loads((state_dir() / "submissions" / f"{_file_name(submission_id)}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("address") if record.get("submission_id") == submission_id else None
+
+
+def _file_name(submission_id: str) -> str:
+    """A file name for any id (Ray's are raysubmit_..., a user's may be anything): no path can leave the folder."""
+    return hashlib.blake2b(submission_id.encode(), digest_size=16).hexdigest()
 
 
 def lookup_run(run_id: str) -> dict[str, Any] | None:

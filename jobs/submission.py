@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ._spec import JobSpec, load_job, parse_job
+from .state import remember_submission
 
 __all__ = ["Submission", "entrypoint", "is_loopback", "job_text", "local_paths", "submit_job"]
 
@@ -75,6 +76,7 @@ def submit_job(
         submission_id=submission_id,
         metadata={"embedjob_job": str(Path(job).resolve()), **(metadata or {})},
     )
+    remember_submission(sid, client.address, str(job))
     return Submission(submission_id=sid, address=client.address, job=str(job))
 
 

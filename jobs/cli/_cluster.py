@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -78,7 +79,7 @@ def status(
     timeout: TimeoutOpt = 10.0,
 ) -> None:
     """Show a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED)."""
-    client = _client(address, timeout)
+    client = _client(address, timeout, submission_id)
     try:
         info = client.wait(submission_id) if wait else client.info(submission_id)
     except _cluster_errors() as exc:
@@ -108,7 +109,7 @@ def logs(
     if follow:
         _follow(address, submission_id, timeout)
         return
-    client = _client(address, timeout)
+    client = _client(address, timeout, submission_id)
     try:
         text = client.logs(submission_id)
     except _cluster_errors() as exc:
@@ -127,7 +128,7 @@ def stop(
     timeout: TimeoutOpt = 10.0,
 ) -> None:
     """Stop a submitted job (a stopped run commits nothing: its table stays at its previous version)."""
-    client = _client(address, timeout)
+    client = _client(address, timeout, submission_id)
     try:
         stopping = client.stop(submission_id)
         info = client.wait(submission_id, timeout_s=STOP_WAIT_S) if wait else client.info(submission_id)
@@ -139,7 +140,7 @@ def stop(
 
 def _follow(address: str | None, submission_id: str, timeout: float) -> int:
     """Stream the job's output; 0 if it then succeeded, 1 if not."""
-    client = _client(address, timeout)
+    client = _client(address, timeout, submission_id)
     try:
         for chunk in client.follow(submission_id):
             sys.stdout.write(chunk)
@@ -151,10 +152,16 @@ def _follow(address: str | None, submission_id: str, timeout: float) -> int:
     return 0 if info.status == "SUCCEEDED" else 1
 
 
-def _client(address: str | None, timeout: float):
+def _client(address: str | None, timeout: float, submission_id: str | None = None):
+    """The Jobs API client: at ``address``, else where ``submission_id`` was submitted from this machine, else
+    ``RAY_ADDRESS`` or the local default."""
     from cluster import ClusterError, RayJobsClient
 
+    from ..state import lookup_submission
+
     quiet_ray_client()
+    if address is None and submission_id is not None and "RAY_ADDRESS" not in os.environ:
+        address = lookup_submission(submission_id)
 
     try:
         return RayJobsClient(address, timeout_s=timeout)

@@ -91,7 +91,7 @@ def test_submit_status_logs(ray_dashboard, small_job, tmp_path):
     table = open_table(str(tmp_path / "out.lance"))
     assert table.count_rows() == 40
     assert sorted(table.to_arrow().column("id").to_pylist()) == sorted(f"d{i}" for i in range(40))
-    logs = _embedjob("logs", submission_id, "--address", ray_dashboard)
+    logs = _embedjob("logs", submission_id)  # no --address: where it was submitted is remembered
     assert logs.returncode == 0, logs.stderr
     assert "committed" in logs.stdout and "40 / 40 / 0" in logs.stdout
     # the address may come from the environment instead
