@@ -23,6 +23,13 @@ class RunSummary(RunRecord):
     #: what went wrong after the commit (bookkeeping that could not be finished), and what to run about it
     warnings: list[str] = field(default_factory=list)
 
+    #: below this many embedded rows a run's time is mostly start-up, and a rate says nothing about throughput
+    MIN_ROWS_FOR_RATE = 100
+
+    @property
+    def rates_meaningful(self) -> bool:
+        return self.rows_embedded >= self.MIN_ROWS_FOR_RATE and self.seconds_pipeline > 0
+
     @property
     def rows_per_s(self) -> float:
         return self.rows_embedded / self.seconds_pipeline if self.seconds_pipeline else 0.0

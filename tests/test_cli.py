@@ -28,3 +28,34 @@ def test_model_info_errors_name_the_value(minilm_path, tmp_path):
     result = runner.invoke(app, ["model-info", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "directory does not exist" in result.output
+
+
+def test_a_rate_is_printed_only_where_it_means_something(capsys):
+    from datetime import UTC, datetime
+
+    from jobs import RunSummary
+    from jobs.cli import print_summary
+
+    now = datetime.now(UTC)
+
+    def summary(rows: int) -> RunSummary:
+        return RunSummary(
+            run_id="20261130T000000Z-00000000",
+            job_name="j",
+            table_uri="t.lance",
+            mode="incremental",
+            status="committed",
+            table_version=2,
+            started_at=now,
+            finished_at=now,
+            rows_read=rows,
+            rows_embedded=rows,
+            tokens=rows * 50,
+            seconds=20.0,
+            seconds_pipeline=10.0,
+        )
+
+    print_summary(summary(5000))
+    assert "500.0 rows/s" in capsys.readouterr().out
+    print_summary(summary(3))  # a small night: its time is start-up, not throughput
+    assert "rows/s" not in capsys.readouterr().out

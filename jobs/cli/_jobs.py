@@ -226,7 +226,8 @@ def print_summary(summary) -> None:
         fitted = f", fitting took {summary.seconds_calibration:.1f} s" if summary.seconds_calibration else ""
         table.add_row("calibration", f"{summary.calibration} ({summary.calibration_origin}{fitted})")
     table.add_row("wall time", f"{summary.seconds:.1f} s (pipeline {summary.seconds_pipeline:.1f} s)")
-    table.add_row("throughput", f"{summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s:,.0f} tokens/s")
+    if summary.rates_meaningful:
+        table.add_row("throughput", f"{summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s:,.0f} tokens/s")
     for i in summary.indexes:
         what = (
             f"{i['description']} on {i['rows']:,} rows in {i['seconds']:.1f} s (version {i['version']})"

@@ -81,7 +81,7 @@ def evaluate(
     qmap = _measure(target, options, sample, endpoint, region)
     _print_map(qmap, out=out, json_path=json_path, png_path=png_path, title=title)
     if recommend is not None:
-        _print_recommendation(qmap, recommend, metric)
+        _print_recommendation(qmap, recommend, metric, target)
 
 
 def _check_options(
@@ -147,7 +147,7 @@ def _print_map(qmap, *, out: Path, json_path: Path | None, png_path: Path | None
     console.print(Text(f"wrote {written_json} and {written_png}"), soft_wrap=True)
 
 
-def _print_recommendation(qmap, recommend: float, metric: str) -> None:
+def _print_recommendation(qmap, recommend: float, metric: str, target: str) -> None:
     """The cheapest granularity within ``recommend`` of the full vector's ``metric``, or ``fail``."""
     try:
         row = qmap.recommend(recommend, metric)
@@ -160,11 +160,21 @@ def _print_recommendation(qmap, recommend: float, metric: str) -> None:
         Text(
             f"recommended: {row.granularity} ({metric} {kind} {value:.3f} >= {recommend:g} x {full:.3f} of "
             f"{qmap.reference}; layer cost {row.relative_cost:.2f} of full depth, {row.bytes_per_vector:,} "
-            f"bytes per vector){'' if row.in_job else '; not in the job: add it with --add-granularity'}",
+            f"bytes per vector){'' if row.in_job else '; not in the job yet'}",
             style="bold",
         ),
         soft_wrap=True,
     )
+    if not row.in_job:
+        job = target if target.endswith(".toml") else "JOB"
+        console.print(
+            Text(
+                f"to add it: list {row.granularity} in {job}'s granularities, then "
+                f"`embedjob run {job} --add-granularity {row.granularity}` (the table's text, embedded for the new "
+                f"column only, in one commit)"
+            ),
+            soft_wrap=True,
+        )
 
 
 def _parse_dims(text: str | None, problems: list[str]) -> tuple[int, ...] | None:

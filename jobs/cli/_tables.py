@@ -30,7 +30,7 @@ def inspect(
     head.add_row("vector dtype", prov.vector_dtype)
     head.add_row("calibration", _describe_calibration(tbl))
     head.add_row("embedjob", prov.embedjob_version)
-    head.add_row("rejects", f"{tbl.rejects().num_rows:,} rows")
+    head.add_row("rejects", _describe_rejects(tbl.rejects()))
     console.print(head)
     schema = Table(title="schema")
     schema.add_column("column")
@@ -59,6 +59,20 @@ def inspect(
     console.print(runs)
     _print_indexes(tbl)
     _print_unfinished(tbl)
+
+
+def _describe_rejects(rejects) -> str:
+    """Rejected rows per run: a row rejected again by each night counts once per run that saw it."""
+    if not rejects.num_rows:
+        return "none"
+    per_run: dict[str, int] = {}
+    for run_id in rejects.column("run_id").to_pylist():
+        per_run[run_id] = per_run.get(run_id, 0) + 1
+    last = max(per_run)  # run ids sort by their start
+    if len(per_run) == 1:
+        return f"{per_run[last]:,} rows, by run {last}"
+    kept = f"{rejects.num_rows:,} kept over {len(per_run)} runs"
+    return f"{per_run[last]:,} rows by the last run that had any ({last}); {kept}"
 
 
 def _print_indexes(tbl) -> None:

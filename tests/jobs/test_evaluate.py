@@ -224,6 +224,8 @@ def test_embedjob_evaluate_writes_the_map_and_recommends(tmp_path, tiny_bert_dir
     assert f"recommended: {chosen.granularity} (recall raw" in result.output
     assert chosen.recall_raw >= 0.5
     assert "l4_d64" in result.output and "pairs.jsonl ρ raw" in result.output
+    assert not chosen.in_job  # the job has l4_d64 only: the output says how to add the one chosen, whole
+    assert f"embedjob run {job} --add-granularity {chosen.granularity}" in result.output.replace("\n", "")
 
 
 @pytest.mark.parametrize(
