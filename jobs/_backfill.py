@@ -45,7 +45,7 @@ def backfill_job(
     (model, weights, pooling, max_length, calibration) must be the table's.
     Rows, ids and existing vectors are not touched.
     """
-    resolved, source_name = checked_job(job, overrides, source_name, backfill=tuple(add))
+    resolved, source_name = checked_job(job, overrides, source_name, resume=resume, backfill=tuple(add))
     new = tuple(sorted(Granularity.parse(g) for g in add))
     return run_on_table(
         resolved,

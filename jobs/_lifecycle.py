@@ -67,10 +67,18 @@ def pool_request(resolved: ResolvedJob, progress: bool) -> PoolRequest:
 
 
 def checked_job(
-    job: str | Path | JobSpec, overrides: dict[str, Any] | None, source_name: str | None = None, **purpose: Any
+    job: str | Path | JobSpec,
+    overrides: dict[str, Any] | None,
+    source_name: str | None = None,
+    *,
+    resume: str | None = None,
+    **purpose: Any,
 ) -> tuple[ResolvedJob, str]:
-    """The lifecycle's first step: the job file (or spec) read, with ``overrides``, and checked for what it is
-    run for (``purpose``: ``check_job``'s ``backfill=`` or ``purpose=``); and the name its records carry."""
+    """The lifecycle's first step: a run id to resume refused unless it is one (before anything is read), the job
+    file (or spec) read, with ``overrides``, and checked for what it is run for (``purpose``: ``check_job``'s
+    ``backfill=`` or ``purpose=``); and the name its records carry."""
+    if resume is not None and not is_run_id(resume):
+        raise RunIdError(resume)
     if source_name is None:
         source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
     spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
@@ -160,8 +168,6 @@ def run_on_table(
     """Run ``work`` (made for the table's version) on the checked job's table: lock, stage (a new run or the
     resumed one), execute on Ray, summarize, commit once, record. A failure is recorded and re-raised; once the
     commit landed nothing turns the run into a failed one."""
-    if resume is not None and not is_run_id(resume):
-        raise RunIdError(resume)
     run = TableRun(
         resolved=resolved,
         lock=TableLock(resolved.output_uri, run_id=resume or new_run_id(), storage_options=resolved.storage_options),

@@ -67,7 +67,7 @@ def run_job(
     runs table) becomes a warning in ``RunSummary.warnings`` and is finished by
     the job's next run.
     """
-    resolved, source_name = checked_job(job, overrides, source_name)
+    resolved, source_name = checked_job(job, overrides, source_name, resume=resume)
     return run_on_table(
         resolved,
         lambda read_version: _Embed(resolved, read_version),

@@ -30,6 +30,7 @@ max_reject_fraction = 0.05
 cpus_per_actor = 0.5
 """
     )
+    (tmp_path / "models" / "tiny").mkdir(parents=True)  # a model path next to the job file (else: a model's name)
     spec = load_job(job)
     text = job_text(spec)
     data = tomllib.loads(text)
