@@ -178,22 +178,53 @@ class EmbeddingTable:
 
     def search(
         self,
-        text: str,
+        text: str | Sequence[str] | None = None,
         granularity: str | Granularity | None = None,
         k: int = 10,
         *,
+        vector: Any = None,
         columns: Sequence[str] | None = None,
         where: str | None = None,
         nprobes: int | None = None,
     ) -> pa.Table:
-        """Top ``k`` rows for ``text`` at ``granularity`` (default: the richest), best first.
+        """Top ``k`` rows at ``granularity`` (default: the richest), best first, for a query given as
+        ``text`` (embedded as the table's rows were: same model, pooling, calibration) or as a ``vector``.
 
-        Returns ``id``, ``score`` (cosine similarity), ``_distance`` and the
-        table's text/passthrough columns (or ``columns``). Only the layers the
-        granularity needs are run for the query.
+        A batch of queries (a list of texts, or a 2-D array / list of vectors) is embedded in one pass and returns
+        one table with a ``query`` column (the query's position) before each hit. Returns ``id``, ``score``
+        (cosine similarity), ``_distance`` and the table's text/passthrough columns (or ``columns``). Only the
+        layers the granularity needs are run for a text query.
         """
         g = self.resolve_granularity(granularity)
-        return self.search_vector(self.embed_query(text, g), g, k, columns=columns, where=where, nprobes=nprobes)
+        options = {"columns": columns, "where": where, "nprobes": nprobes}
+        if (text is None) == (vector is None):
+            raise ValueError("search needs a query: text (a string or a list of strings) or vector=, not both")
+        if vector is not None:
+            vectors = np.asarray(vector, dtype=np.float32)
+            if vectors.ndim == 1:
+                return self.search_vector(vectors, g, k, **options)
+            if vectors.ndim != 2 or vectors.shape[1] != g.dim:
+                raise ValueError(f"vector must have shape ({g.dim},) or (n, {g.dim}) for {g}, got {vectors.shape}")
+            return self._search_batch(vectors, g, k, options)
+        if isinstance(text, str):
+            return self.search_vector(self.embed_query(text, g), g, k, **options)
+        texts = list(text)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise ValueError(f"queries must be strings; query {bad[0]} is {type(texts[bad[0]]).__name__}")
+        return self._search_batch(self.encoder.encode(texts, [g])[g] if texts else np.zeros((0, g.dim)), g, k, options)
+
+    def _search_batch(self, vectors: np.ndarray, g: Granularity, k: int, options: dict[str, Any]) -> pa.Table:
+        """One search per row of ``vectors``; the hits in one table, each with its query's position first."""
+        parts = []
+        for i, vec in enumerate(vectors):
+            hits = self.search_vector(vec, g, k, **options)
+            parts.append(hits.add_column(0, "query", pa.array([i] * hits.num_rows, pa.int32())))
+        if not parts:
+            unit = np.full(g.dim, 1 / np.sqrt(g.dim), dtype=np.float32)  # any query: only the columns are kept
+            empty = self.search_vector(unit, g, 1, **options).slice(0, 0)
+            return empty.add_column(0, "query", pa.array([], pa.int32()))
+        return pa.concat_tables(parts)
 
     def search_vector(
         self,

@@ -10,6 +10,7 @@ import shutil
 
 import lance
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from embedder import Granularity, GranularityError
@@ -110,6 +111,29 @@ def test_a_single_stage_funnel_is_plain_search_and_where_filters(lee_table):
     assert np.allclose(funnel["score"].to_numpy(), plain["score"].to_numpy(), atol=1e-5)
     filtered = tbl.funnel_search(texts[3], "l2_d16:40,l4_d64:5", where="id >= 'lee-150'")
     assert filtered.num_rows == 5 and all(i >= "lee-150" for i in filtered["id"].to_pylist())
+
+
+def test_search_by_vector_and_a_batch_of_queries(lee_table):
+    uri, _, texts = lee_table
+    tbl = open_table(uri)
+    one = tbl.search(texts[3], "l4_d32", k=4)
+    by_vector = tbl.search(vector=tbl.embed_query(texts[3], "l4_d32"), granularity="l4_d32", k=4)
+    assert by_vector["id"].to_pylist() == one["id"].to_pylist()
+    batch = tbl.search([texts[3], texts[9], texts[3]], "l4_d32", k=4)
+    assert batch.column_names[0] == "query" and batch.num_rows == 12
+    for i, text in enumerate((texts[3], texts[9], texts[3])):
+        rows = batch.filter(pc.equal(batch["query"], i))
+        assert rows["id"].to_pylist() == tbl.search(text, "l4_d32", k=4)["id"].to_pylist()
+    vectors = np.stack([tbl.embed_query(t, "l4_d32") for t in (texts[3], texts[9])])
+    by_vectors = tbl.search(vector=vectors, granularity="l4_d32", k=4)
+    assert by_vectors["id"].to_pylist() == batch.filter(pc.less(batch["query"], 2))["id"].to_pylist()
+    assert tbl.search([], "l4_d32").num_rows == 0 and "query" in tbl.search([], "l4_d32").column_names
+    with pytest.raises(ValueError, match="text .* or vector=, not both"):
+        tbl.search(texts[3], vector=vectors[0])
+    with pytest.raises(ValueError, match=r"shape \(32,\) or \(n, 32\) for l4_d32, got \(2, 5\)"):
+        tbl.search(vector=np.zeros((2, 5)), granularity="l4_d32")
+    with pytest.raises(ValueError, match="query 1 is int"):
+        tbl.search(["a", 3], "l4_d32")
 
 
 def test_funnel_refuses_granularities_the_table_does_not_have(lee_table):
