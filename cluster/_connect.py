@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
@@ -14,6 +15,11 @@ from ._errors import ClusterError
 __all__ = ["probe_address", "ray_session"]
 
 logger = logging.getLogger("cluster")
+
+# Ray starts its processes with fork and exec: nothing of Lance or LanceDB runs in the forked child before the
+# exec, so their fork warnings at each start (two to five lines a run) say nothing here.
+warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
+warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
 
 # Packages a remote cluster needs from this checkout (runtime_env py_modules).
 _PACKAGES = ("embedder", "storage", "cluster")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -110,6 +113,44 @@ def resolve_tokenize(choice: str, pool: PoolPlan) -> str:
     if choice == "auto":
         return "tasks" if pool.uses_gpu else "actor"
     return choice
+
+
+#: how often a run's progress is logged where no progress bars show (not a terminal, or progress off);
+#: ``EMBEDJOB_PROGRESS_EVERY_S`` sets another interval
+PROGRESS_EVERY_S = 10.0
+
+
+@contextlib.contextmanager
+def _progress_lines(registry: Any, plan: EmbedPlan, *, shown: bool) -> Iterator[None]:
+    """Where Ray Data's progress bars do not show (a log file, a CI job, ``--no-progress``): one line every
+    ``PROGRESS_EVERY_S`` seconds with the rows read and prepared so far, so a long run is never silent."""
+    if shown:
+        yield
+        return
+    import ray
+
+    total = plan.source.row_count()
+    of = f" of {total:,}" if total is not None else ""
+    stop = threading.Event()
+    t0 = time.perf_counter()
+    every = float(os.environ.get("EMBEDJOB_PROGRESS_EVERY_S") or PROGRESS_EVERY_S)
+
+    def report() -> None:
+        while not stop.wait(every):
+            try:
+                n = ray.get(registry.rows_read.remote(), timeout=5)
+            except Exception:  # the registry is busy or gone: say nothing this time
+                continue
+            rate = n / (time.perf_counter() - t0)
+            logger.info("run %s: %s%s rows read and prepared (%.0f rows/s)", plan.run_id, f"{n:,}", of, rate)
+
+    thread = threading.Thread(target=report, name=f"progress-{plan.run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
@@ -296,7 +337,8 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             rows_per_part=plan.rows_per_part,
         )
         try:
-            ds.write_datasink(sink)
+            with _progress_lines(registry, plan, shown=plan.pool.progress and sys.stderr.isatty()):
+                ds.write_datasink(sink)
         except Exception as exc:
             explained = plan.source.explain_read_error(exc)  # a damaged input file, named
             if explained is None:

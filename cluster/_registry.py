@@ -100,6 +100,10 @@ class IdRegistry:
             return "unchanged" if old == h else "changed"
         return "new"
 
+    def rows_read(self) -> int:
+        """Rows the prepare tasks have classified so far (cheap: one sum over the batches seen)."""
+        return sum(self._batches.values())
+
     def counts(self) -> dict[str, int]:
         out = {"read": sum(self._batches.values()), "new": 0, "changed": 0, "unchanged": 0, "staged": 0}
         for status in self._status.values():

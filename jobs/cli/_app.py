@@ -87,8 +87,12 @@ def _options(
     version: Annotated[
         bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show Ray Data's INFO logs and Lance's warnings.")
+    ] = False,
 ) -> None:
     _console.debug = debug
+    _console.verbose = verbose
 
 
 @app.command()
@@ -112,8 +116,17 @@ def open_table_at(uri: str, endpoint: str | None, region: str | None):
 
 
 def setup_logging() -> None:
-    """INFO logs with a timestamp for commands that run work (run, calibrate, the scheduler), libraries quieter."""
+    """INFO logs with a timestamp for commands that run work (run, calibrate, the scheduler), libraries quieter:
+    Ray Data's INFO lines, Ray's token-auth notice and Lance's Rust warnings only with ``embedjob -v``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not _console.verbose:
+        # set before Ray starts: its workers inherit the environment (Lance's Rust log level) ...
+        os.environ.setdefault("LANCE_LOG", "error")
+        # ... and for this process, the loggers Ray configures when it is imported
+        import ray.data  # noqa: F401
+
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     # transformers' "Loading weights" bar, once per process that loads a model (every actor): off, here and in
     # the Ray workers this process starts (they inherit the environment)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -27,6 +27,8 @@ err_console = Console(stderr=True)
 
 #: set by ``embedjob --debug`` (the app's callback, at every command) or ``EMBEDJOB_DEBUG=1``
 debug = False
+#: set by ``embedjob -v``: Ray Data's INFO logs and Lance's warnings are shown
+verbose = False
 
 
 def debug_enabled() -> bool:
