@@ -11,7 +11,9 @@ from ._backfill import backfill_job
 from ._calibrate import CalibrationReport, calibrate_job
 from ._checks import ResolvedJob, check_job
 from ._guards import DeletionRefused, RejectLimitExceeded
+from ._init import init_job
 from ._lifecycle import finish_committed_runs
+from ._plan import JobPlan, plan_job
 from ._run import RunNotResumable, resume_run, run_job
 from ._spec import JobSpec, JobSpecError, load_job, parse_job
 from ._summary import RunSummary
@@ -20,6 +22,7 @@ from .quality import QualityMap, QualityRow, evaluate, evaluate_job, evaluate_ta
 __all__ = [
     "CalibrationReport",
     "DeletionRefused",
+    "JobPlan",
     "JobSpec",
     "JobSpecError",
     "QualityMap",
@@ -36,8 +39,10 @@ __all__ = [
     "evaluate_job",
     "evaluate_table",
     "finish_committed_runs",
+    "init_job",
     "load_job",
     "parse_job",
+    "plan_job",
     "resume_run",
     "run_job",
 ]
