@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from cluster import BackfillPlan, BackfillResult, run_backfill
 from embedder import Granularity
-from storage import METADATA_KEY, calibration_uri, commit_new_columns, dataset_schema
+from storage import calibration_uri, commit_new_columns, dataset_schema, vector_column
 
 from ._checks import ResolvedJob
 from ._lifecycle import TableRun, checked_job, pool_request, refresh_indexes_after, run_on_table
@@ -105,11 +105,9 @@ class _Backfill:
         assert run.read_version is not None
         current = dataset_schema(uri, opts)
         assert current is not None
-        added = [resolved.schema.field(f"vec_{g}") for g in self.new]
-        schema = pa.schema(
-            [*current, *added],
-            metadata={**(current.metadata or {}), METADATA_KEY: resolved.provenance.to_json().encode()},
-        )
+        added = [resolved.schema.field(vector_column(g)) for g in self.new]
+        # the job's provenance and LanceDB's embedding functions, both naming the new columns too
+        schema = pa.schema([*current, *added], metadata={**(current.metadata or {}), **resolved.schema.metadata})
         return commit_new_columns(
             uri, result.fragments, schema=schema, read_version=run.read_version, storage_options=opts, message=message
         )

@@ -223,6 +223,7 @@ def _resolve(spec: JobSpec, found: _Found) -> ResolvedJob:
         id_type=_id_type(spec.input, input_schema),
         passthrough=[input_schema.field(col) for col in spec.input.columns],
         store_text=spec.output.store_text,
+        table_uri=spec.output.uri,
     )
     out = spec.output.uri
     return ResolvedJob(

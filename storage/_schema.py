@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +19,7 @@ __all__ = [
     "BOOKKEEPING_COLUMNS",
     "CONTENT_HASH",
     "EMBEDDED_AT",
+    "EMBEDDING_FUNCTIONS_KEY",
     "ID",
     "REJECTS_SCHEMA",
     "RESERVED_COLUMNS",
@@ -25,6 +28,7 @@ __all__ = [
     "TEXT_TYPES",
     "VECTOR_PREFIX",
     "content_hash",
+    "embedding_functions",
     "is_reserved_column",
     "is_vector_column",
     "output_schema",
@@ -79,8 +83,11 @@ def output_schema(
     id_type: pa.DataType,
     passthrough: Sequence[pa.Field] = (),
     store_text: bool = True,
+    table_uri: str | None = None,
 ) -> pa.Schema:
-    """``id, content_hash, <passthrough>, [text], vec_l{L}_d{D}..., run_id, embedded_at`` + provenance."""
+    """``id, content_hash, <passthrough>, [text], vec_l{L}_d{D}..., run_id, embedded_at`` + provenance; with
+    ``table_uri``, LanceDB's ``embedding_functions`` too (``storage.lancedb``: plain LanceDB embeds a text query
+    for a vector column as embedjob does)."""
     vtype = VECTOR_DTYPES[provenance.vector_dtype]
     cols = [pa.field(ID, id_type, nullable=False), pa.field(CONTENT_HASH, pa.string(), nullable=False)]
     cols.extend(passthrough)
@@ -97,7 +104,30 @@ def output_schema(
         )
     cols.append(pa.field(RUN_ID, pa.string(), nullable=False))
     cols.append(pa.field(EMBEDDED_AT, pa.timestamp("us", tz="UTC"), nullable=False))
-    return pa.schema(cols, metadata={METADATA_KEY: provenance.to_json().encode()})
+    metadata = {METADATA_KEY: provenance.to_json().encode()}
+    if table_uri is not None:
+        metadata[EMBEDDING_FUNCTIONS_KEY] = embedding_functions(table_uri, provenance.granularities)
+    return pa.schema(cols, metadata=metadata)
+
+
+#: where LanceDB looks for a table's embedding functions
+EMBEDDING_FUNCTIONS_KEY = b"embedding_functions"
+
+
+def embedding_functions(table_uri: str, granularities: Sequence[str]) -> bytes:
+    """The ``embedding_functions`` metadata naming ``storage.lancedb``'s function for each vector column."""
+    uri = table_uri if "://" in table_uri else str(Path(table_uri).expanduser().resolve())
+    return json.dumps(
+        [
+            {
+                "name": "embedjob",
+                "model": {"table": uri, "granularity": g},
+                "source_column": TEXT,
+                "vector_column": vector_column(g),
+            }
+            for g in granularities
+        ]
+    ).encode()
 
 
 def vector_array(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:

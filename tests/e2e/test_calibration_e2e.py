@@ -84,6 +84,17 @@ def test_auto_fits_on_the_first_run_then_reuses_the_tables_own(ray_local, tmp_pa
     assert (second.calibration, second.calibration_origin) == (first.calibration, "the table's own")
     assert second.seconds_calibration == 0.0 and second.table_version == first.table_version + 1
     assert len(list_calibrations(first.table_uri)) == 1
+    # plain LanceDB, after one import, embeds a text query as embedjob does: calibration included
+    import lancedb
+
+    import storage.lancedb  # noqa: F401  (registers embedjob's query embedding with LanceDB)
+
+    tbl = open_table(first.table_uri)
+    query = tbl.to_arrow(["text"])["text"][5].as_py()
+    plain = lancedb.connect(str(tmp_path / "tables")).open_table("lee")
+    for g in ("l2_d16", "l4_d64"):
+        hits = plain.search(query, vector_column_name=f"vec_{g}").distance_type("cosine").limit(5).to_arrow()
+        assert hits["id"].to_pylist() == tbl.search(query, g, k=5)["id"].to_pylist()
     # the default job file has no calibration: the raw model's vectors, provenance says none
     plain = run_job(_job(tmp_path, lee_parquet, tiny_bert_dir, calibration=None, name="plain.toml"), progress=False)
     assert plain.calibration is None and open_table(plain.table_uri).provenance.calibration is None
