@@ -96,8 +96,10 @@ def main() -> int:
     progress = ["--no-progress"] if args.no_progress else []
     commands = [
         [exe, "validate", str(out / "job.toml")],
+        [exe, "plan", str(out / "job.toml")],
         [exe, "run", str(out / "job.toml"), *progress],
         night,
+        [exe, "plan", str(out / "nightly.toml")],
         [exe, "run", str(out / "nightly.toml"), *progress],
         [exe, "index", table, "-g", "l6_d128"],
         [exe, "inspect", table],

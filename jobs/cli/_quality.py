@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ._app import EndpointOpt, RegionOpt, app, open_table_at
+from ._app import EndpointOpt, RegionOpt, app, open_table_at, setup_logging
 from ._console import console, err_console, fail
 
 
@@ -64,6 +64,7 @@ def evaluate(
 
     Prints a table and writes quality_map.json and quality_map.png (layers x dims heatmap).
     """
+    setup_logging()  # a long measurement says which step it is in
     dim_list = _check_options(
         sample=sample,
         k=k,

@@ -23,6 +23,7 @@ stop at each exit layer for real.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -64,6 +65,8 @@ __all__ = [
     "sample_job_texts",
     "write_heatmap",
 ]
+
+logger = logging.getLogger("embedjob")
 
 DEFAULT_DIMS = (32, 64, 128, 256)  # plus full width and the job's own dims
 DEFAULT_SAMPLE = 2000
@@ -257,10 +260,16 @@ def evaluate(
             f"its weights are now {raw_enc.fingerprint}, but the vectors being evaluated were made with "
             f"{prov.weights_fingerprint}; the quality map would describe another model",
         )
+    layers = sorted({g.layer for g in grans})
+    logger.info(
+        "quality map: timing %d exit layers on %d texts (best of %d passes)", len(layers), timing_texts, repeats
+    )
     timing = _time_layers(raw_enc, grans, texts[:timing_texts], repeats)
+    logger.info("quality map: embedding the sample of %d texts at %d granularities", len(texts), len(grans))
     raw = raw_enc.encode(texts)
     truth = neighbours(raw[reference], k)
     human = {name: s for name, s in (("lee", lee), ("pairs", pairs)) if s is not None}
+    logger.info("quality map: embedding the human-rated sets (%s)", ", ".join(human) or "none")
     human_raw = {name: raw_enc.encode(list(s.texts)) for name, s in human.items()}
     device_name = str(raw_enc.device)
     del raw_enc
@@ -269,6 +278,7 @@ def evaluate(
     human_cal: dict[str, dict[Granularity, np.ndarray]] = {}
     if calibration is not None:
         served = [g for g in grans if calibration.serves(g.layer)]
+        logger.info("quality map: the same through the calibration (%d granularities)", len(served))
         cal_enc = ElasticEncoder.from_pretrained(prov.model_path, served, calibration=calibration, **options)
         cal = cal_enc.encode(texts)
         human_cal = {name: cal_enc.encode(list(s.texts)) for name, s in human.items()}
