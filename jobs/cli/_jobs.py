@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -160,6 +163,7 @@ def run(
     except _run_errors() as exc:
         fail(exc)
     print_summary(summary)
+    _write_summary_file(summary)
 
 
 @app.command()
@@ -191,6 +195,20 @@ def resume(
     except _run_errors() as exc:
         fail(exc)
     print_summary(summary)
+    _write_summary_file(summary)
+
+
+def _write_summary_file(summary) -> None:
+    """A run fired by the scheduler writes its summary where the scheduler reads it (``schedule list``)."""
+    from ..schedule import SUMMARY_FILE_ENV
+    from ..state import private_file
+
+    path = os.environ.get(SUMMARY_FILE_ENV)
+    if path:
+        try:
+            private_file(Path(path), json.dumps(summary.to_json()).encode())
+        except OSError as exc:  # the run committed: a summary file that cannot be written is only a warning
+            err_console.print(Text(f"warning: could not write the run's summary to {path}: {exc}"), soft_wrap=True)
 
 
 def print_summary(summary) -> None:

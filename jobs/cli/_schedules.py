@@ -80,6 +80,8 @@ def schedule_list(state_dir: StateDirOpt = None) -> None:
         if last:
             ended = f", ended {when(last.finished_at)}" if last.finished_at else ""
             lines.append(("outcome", last.outcome() + ended))
+            if last.counts:
+                lines.append(("counts", last.counts))
             if last.log_path:
                 lines.append(("log", last.log_path))
         if row.skipped:
@@ -203,6 +205,8 @@ def _scheduler(state_dir: Path | None, *, python: str = "python"):
 def _print_fire(fire) -> None:
     where = fire.submission_id or (f"pid {fire.pid}" if fire.pid else fire.kind)
     text = f"{fire.schedule}: fire #{fire.id} for {when(fire.slot)} ({where}): {fire.outcome()}"
+    if fire.counts:
+        text += f"; {fire.counts}"
     if fire.note:
         text += f"; {fire.note}"
     if fire.log_path:

@@ -3,6 +3,7 @@ Jobs API. Each starts a claimed fire and finds out how it ended, recording both 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -19,7 +20,7 @@ from ._cron import slot_stamp
 from ._records import Fire, FireKind, FireState, Schedule
 from ._store import Store
 
-__all__ = ["Launcher", "LocalLauncher", "RayLauncher", "run_job_command"]
+__all__ = ["SUMMARY_FILE_ENV", "Launcher", "LocalLauncher", "RayLauncher", "run_job_command"]
 
 logger = logging.getLogger("jobs.schedule")
 
@@ -93,11 +94,20 @@ class LocalLauncher(Launcher):
     def exit_path(self, fire_id: int) -> Path:
         return self.exits / f"{fire_id}.exit"
 
+    def summary_path(self, fire_id: int) -> Path:
+        """Where the run writes its summary (``embedjob run`` reads ``EMBEDJOB_SUMMARY_FILE``)."""
+        return self.exits / f"{fire_id}.summary.json"
+
     def launch(self, schedule: Schedule, fire: Fire) -> Fire:
         log_path = self.logs / f"{schedule.name}-{slot_stamp(fire.slot, schedule.timezone)}-{fire.id}.log"
         exit_path = self.exit_path(fire.id)
         argv = [sys.executable, "-c", _WRAPPER, str(exit_path), *self.command(schedule.job)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            SUMMARY_FILE_ENV: str(self.summary_path(fire.id)),
+        }
         try:
             with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
                 proc = subprocess.Popen(
@@ -142,6 +152,7 @@ class LocalLauncher(Launcher):
                 state=FireState.SUCCEEDED if code == 0 else FireState.FAILED,
                 exit_code=code,
                 finished_at=exit_path.stat().st_mtime,
+                counts=_counts(self.summary_path(fire.id)),
             )
         if self._launching(fire):
             return None
@@ -219,3 +230,22 @@ def _first_line(text: str, limit: int = 300) -> str:
     """
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+#: the environment variable naming the file a fired run writes its summary to
+SUMMARY_FILE_ENV = "EMBEDJOB_SUMMARY_FILE"
+
+
+def _counts(path: Path) -> str:
+    """A fired run's summary as one line (empty where it wrote none: it failed before its commit)."""
+    try:
+        s = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(s, dict):
+        return ""
+    counts = (
+        f"{s.get('rows_new', 0):,} new, {s.get('rows_changed', 0):,} changed, {s.get('rows_unchanged', 0):,} "
+        f"unchanged, {s.get('rows_deleted', 0):,} deleted, {s.get('rows_rejected', 0):,} rejected"
+    )
+    return f"{s.get('status', '?')} version {s.get('table_version')}: {counts}"

@@ -74,6 +74,7 @@ class Fire:
     log_path: str | None = None
     message: str = ""  # why it was skipped or failed
     note: str = ""  # e.g. that it caught up on missed slots
+    counts: str = ""  # a local run's counts, one line: what it committed
 
     @property
     def active(self) -> bool:

@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS fires (
 CREATE INDEX IF NOT EXISTS fires_by_schedule ON fires (schedule, id);
 """,
     ),
+    (
+        2,
+        """
+-- a local run's counts, one line (what `embedjob run` committed), for `schedule list`
+ALTER TABLE fires ADD COLUMN counts TEXT NOT NULL DEFAULT '';
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -295,7 +295,7 @@ def _on_disk(path: Path) -> tuple[int, list[tuple]]:
     return version, schema
 
 
-def test_a_version_1_database_opens_unchanged(tmp_path, clock, job):
+def test_a_version_1_database_is_migrated_in_place_and_keeps_its_rows(tmp_path, clock, job):
     db_path = tmp_path / "state" / "schedule.db"
     _v1_database(db_path)
     db = sqlite3.connect(db_path, isolation_level=None)
@@ -310,24 +310,31 @@ def test_a_version_1_database_opens_unchanged(tmp_path, clock, job):
         ("nightly", _ts("2026-11-22 02:00:00"), _ts("2026-11-22 02:00:01"), "failed", "local", 1.0, 3, "x.log"),
     )
     db.close()
-    before = _on_disk(db_path)
+    assert _on_disk(db_path)[0] == 1
     sched = _scheduler(tmp_path, clock)
-    assert _on_disk(db_path) == before
-    assert before[0] == 1
+    version, schema = _on_disk(db_path)
+    assert version == 2  # migration 2 applied: a fire's counts
+    (fires_sql,) = [sql for kind, name, sql in schema if name == "fires"]
+    assert "counts TEXT NOT NULL DEFAULT ''" in fires_sql
     (fire,) = sched.fires("nightly")
-    assert (fire.state, fire.kind, fire.exit_code, fire.outcome()) == (
+    assert (fire.state, fire.kind, fire.exit_code, fire.outcome(), fire.counts) == (
         FireState.FAILED,
         FireKind.LOCAL,
         3,
         "failed (exit 3)",
+        "",
     )
+    again = _on_disk(db_path)
+    _scheduler(tmp_path, clock)  # opening an up-to-date database writes nothing
+    assert _on_disk(db_path) == again
     assert sched.next_fire(sched.get("nightly")) == _ts("2026-11-23 02:00:00")
 
 
-def test_a_new_database_has_the_version_1_schema_and_keeps_state_strings(tmp_path, clock, job):
+def test_a_new_database_has_the_migrated_schema_and_keeps_state_strings(tmp_path, clock, job):
     _v1_database(tmp_path / "old" / "schedule.db")
+    migrated = Scheduler(tmp_path / "old", clock=clock).db_path  # a version-1 file, migrated
     sched = _scheduler(tmp_path, clock)
-    assert _on_disk(sched.db_path) == _on_disk(tmp_path / "old" / "schedule.db")
+    assert _on_disk(sched.db_path) == _on_disk(migrated)  # new or migrated: one schema
     sched.add("nightly", job, "0 2 * * *", timezone="UTC")
     clock.set("2026-11-23 02:00:00")
     (fire,) = sched.run_due()
@@ -445,3 +452,35 @@ def _wait_dead(pid: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"pid {pid} still alive")
+
+
+def test_a_fired_runs_counts_show_in_schedule_list(tmp_path, tiny_bert_dir):
+    """A real run fired by the scheduler writes its summary; `schedule list` shows what it committed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"id": [f"d{i}" for i in range(20)], "text": [f"text {i}" for i in range(20)]}),
+        tmp_path / "docs.parquet",
+    )
+    job = write_job(
+        tmp_path / "real.toml",
+        granularities=["l2_d32"],
+        input={"uri": str(tmp_path / "docs.parquet")},
+        model={"path": str(tiny_bert_dir)},
+        output={"uri": str(tmp_path / "out.lance")},
+    )
+    state = tmp_path / "state"
+    Scheduler(state).add("nightly", job, "0 2 * * *", timezone="UTC")
+    exe = Path(sys.executable).with_name("embedjob")
+    out = subprocess.run(
+        [str(exe), "schedule", "fire", "nightly", "--wait", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "committed version 1: 20 new, 0 changed, 0 unchanged, 0 deleted, 0 rejected" in out.stdout
+    listing = runner.invoke(app, ["schedule", "list", "--state-dir", str(state)])
+    assert "counts     committed version 1: 20 new" in listing.output, listing.output
