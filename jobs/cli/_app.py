@@ -93,6 +93,8 @@ def _options(
 ) -> None:
     _console.debug = debug
     _console.verbose = verbose
+    if not verbose:  # Lance's Rust warnings (index statistics, "no existing dataset"): here and in Ray's workers
+        os.environ.setdefault("LANCE_LOG", "error")
 
 
 @app.command()
@@ -120,9 +122,7 @@ def setup_logging() -> None:
     Ray Data's INFO lines, Ray's token-auth notice and Lance's Rust warnings only with ``embedjob -v``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not _console.verbose:
-        # set before Ray starts: its workers inherit the environment (Lance's Rust log level) ...
-        os.environ.setdefault("LANCE_LOG", "error")
-        # ... and for this process, the loggers Ray configures when it is imported
+        # the loggers Ray configures when it is imported (Lance's log level is set by the app's callback)
         import ray.data  # noqa: F401
 
         logging.getLogger("ray.data").setLevel(logging.WARNING)
