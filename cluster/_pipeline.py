@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from embedder import weight_files
+from embedder import Chunking, weight_files
 from storage import StagedPart, rows_per_node
 from storage.vocab import TOKENIZE_CHOICES, replaces_table
 
@@ -54,6 +54,8 @@ class EmbedPlan(CorpusPlan):
     #: where texts are tokenized: "tasks" (the CPU prepare tasks, so a GPU never waits for the
     #: tokenizer), "actor" (inside the encoder actor), or "auto": tasks on GPU actors, actor on CPU ones
     tokenize: str = "auto"
+    #: long texts cut into chunks, a row each (None: one row per text)
+    chunking: Chunking | None = None
 
 
 @dataclass
@@ -312,6 +314,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
                 "passthrough": list(plan.passthrough),
                 "registry": registry,
                 "tokenizer": (plan.model_path, plan.encoder.max_length) if tokenize == "tasks" else None,
+                "chunking": (plan.model_path, plan.encoder.max_length, plan.chunking) if plan.chunking else None,
             },
         )
         ds = map_with_actors(
@@ -346,8 +349,8 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             raise explained from None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Ray Data stats of run %s:\n%s", plan.run_id, ds.stats())
-    counts = ray.get(registry.counts.remote())
     replaced, missing = ray.get(registry.deletions.remote(delete_missing))
+    counts = ray.get(registry.counts.remote())
     ray.kill(registry)
     return PipelineResult(
         parts=sink.parts,

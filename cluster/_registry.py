@@ -49,18 +49,40 @@ class IdRegistry:
         self._batches: dict[bytes, int] = {}
         self._existing: dict[Any, str] = {}
         self._staged: set[Any] = set()
+        # a chunked table: its rows (chunk ids) per document id, and the chunks an earlier attempt staged
+        self._rows_of: dict[Any, list[str]] = {}
+        self._staged_chunks: dict[Any, list[int]] = {}
+        self._deleted = 0
         if keeps_existing_rows(mode) and table_uri and read_version is not None:
-            from storage import CONTENT_HASH, ID, read_hashes
-
-            table = read_hashes(table_uri, read_version, storage_options)
-            self._existing = dict(
-                zip(table.column(ID).to_pylist(), table.column(CONTENT_HASH).to_pylist(), strict=True)
-            )
+            self._read_table(table_uri, read_version, storage_options)
         if staging_uri is not None:
-            from storage import RunStaging
+            self._read_staging(staging_uri, storage_options)
 
-            for part in RunStaging(staging_uri[0], staging_uri[1], storage_options).parts():
+    def _read_table(self, uri: str, version: int, storage_options: Mapping[str, str] | None) -> None:
+        """The table's ids and hashes; a chunked table's by document."""
+        from storage import CONTENT_HASH, DOC_ID, ID, read_hashes
+
+        table = read_hashes(uri, version, storage_options)
+        hashes = table.column(CONTENT_HASH).to_pylist()
+        if DOC_ID not in table.column_names:
+            self._existing = dict(zip(table.column(ID).to_pylist(), hashes, strict=True))
+            return
+        docs = table.column(DOC_ID).to_pylist()
+        self._existing = dict(zip(docs, hashes, strict=True))
+        for doc, row in zip(docs, table.column(ID).to_pylist(), strict=True):
+            self._rows_of.setdefault(doc, []).append(row)
+
+    def _read_staging(self, staging_uri: tuple[str, str], storage_options: Mapping[str, str] | None) -> None:
+        """What an earlier attempt of this run staged: ids, or (chunked) documents and their chunks."""
+        from storage import RunStaging, chunk_ordinal
+
+        for part in RunStaging(staging_uri[0], staging_uri[1], storage_options).parts():
+            if not part.doc_ids:
                 self._staged.update(part.ids)
+                continue
+            for doc, row in zip(part.doc_ids, part.ids, strict=True):
+                self._staged.add(doc)
+                self._staged_chunks.setdefault(doc, []).append(chunk_ordinal(row))
 
     def classify(
         self,
@@ -100,12 +122,17 @@ class IdRegistry:
             return "unchanged" if old == h else "changed"
         return "new"
 
+    def staged_chunks(self, doc_ids: Sequence[Any]) -> dict[Any, list[int]]:
+        """Per document id, the chunk ordinals an earlier attempt of this run staged (a resume embeds the rest)."""
+        return {d: self._staged_chunks.get(d, []) for d in doc_ids}
+
     def rows_read(self) -> int:
         """Rows the prepare tasks have classified so far (cheap: one sum over the batches seen)."""
         return sum(self._batches.values())
 
     def counts(self) -> dict[str, int]:
         out = {"read": sum(self._batches.values()), "new": 0, "changed": 0, "unchanged": 0, "staged": 0}
+        out["deleted"] = self._deleted  # once deletions() ran
         for status in self._status.values():
             if status in out:
                 out[status] += 1
@@ -114,7 +141,7 @@ class IdRegistry:
     def deletions(self, delete_missing: bool) -> tuple[list[Any], list[Any]]:
         """Table ids whose old rows go at commit: (replaced by a new vector, gone from the input).
 
-        The second list is empty unless ``delete_missing``.
+        The second list is empty unless ``delete_missing``. In a chunked table a document's every chunk goes.
         """
         if not updates_rows(self.mode):
             return [], []
@@ -122,7 +149,13 @@ class IdRegistry:
         missing = []
         if delete_missing:
             missing = [i for i in self._existing if i not in self._status and i not in self._seen]
+        self._deleted = len(missing)  # ids (a chunked table's: documents), for counts()
+        if self._rows_of:
+            return self._table_rows(replaced), self._table_rows(missing)
         return replaced, missing
+
+    def _table_rows(self, doc_ids: Sequence[Any]) -> list[str]:
+        return [row for doc in doc_ids for row in self._rows_of[doc]]
 
     def size(self) -> int:
         return len(self._owner)

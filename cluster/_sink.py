@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
 
-from storage import CONTENT_HASH, ID, REJECTS_SCHEMA, RUN_ID, TEXT, RunStaging, StagedPart, write_fragments
+from storage import CONTENT_HASH, DOC_ID, ID, REJECTS_SCHEMA, RUN_ID, TEXT, RunStaging, StagedPart, write_fragments
 
 from ._stages import NODE, REASON, TOKENS, TRUNCATED
 
@@ -127,6 +127,7 @@ class StagingSink(Datasink[list[StagedWrite]]):
                 key=digest.hexdigest(),
                 fragments=main,
                 ids=good.column(ID).to_pylist(),
+                doc_ids=good.column(DOC_ID).to_pylist() if DOC_ID in good.column_names else [],
                 tokens=int(pc.sum(good.column(TOKENS)).as_py() or 0),
                 truncated=int(pc.sum(pc.cast(good.column(TRUNCATED), pa.int64())).as_py() or 0),
                 reject_fragments=rejected,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,13 +17,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedder import ElasticEncoder, EncoderConfig, cached_tokenizer, decode_text, text_problem, tokenized_from_flat
+from embedder import (
+    Chunking,
+    ElasticEncoder,
+    EncoderConfig,
+    cached_tokenizer,
+    chunk_spans,
+    decode_text,
+    text_problem,
+    tokenized_from_flat,
+)
 from storage import (
+    CHAR_END,
+    CHAR_START,
+    CHUNK,
     CONTENT_HASH,
+    DOC_ID,
     EMBEDDED_AT,
     ID,
     RUN_ID,
     TEXT,
+    chunk_id,
     content_hash,
     load_calibration,
     vector_array,
@@ -49,6 +63,7 @@ def prepare(
     passthrough: Sequence[str],
     registry: Any,
     tokenizer: tuple[str, int | None] | None = None,
+    chunking: tuple[str, int | None, Chunking] | None = None,
 ) -> pa.Table:
     """Normalise one input batch: ``id, text, content_hash, <passthrough>, _reason``.
 
@@ -59,6 +74,9 @@ def prepare(
 
     ``tokenizer`` (model dir, max_length): also tokenize the rows to embed, into ``_input_ids`` and
     ``_cut``, so the encoder actor gets ids ready and its device never waits for the tokenizer.
+
+    ``chunking`` (model dir, max_length, how): each document to embed becomes its chunks, a row each
+    (:func:`split_into_chunks`); the registry classifies documents, so a changed document is embedded whole.
     """
     import ray
 
@@ -72,7 +90,8 @@ def prepare(
     prefix = _batch_digest(id_values, hashes)
     keys = [prefix + i.to_bytes(8, "little") if r is None else None for i, r in enumerate(reasons)]
     statuses = ray.get(registry.classify.remote(prefix, len(id_values), id_values, keys, hashes))
-    keep = _rows_to_keep(statuses, reasons)
+    # a resumed chunked document may be staged in part: its missing chunks are embedded below
+    keep = _rows_to_keep(statuses, reasons, keep_staged=chunking is not None)
     if len(keep) < len(id_values):
         take = pa.array(keep, pa.int64())
         batch, ids = batch.take(take), ids.take(take)
@@ -85,9 +104,67 @@ def prepare(
     for name in passthrough:
         columns[name] = batch.column(name)
     columns[REASON] = pa.array(reasons, pa.string())
+    out = pa.table(columns)
+    if chunking is not None:
+        staged = [id_values[i] for i in keep if statuses[i] == "staged"]
+        done = ray.get(registry.staged_chunks.remote(staged)) if staged else {}
+        out = split_into_chunks(out, *chunking, staged=done)
     if tokenizer is not None:
-        columns[INPUT_IDS], columns[CUT] = _token_columns(tokenizer, texts, reasons)
-    return pa.table(columns)
+        texts, reasons = out.column(TEXT).to_pylist(), out.column(REASON).to_pylist()
+        input_ids, cut = _token_columns(tokenizer, texts, reasons)
+        out = out.append_column(INPUT_IDS, input_ids).append_column(CUT, cut)
+    return out
+
+
+def split_into_chunks(
+    rows: pa.Table,
+    model_path: str,
+    max_length: int | None,
+    chunking: Chunking,
+    *,
+    staged: Mapping[Any, Sequence[int]] | None = None,
+) -> pa.Table:
+    """``prepare``'s rows, one per document, as one row per chunk: ``id`` becomes the chunk's
+    (``<doc_id>#<chunk>``), followed by ``doc_id``, ``chunk``, ``char_start``, ``char_end``; ``text`` is the
+    chunk's text; the content hash and the passthrough columns are the document's. A rejected row stays one
+    row (``id`` its document's, as text; no chunk). ``staged``: document id -> chunk ordinals an earlier
+    attempt of the run staged, left out."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    doc_ids = rows.column(ID).to_pylist()
+    texts = rows.column(TEXT).to_pylist()
+    reasons = rows.column(REASON).to_pylist()
+    todo = [i for i, r in enumerate(reasons) if r is None]
+    hf = cached_tokenizer(model_path, max_length).tokenizer
+    spans_of = dict(zip(todo, chunk_spans(hf, [texts[i] for i in todo], chunking), strict=True))
+    staged = staged or {}
+    take: list[int] = []
+    # per output row: (id, chunk, char_start, char_end, text)
+    chunks: list[tuple[str | None, int | None, int | None, int | None, str | None]] = []
+    for i, doc in enumerate(doc_ids):
+        if reasons[i] is not None:
+            take.append(i)
+            chunks.append((None if doc is None else str(doc), None, None, None, texts[i]))
+            continue
+        done = set(staged.get(doc, ()))
+        for n, (a, b) in enumerate(spans_of[i]):
+            if n not in done:
+                take.append(i)
+                chunks.append((chunk_id(doc, n), n, a, b, texts[i][a:b]))
+    chunk_ids, ordinals, starts, ends, chunk_texts = zip(*chunks, strict=True) if chunks else ((),) * 5
+    out = rows.take(pa.array(take, pa.int64()))
+    docs = out.column(ID)
+    out = out.drop_columns([ID, TEXT])
+    chunk_columns = {
+        ID: pa.array(chunk_ids, pa.string()),
+        DOC_ID: docs,
+        CHUNK: pa.array(ordinals, pa.int32()),
+        CHAR_START: pa.array(starts, pa.int32()),
+        CHAR_END: pa.array(ends, pa.int32()),
+        TEXT: pa.array(chunk_texts, pa.string()),
+    }
+    for pos, (name, values) in enumerate(chunk_columns.items()):
+        out = out.add_column(pos, name, values)
+    return out
 
 
 def _check_rows(
@@ -119,12 +196,12 @@ def _batch_digest(id_values: list[Any], hashes: list[str | None]) -> bytes:
     return digest.digest()
 
 
-def _rows_to_keep(statuses: Sequence[str], reasons: list[str | None]) -> list[int]:
+def _rows_to_keep(statuses: Sequence[str], reasons: list[str | None], *, keep_staged: bool = False) -> list[int]:
     """The positions of the rows the registry did not skip; a duplicate's or an existing id's reason is
-    written into ``reasons``."""
+    written into ``reasons``. ``keep_staged``: rows staged by an earlier attempt are kept too."""
     keep = []
     for i, status in enumerate(statuses):
-        if status in SKIP:
+        if status in SKIP and not (keep_staged and status == "staged"):
             continue  # unchanged since the table's version, or staged by an earlier attempt of this run
         if status == DUPLICATE:
             reasons[i] = "duplicate id (an earlier row with this id was kept)"

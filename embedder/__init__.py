@@ -9,6 +9,7 @@ from ._batching import Tokenized, plan_batches, tokenize
 from ._calibrate import fit_calibration
 from ._calibration import Calibration, CalibrationInfo, LayerFit
 from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, heldout_mask
+from ._chunking import Chunking, chunk_spans
 from ._config import (
     MODEL_DTYPES,
     POOLINGS,
@@ -62,6 +63,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationInfo",
     "CalibrationStats",
+    "Chunking",
     "ElasticEncoder",
     "EmbedderError",
     "EncodeResult",
@@ -83,6 +85,7 @@ __all__ = [
     "agreement",
     "cached_tokenizer",
     "check_texts",
+    "chunk_spans",
     "decode_text",
     "embeddable_text",
     "find_blocks",

@@ -97,7 +97,20 @@ class _Depth:
 
 def load_model(auto_model: Any, model_dir: str, path: str, dtype: torch.dtype) -> nn.Module:
     """The model with PyTorch's fused scaled-dot-product attention (SDPA: flash / memory-efficient kernels on
-    CUDA); architectures transformers has no SDPA path for fall back to its eager attention."""
+    CUDA); architectures transformers has no SDPA path for fall back to its eager attention. Loads without
+    transformers' "Loading weights" bar (a query or an actor would print it on every start)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return _load_model(auto_model, model_dir, path, dtype)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(auto_model: Any, model_dir: str, path: str, dtype: torch.dtype) -> nn.Module:
     try:
         try:
             return auto_model.from_pretrained(model_dir, local_files_only=True, dtype=dtype, attn_implementation="sdpa")

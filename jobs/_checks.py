@@ -22,16 +22,20 @@ from cluster import Source, SourceError, resolve_source
 from embedder import (
     Calibration,
     CalibrationError,
+    Chunking,
     EmbedderError,
     EncoderConfig,
     Granularity,
     GranularityError,
+    cached_tokenizer,
     read_model_dir,
     resolve_granularities,
     resolve_model,
     weights_fingerprint,
 )
 from storage import (
+    DOC_ID,
+    ID,
     METADATA_KEY,
     RESERVED_COLUMNS,
     TEXT,
@@ -77,6 +81,8 @@ class ResolvedJob:
     calibration_pending: bool = False
     #: where the calibration comes from, for people: "none", "file ...", "the table's own", ...
     calibration_origin: str = "none"
+    #: ``[chunking]`` resolved against the model; None: one row per text
+    chunking: Chunking | None = None
 
     @property
     def mode(self) -> OutputMode:
@@ -163,6 +169,7 @@ class _Found:
     calibration: Calibration | None = None
     calibration_pending: bool = False
     calibration_origin: str = "none"
+    chunking: Chunking | None = None
 
 
 def _validate(
@@ -187,6 +194,7 @@ def _validate(
     problems += _input_problems(spec.input, found.source, found.input_schema)
     # --- model and granularities: validated without loading weights
     problems += _read_model(spec, found)
+    problems += _read_chunking(spec, found)
     problems += _calibrate_layers_problems(spec.calibrate, found.provenance)
     problems += _index_problems(spec.index, found.granularities)
     # --- output: mode against what is there
@@ -241,6 +249,7 @@ def _resolve(spec: JobSpec, found: _Found) -> ResolvedJob:
         calibration=found.calibration,
         calibration_pending=found.calibration_pending,
         calibration_origin=found.calibration_origin,
+        chunking=found.chunking,
     )
 
 
@@ -397,6 +406,31 @@ def _read_model(spec: JobSpec, found: _Found) -> list[str]:
     return []
 
 
+def _read_chunking(spec: JobSpec, found: _Found) -> list[str]:
+    """``[chunking]`` against the model: a chunk and the special tokens fit ``max_length``, the overlap is below
+    the chunk; the chunking goes into ``found`` and into the provenance (a change of it changes the vectors)."""
+    if spec.chunking is None or found.provenance is None:
+        return []
+    prov = found.provenance
+    try:
+        specials = cached_tokenizer(prov.model_path, prov.max_length).tokenizer.num_special_tokens_to_add(pair=False)
+    except EmbedderError as exc:
+        return [f"model: {exc}"]
+    room = prov.max_length - specials
+    tokens = spec.chunking.tokens or room
+    if tokens > room:
+        return [
+            f"chunking.tokens = {tokens}: above what the model takes ({prov.max_length} tokens, less "
+            f"{specials} special ones = {room}); chunks that long would be truncated"
+        ]
+    overlap = tokens // 8 if spec.chunking.overlap is None else spec.chunking.overlap
+    if overlap >= tokens:
+        return [f"chunking.overlap = {overlap}: must be below chunking.tokens ({tokens})"]
+    found.chunking = Chunking(tokens, overlap, spec.chunking.sentences)
+    found.provenance = dataclasses.replace(prov, chunking=found.chunking.describe())
+    return []
+
+
 def _calibrate_layers_problems(calibrate: CalibrateSpec, provenance: Provenance | None) -> list[str]:
     """``[calibrate] layers``, when a list: each within the model's depth (1.. when the model is unread)."""
     if not isinstance(calibrate.layers, list):
@@ -534,10 +568,11 @@ def _output_problems(
             f"or a new output.uri{hint}"
         ]
     table_schema = dataset_schema(out, opts)
-    if table_schema is not None and table_schema.field("id").type != id_type:
+    key = DOC_ID if provenance.chunking else ID  # a chunked table keeps the input's ids as doc_id
+    if table_schema is not None and table_schema.field(key).type != id_type:
         return [
-            f"input.id_column type {id_type} differs from the table's id type "
-            f"{table_schema.field('id').type}; cannot {verb}"
+            f"input.id_column type {id_type} differs from the table's {key} type "
+            f"{table_schema.field(key).type}; cannot {verb}"
         ]
     return []
 

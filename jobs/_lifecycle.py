@@ -132,6 +132,7 @@ class TableRun:
             read_version=self.read_version,
             calibration=cal.fingerprint if cal else None,
             calibration_origin=resolved.calibration_origin,
+            chunked=resolved.chunking is not None,
             **counts,
         )
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedder import ElasticEncoder, cached_tokenizer, decode_text, text_problem
-from storage import VECTOR_DTYPES, content_hash, dataset_version, open_table, read_hashes
+from embedder import ElasticEncoder, cached_tokenizer, chunk_spans, decode_text, text_problem
+from storage import CONTENT_HASH, DOC_ID, ID, VECTOR_DTYPES, content_hash, dataset_version, open_table, read_hashes
 from storage.vocab import keeps_existing_rows, updates_rows
 
 from ._checks import ResolvedJob
@@ -43,6 +43,7 @@ class JobPlan:
     deleted: int = 0
     tokens: int = 0  # tokens of the rows to embed, after truncation at max_length (specials included)
     truncated: int = 0  # rows to embed whose text is cut at max_length
+    chunks: int | None = None  # a chunked job: the chunks (rows of the table) the documents to embed make
     tokens_counted: str = "exact"
     max_length: int = 0
     granularities: list[str] = field(default_factory=list)
@@ -88,7 +89,8 @@ def plan_job(
         plan.warnings.append(
             f"{plan.truncated:,} of {plan.rows_to_embed:,} texts to embed ({plan.truncated / plan.rows_to_embed:.0%}) "
             f"are longer than max_length = {plan.max_length} tokens: only their first {plan.max_length} tokens are "
-            f"embedded. Raise [model] max_length if the model allows it, or split long documents into chunks"
+            f"embedded. Raise [model] max_length if the model allows it, or add a [chunking] section to embed each "
+            f"long document as several chunks"
         )
     return plan
 
@@ -146,19 +148,29 @@ def _table_hashes(resolved: ResolvedJob) -> dict[Any, str]:
         return {}
     uri, opts = resolved.output_uri, resolved.storage_options
     table = read_hashes(uri, dataset_version(uri, opts), opts)
-    return dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
+    key = DOC_ID if DOC_ID in table.column_names else ID  # a chunked table: by document
+    return dict(zip(table.column(key).to_pylist(), table.column(CONTENT_HASH).to_pylist(), strict=True))
 
 
 def _count_tokens(resolved: ResolvedJob, plan: JobPlan, texts: list[str]) -> None:
+    if resolved.chunking is not None:
+        plan.chunks = 0
     if not texts:
         return
     tokenizer = cached_tokenizer(resolved.provenance.model_path, plan.max_length)
+    scale = plan.rows_to_embed / len(texts)
+    if resolved.chunking is not None:  # what is embedded: the chunks
+        texts = [
+            t[a:b]
+            for t, spans in zip(texts, chunk_spans(tokenizer.tokenizer, texts, resolved.chunking), strict=True)
+            for a, b in spans
+        ]
+        plan.chunks = round(len(texts) * scale)
     tokens = truncated = 0
     for start in range(0, len(texts), 512):
         _, offsets, cut = tokenizer.tokenize_flat(texts[start : start + 512])
         tokens += int(offsets[-1])
         truncated += int(cut.sum())
-    scale = plan.rows_to_embed / len(texts)
     plan.tokens, plan.truncated = round(tokens * scale), round(truncated * scale)
 
 

@@ -155,7 +155,7 @@ class _Embed:
             "rows_new": counts.get("new", 0),
             "rows_changed": counts.get("changed", 0),
             "rows_unchanged": counts.get("unchanged", 0),
-            "rows_deleted": len(result.missing_ids),
+            "rows_deleted": counts.get("deleted", len(result.missing_ids)),  # a chunked table's: documents
             "pool": f"{result.pool.describe()}; tokenizing in the {result.tokenize}",
             "seconds_pipeline": result.seconds,
         }
@@ -255,6 +255,7 @@ def _plan(
         rows_per_block=spec.cluster.rows_per_block,
         rows_per_part=spec.cluster.rows_per_part,
         tokenize=spec.cluster.tokenize,
+        chunking=resolved.chunking,
         calibration_uri=(
             calibration_uri(resolved.output_uri, resolved.calibration.fingerprint) if resolved.calibration else None
         ),

@@ -33,6 +33,11 @@ batch_tokens = 4096                # default: 4096 on CPU, sized to free memory 
 tokenize = "auto"                  # tasks | actor; auto: CPU tasks when actors hold GPUs
 rows_per_part = 16384              # rows per staged part: what a killed run may have to redo
 
+[chunking]                         # optional: long texts become several rows (doc_id, chunk, char_start, char_end)
+tokens = 200                       # tokens per chunk (default: the model's max_length less its special tokens)
+overlap = 24                       # tokens repeated from the chunk before (default: tokens // 8)
+sentences = true                   # cut at a sentence start when one lies in the window's second half
+
 [calibrate]                        # how calibrations are fitted (embedjob calibrate, calibration = "auto")
 sample = 5000
 heldout = 0.2
@@ -69,7 +74,7 @@ from storage.vocab import (
     VectorDtype,
 )
 
-__all__ = ["JobSpec", "JobSpecError", "load_job"]
+__all__ = ["ChunkingSpec", "JobSpec", "JobSpecError", "load_job"]
 
 
 class JobSpecError(ValueError):
@@ -154,6 +159,14 @@ class ClusterSpec(_Strict):
     rows_per_part: int = Field(default=16384, ge=1, le=1 << 24)
 
 
+class ChunkingSpec(_Strict):
+    #: tokens per chunk; None: the model's max_length less its special tokens (checked against it)
+    tokens: int | None = Field(default=None, ge=8, le=1 << 17)
+    #: tokens repeated from the chunk before; None: tokens // 8
+    overlap: int | None = Field(default=None, ge=0, le=1 << 17)
+    sentences: bool = False
+
+
 class CalibrateSpec(_Strict):
     sample: int = Field(default=5000, ge=16, le=10_000_000)
     heldout: float = Field(default=0.2, gt=0.0, lt=0.9)
@@ -184,6 +197,7 @@ class JobSpec(_Strict):
     calibration: str | None = None
     output: OutputSpec
     cluster: ClusterSpec = ClusterSpec()
+    chunking: ChunkingSpec | None = None
     calibrate: CalibrateSpec = CalibrateSpec()
     index: IndexSpec | None = None
     storage: StorageSpec = StorageSpec()
@@ -256,6 +270,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "model": ModelSpec,
     "output": OutputSpec,
     "cluster": ClusterSpec,
+    "chunking": ChunkingSpec,
     "calibrate": CalibrateSpec,
     "index": IndexSpec,
     "storage": StorageSpec,

@@ -20,6 +20,8 @@ class RunSummary(RunRecord):
     indexes: list[dict[str, Any]] = field(default_factory=list)  # the job's [index] section, after the commit
     #: Ray node id -> rows whose encoder actor ran there (summed over the committed parts; not in the runs table)
     rows_per_node: dict[str, int] = field(default_factory=dict)
+    #: a chunked table: rows read, new, changed, unchanged and deleted are documents; rows embedded are chunks
+    chunked: bool = False
     #: what went wrong after the commit (bookkeeping that could not be finished), and what to run about it
     warnings: list[str] = field(default_factory=list)
 

@@ -17,14 +17,16 @@ import pyarrow as pa
 from lance.fragment import FragmentMetadata
 
 from ._lance_io import TableMovedError, commit_operation, dataset_at, dataset_version
-from ._schema import CONTENT_HASH, ID
+from ._schema import CONTENT_HASH, DOC_ID, ID
 
 __all__ = ["commit_changes", "read_hashes"]
 
 
 def read_hashes(uri: str, version: int, storage_options: Mapping[str, str] | None = None) -> pa.Table:
-    """``id, content_hash`` of every row of the table at ``version`` (the rest of the columns stay unread)."""
-    return dataset_at(uri, version, storage_options).to_table(columns=[ID, CONTENT_HASH])
+    """``id, content_hash`` (and a chunked table's ``doc_id``) of every row of the table at ``version`` (the rest
+    of the columns stay unread)."""
+    ds = dataset_at(uri, version, storage_options)
+    return ds.to_table(columns=[ID, CONTENT_HASH, *([DOC_ID] if DOC_ID in ds.schema.names else [])])
 
 
 def _literal(value: Any) -> str:

@@ -23,6 +23,7 @@ _CONFIG_FIELDS = (
     "max_length",
     "calibration",
     "vector_dtype",
+    "chunking",
 )
 
 
@@ -38,6 +39,8 @@ class Provenance:
     hidden_size: int
     vector_dtype: str
     calibration: str | None = None
+    #: how long texts were cut into chunks (``embedder.Chunking.describe()``); None: one row per text
+    chunking: str | None = None
     embedjob_version: str = ""
 
     def __post_init__(self) -> None:

@@ -17,7 +17,12 @@ from .vocab import VECTOR_DTYPE_NAMES
 
 __all__ = [
     "BOOKKEEPING_COLUMNS",
+    "CHAR_END",
+    "CHAR_START",
+    "CHUNK",
+    "CHUNK_COLUMNS",
     "CONTENT_HASH",
+    "DOC_ID",
     "EMBEDDED_AT",
     "EMBEDDING_FUNCTIONS_KEY",
     "ID",
@@ -27,6 +32,8 @@ __all__ = [
     "TEXT",
     "TEXT_TYPES",
     "VECTOR_PREFIX",
+    "chunk_id",
+    "chunk_ordinal",
     "content_hash",
     "embedding_functions",
     "is_reserved_column",
@@ -38,7 +45,10 @@ __all__ = [
 
 #: the columns embedjob writes in every table, besides the job's passthrough columns and the vectors
 ID, CONTENT_HASH, TEXT, RUN_ID, EMBEDDED_AT = "id", "content_hash", "text", "run_id", "embedded_at"
-RESERVED_COLUMNS = (ID, CONTENT_HASH, TEXT, RUN_ID, EMBEDDED_AT)
+#: a chunked table's columns: the document's id, the chunk's ordinal and its characters in the document's text
+DOC_ID, CHUNK, CHAR_START, CHAR_END = "doc_id", "chunk", "char_start", "char_end"
+CHUNK_COLUMNS = (DOC_ID, CHUNK, CHAR_START, CHAR_END)
+RESERVED_COLUMNS = (ID, CONTENT_HASH, TEXT, RUN_ID, EMBEDDED_AT, *CHUNK_COLUMNS)
 #: what a query's result leaves out besides the vectors: the hash and the run's stamp
 BOOKKEEPING_COLUMNS = (CONTENT_HASH, RUN_ID, EMBEDDED_AT)
 #: the Arrow types an input's text column may have (binary: decoded as UTF-8, rows that are not are rejected)
@@ -72,6 +82,16 @@ def is_reserved_column(name: str) -> bool:
     return name in RESERVED_COLUMNS or is_vector_column(name)
 
 
+def chunk_id(doc_id: object, ordinal: int) -> str:
+    """A chunk row's ``id``: its document's id and its ordinal, ``"<doc_id>#<ordinal>"``."""
+    return f"{doc_id}#{ordinal}"
+
+
+def chunk_ordinal(row_id: str) -> int:
+    """The ordinal in a chunk row's ``id`` (the inverse of :func:`chunk_id`; a document id may hold ``#``)."""
+    return int(row_id.rpartition("#")[2])
+
+
 def content_hash(text: str) -> str:
     """blake2b-128 of the UTF-8 text, hex: what decides whether a row must be re-embedded."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
@@ -87,9 +107,24 @@ def output_schema(
 ) -> pa.Schema:
     """``id, content_hash, <passthrough>, [text], vec_l{L}_d{D}..., run_id, embedded_at`` + provenance; with
     ``table_uri``, LanceDB's ``embedding_functions`` too (``storage.lancedb``: plain LanceDB embeds a text query
-    for a vector column as embedjob does)."""
+    for a vector column as embedjob does).
+
+    A chunked table (``provenance.chunking``) has a row per chunk: ``id`` is the chunk's (a string,
+    :func:`chunk_id`), ``doc_id`` (of ``id_type``), ``chunk``, ``char_start`` and ``char_end`` follow it, and
+    ``content_hash`` is the whole document's.
+    """
     vtype = VECTOR_DTYPES[provenance.vector_dtype]
-    cols = [pa.field(ID, id_type, nullable=False), pa.field(CONTENT_HASH, pa.string(), nullable=False)]
+    if provenance.chunking:
+        cols = [
+            pa.field(ID, pa.string(), nullable=False),
+            pa.field(DOC_ID, id_type, nullable=False),
+            pa.field(CHUNK, pa.int32(), nullable=False),
+            pa.field(CHAR_START, pa.int32(), nullable=False),
+            pa.field(CHAR_END, pa.int32(), nullable=False),
+        ]
+    else:
+        cols = [pa.field(ID, id_type, nullable=False)]
+    cols.append(pa.field(CONTENT_HASH, pa.string(), nullable=False))
     cols.extend(passthrough)
     if store_text:
         cols.append(pa.field(TEXT, pa.string()))

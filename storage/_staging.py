@@ -167,6 +167,9 @@ class StagedPart:
     nodes: dict[str, int] = field(default_factory=dict)
     #: rows the fragments hold where ``ids`` are not listed (a backfill's part: one fragment's new columns)
     rows: int = 0
+    #: a chunked table's part: the document id of each of ``ids`` (chunk ids), so a resume knows which
+    #: chunks of which documents are staged
+    doc_ids: list[Any] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)

@@ -22,7 +22,7 @@ from ._index import IndexReport, build_index, describe_indexes
 from ._lance_io import sibling_uri, table_exists
 from ._names import split_table_uri
 from ._provenance import METADATA_KEY, Provenance
-from ._schema import BOOKKEEPING_COLUMNS, is_vector_column, vector_column
+from ._schema import BOOKKEEPING_COLUMNS, DOC_ID, is_vector_column, vector_column
 
 __all__ = ["EmbeddingTable", "TableNotFoundError", "open_table"]
 
@@ -186,6 +186,7 @@ class EmbeddingTable:
         columns: Sequence[str] | None = None,
         where: str | None = None,
         nprobes: int | None = None,
+        per_document: bool = False,
     ) -> pa.Table:
         """Top ``k`` rows at ``granularity`` (default: the richest), best first, for a query given as
         ``text`` (embedded as the table's rows were: same model, pooling, calibration) or as a ``vector``.
@@ -193,10 +194,11 @@ class EmbeddingTable:
         A batch of queries (a list of texts, or a 2-D array / list of vectors) is embedded in one pass and returns
         one table with a ``query`` column (the query's position) before each hit. Returns ``id``, ``score``
         (cosine similarity), ``_distance`` and the table's text/passthrough columns (or ``columns``). Only the
-        layers the granularity needs are run for a text query.
+        layers the granularity needs are run for a text query. ``per_document`` (a chunked table): the best
+        chunk of each of the top ``k`` documents.
         """
         g = self.resolve_granularity(granularity)
-        options = {"columns": columns, "where": where, "nprobes": nprobes}
+        options = {"columns": columns, "where": where, "nprobes": nprobes, "per_document": per_document}
         if (text is None) == (vector is None):
             raise ValueError("search needs a query: text (a string or a list of strings) or vector=, not both")
         if vector is not None:
@@ -235,18 +237,45 @@ class EmbeddingTable:
         columns: Sequence[str] | None = None,
         where: str | None = None,
         nprobes: int | None = None,
+        per_document: bool = False,
     ) -> pa.Table:
         """Top ``k`` rows for a query vector at ``granularity``; through the column's index when it has one
-        (``nprobes`` IVF partitions probed), rows added since the index was built are scanned exactly."""
+        (``nprobes`` IVF partitions probed), rows added since the index was built are scanned exactly.
+
+        ``per_document`` (a chunked table): the best chunk of each of the top ``k`` documents.
+        """
         g = self.resolve_granularity(granularity)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if columns is None:
             columns = self._result_columns()
+        if not per_document:
+            return self._nearest(vector, g, k, columns, where, nprobes)
+        if not self.chunked:
+            raise ValueError(
+                f"per_document needs a chunked table ([chunking] in the job); {self.uri!r} has a row per text"
+            )
+        columns = list(columns) if DOC_ID in columns else [*columns, DOC_ID]
+        limit, total = 4 * k, self.count_rows()
+        while True:  # fetch more chunks until k documents are found or every row was seen
+            hits = self._nearest(vector, g, limit, columns, where, nprobes)
+            best = _first_per_document(hits)
+            if best.num_rows >= k or hits.num_rows < limit or limit >= total:
+                return best.slice(0, k)
+            limit *= 4
+
+    @property
+    def chunked(self) -> bool:
+        """A row per chunk of a document (the job had a ``[chunking]`` section)."""
+        return bool(self.provenance.chunking)
+
+    def _nearest(
+        self, vector: Any, g: Granularity, limit: int, columns: Sequence[str], where: str | None, nprobes: int | None
+    ) -> pa.Table:
         query = (
             self.lancedb_table.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_column(str(g)))
             .distance_type("cosine")
-            .limit(k)
+            .limit(limit)
             .select([*columns, "_distance"])
         )
         if where:
@@ -349,3 +378,14 @@ class EmbeddingTable:
         self.dataset = lance.dataset(self.uri, storage_options=self.storage_options)
         self.__dict__.pop("lancedb_table", None)
         return self
+
+
+def _first_per_document(hits: pa.Table) -> pa.Table:
+    """``hits`` (best first) with each document's first hit only: its best chunk."""
+    seen: set[Any] = set()
+    keep = []
+    for i, doc in enumerate(hits.column(DOC_ID).to_pylist()):
+        if doc not in seen:
+            seen.add(doc)
+            keep.append(i)
+    return hits.take(pa.array(keep, pa.int64()))

@@ -92,7 +92,8 @@ def plan(
             "changes",
             f"{made.new:,} new, {made.changed:,} changed, {made.unchanged:,} unchanged, {made.deleted:,} deleted",
         )
-    table.add_row("to embed", f"{made.rows_to_embed:,} rows, {made.tokens:,} tokens ({made.tokens_counted})")
+    chunks = f" in {made.chunks:,} chunks" if made.chunks is not None else ""
+    table.add_row("to embed", f"{made.rows_to_embed:,} rows{chunks}, {made.tokens:,} tokens ({made.tokens_counted})")
     share = f" ({made.truncated / made.rows_to_embed:.1%})" if made.rows_to_embed else ""
     table.add_row("truncated", f"{made.truncated:,} texts{share} longer than max_length {made.max_length}")
     table.add_row("granularities", f"{', '.join(made.granularities)}: {made.bytes_per_row:,} bytes of vectors per row")
@@ -221,12 +222,13 @@ def print_summary(summary) -> None:
         else f"still version {summary.table_version}: nothing changed"
     )
     table.add_row("table", f"{summary.table_uri} ({version}, mode {summary.mode})")
+    chunked = getattr(summary, "chunked", False)
     table.add_row(
-        "rows read / embedded / rejected",
+        "documents read / chunks embedded / rejected" if chunked else "rows read / embedded / rejected",
         f"{summary.rows_read:,} / {summary.rows_embedded:,} / {summary.rows_rejected:,}",
     )
     table.add_row(
-        "new / changed / unchanged / deleted",
+        "new / changed / unchanged / deleted" + (" documents" if chunked else ""),
         f"{summary.rows_new:,} / {summary.rows_changed:,} / {summary.rows_unchanged:,} / {summary.rows_deleted:,}",
     )
     if summary.rows_resumed:

@@ -185,7 +185,7 @@ def index(
 @app.command()
 def query(
     table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
-    text: Annotated[str, typer.Argument(help="The query text.")],
+    texts: Annotated[list[str], typer.Argument(metavar="TEXT...", help="The query text; several: one search each.")],
     granularity: Annotated[
         str | None, typer.Option("--granularity", "-g", help="e.g. l6_d128 (default: richest).")
     ] = None,
@@ -199,41 +199,56 @@ def query(
             "e.g. l6_d64:200,l6_d384:10 (the last stage's k is the number of hits).",
         ),
     ] = None,
+    per_document: Annotated[
+        bool, typer.Option("--per-document", help="A chunked table: the best chunk of each of the top k documents.")
+    ] = False,
     nprobes: Annotated[
         int | None, typer.Option(help="IVF partitions to probe when the (first) column has an index.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON lines.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print hits as JSON lines (with the query's position as 'query').")
+    ] = False,
     endpoint: EndpointOpt = None,
     region: RegionOpt = None,
 ) -> None:
-    """Embed TEXT with the table's own model and layer, and print the nearest rows."""
+    """Embed each TEXT with the table's own model and layer, and print the nearest rows."""
     from embedder import EmbedderError
 
     tbl = open_table_at(table_uri, endpoint, region)
     try:
-        if funnel:
-            if granularity:
-                raise ValueError("--funnel names its own granularities; leave out --granularity")
-            from storage import parse_stages
-
-            stages = parse_stages(funnel)
-            if k is not None and k != stages[-1].k:
-                raise ValueError(f"-k {k} differs from the funnel's last stage ({stages[-1]}); its k is the hits")
-            hits = tbl.funnel_search(text, stages, nprobes=nprobes)
-            k = stages[-1].k
-        else:
-            k = 10 if k is None else k
-            hits = tbl.search(text, granularity, k=k, nprobes=nprobes)
+        if funnel and (granularity or per_document):
+            raise ValueError(
+                "--funnel names its own granularities and ranks rows; leave out --granularity/--per-document"
+            )
+        results = [_hits(tbl, text, granularity, k, funnel, per_document, nprobes) for text in texts]
     except (EmbedderError, ValueError) as exc:
         fail(exc)
-    rows = hits.to_pylist()
-    if as_json:
-        for row in rows:
-            row.pop("_distance", None)
-            typer.echo(json.dumps(row, default=str))
-        return
     where = f"funnel {funnel}" if funnel else f"at {granularity or 'the richest granularity'}"
-    out = Table(title=f"top {k} for {text!r} {where}")
+    for position, (text, (hits, shown)) in enumerate(zip(texts, results, strict=True)):
+        if as_json:
+            for row in hits.to_pylist():
+                row.pop("_distance", None)
+                typer.echo(json.dumps({"query": position, **row}, default=str))
+        else:
+            _print_hits(hits, f"top {shown} for {text!r} {where}")
+
+
+def _hits(tbl, text: str, granularity: str | None, k: int | None, funnel: str | None, per_document: bool, nprobes):
+    """One query's hits and how many were asked for (a funnel's last stage)."""
+    if funnel:
+        from storage import parse_stages
+
+        stages = parse_stages(funnel)
+        if k is not None and k != stages[-1].k:
+            raise ValueError(f"-k {k} differs from the funnel's last stage ({stages[-1]}); its k is the hits")
+        return tbl.funnel_search(text, stages, nprobes=nprobes), stages[-1].k
+    k = 10 if k is None else k
+    return tbl.search(text, granularity, k=k, nprobes=nprobes, per_document=per_document), k
+
+
+def _print_hits(hits, title: str) -> None:
+    rows = hits.to_pylist()
+    out = Table(title=title)
     id_width = max([len(str(r["id"])) for r in rows] + [2])
     out.add_column("rank", justify="right", no_wrap=True, min_width=4)
     out.add_column("score", justify="right", no_wrap=True, min_width=6)
