@@ -18,7 +18,17 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from embedder import CalibrationStats, EncoderConfig, Granularity, embeddable_text, heldout_mask, read_model_dir
+from embedder import (
+    CalibrationStats,
+    Chunking,
+    EncoderConfig,
+    Granularity,
+    cached_tokenizer,
+    chunk_spans,
+    embeddable_text,
+    heldout_mask,
+    read_model_dir,
+)
 
 from ._pipeline import actor_placement, map_with_actors, start_pool
 from ._plans import CorpusPlan
@@ -38,6 +48,8 @@ class CalibrationPlan(CorpusPlan):
     sample: int
     heldout_fraction: float = 0.2
     seed: int = 0
+    #: a chunked job's chunking: the maps are fitted on the chunks its rows will hold
+    chunking: Chunking | None = None
 
 
 @dataclass
@@ -59,9 +71,17 @@ def _unit(seed: int, salt: str, key: object) -> float:
 
 
 def sample_rows(
-    batch: pa.Table, *, id_column: str, text_column: str, fraction: float, heldout_fraction: float, seed: int
+    batch: pa.Table,
+    *,
+    id_column: str,
+    text_column: str,
+    fraction: float,
+    heldout_fraction: float,
+    seed: int,
+    chunking: tuple[str, int | None, Chunking] | None = None,
 ) -> pa.Table:
-    """The rows of ``batch`` in the sample (by id hash) that hold embeddable text: ``text, heldout``."""
+    """The rows of ``batch`` in the sample (by id hash) that hold embeddable text: ``text, heldout``;
+    ``chunking`` (model dir, max_length, how): each sampled document's chunks, held out with their document."""
     texts: list[str] = []
     ids: list[object] = []
     for id_value, value in zip(batch.column(id_column).to_pylist(), batch.column(text_column).to_pylist(), strict=True):
@@ -72,6 +92,11 @@ def sample_rows(
             texts.append(text)
             ids.append(id_value)
     held = heldout_mask(ids, heldout_fraction, seed) if ids else []
+    if chunking is not None and texts:
+        model_path, max_length, how = chunking
+        spans = chunk_spans(cached_tokenizer(model_path, max_length).tokenizer, texts, how)
+        held = [h for h, doc in zip(held, spans, strict=True) for _ in doc]
+        texts = [t[a:b] for t, doc in zip(texts, spans, strict=True) for a, b in doc]
     return pa.table({"text": pa.array(texts, pa.string()), "heldout": pa.array(held, pa.bool_())})
 
 
@@ -130,6 +155,7 @@ def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
             "fraction": fraction,
             "heldout_fraction": plan.heldout_fraction,
             "seed": plan.seed,
+            "chunking": (plan.model_path, plan.encoder.max_length, plan.chunking) if plan.chunking else None,
         },
     )
     with actor_placement(pool, plan.model_path) as placement:

@@ -51,6 +51,7 @@ def fit_for_job(resolved: ResolvedJob, *, progress: bool = True) -> CalibrationR
         sample=opts.sample,
         heldout_fraction=opts.heldout,
         seed=opts.seed,
+        chunking=resolved.chunking,
         pool=pool_request(resolved, progress),
     )
     logger.info(

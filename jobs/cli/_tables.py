@@ -27,6 +27,8 @@ def inspect(
     head.add_row("model", f"{prov.model_path} (weights {prov.weights_fingerprint})")
     head.add_row("granularities", ", ".join(prov.granularities))
     head.add_row("pooling / normalize / max_length", f"{prov.pooling} / {prov.normalize} / {prov.max_length}")
+    if prov.chunking:
+        head.add_row("chunking", f"{prov.chunking.replace(',', ', ')} (a row per chunk of a document)")
     head.add_row("vector dtype", prov.vector_dtype)
     head.add_row("calibration", _describe_calibration(tbl))
     head.add_row("embedjob", prov.embedjob_version)

@@ -38,3 +38,31 @@ def test_documents_become_chunk_rows_and_rejects_stay_one_row(minilm_path, lee_a
     again = split_into_chunks(rows, str(minilm_path), None, Chunking(tokens=60, overlap=6), staged={10: [0, 2]})
     assert [r["chunk"] for r in again.to_pylist() if r["doc_id"] == 10] == [c for c in per_doc[10] if c not in (0, 2)]
     assert again.num_rows == out.num_rows - 2
+
+
+def test_a_chunked_jobs_calibration_sample_is_its_chunks_held_out_by_document(minilm_path, lee_articles):
+    from cluster._calibrate import sample_rows
+
+    batch = pa.table({"id": list(range(40)), "text": list(lee_articles[:40])})
+    how = Chunking(tokens=60, overlap=6)
+    whole = sample_rows(batch, id_column="id", text_column="text", fraction=1.0, heldout_fraction=0.25, seed=0)
+    chunked = sample_rows(
+        batch,
+        id_column="id",
+        text_column="text",
+        fraction=1.0,
+        heldout_fraction=0.25,
+        seed=0,
+        chunking=(str(minilm_path), None, how),
+    )
+    assert whole.num_rows == 40 and chunked.num_rows > 80
+    # each document's chunks in order, held out (or not) together with their document
+    texts, held = chunked.column("text").to_pylist(), chunked.column("heldout").to_pylist()
+    pos = 0
+    for doc, doc_held in zip(whole.column("text").to_pylist(), whole.column("heldout").to_pylist(), strict=True):
+        n = 0
+        while pos < len(texts) and texts[pos] in doc:
+            assert held[pos] == doc_held
+            pos, n = pos + 1, n + 1
+        assert n >= 1
+    assert pos == len(texts)
