@@ -20,9 +20,17 @@ from ._calibrations import calibration_uri, load_calibration
 from ._funnel import FunnelStage, StageSpec, funnel_search_vectors, parse_stages
 from ._index import IndexReport, build_index, describe_indexes
 from ._lance_io import sibling_uri, table_exists
+from ._lock import TableLock
 from ._names import split_table_uri
 from ._provenance import METADATA_KEY, Provenance
-from ._schema import BOOKKEEPING_COLUMNS, DOC_ID, is_vector_column, vector_column
+from ._schema import (
+    BOOKKEEPING_COLUMNS,
+    DOC_ID,
+    EMBEDDING_FUNCTIONS_KEY,
+    embedding_functions,
+    is_vector_column,
+    vector_column,
+)
 
 __all__ = ["EmbeddingTable", "TableNotFoundError", "open_table"]
 
@@ -368,6 +376,30 @@ class EmbeddingTable:
         )
         self.refresh()
         return report
+
+    @property
+    def lancedb_search_registered(self) -> bool:
+        """Whether plain LanceDB embeds text queries for this table as embedjob does: its ``embedding_functions``
+        metadata names embedjob's function for every vector column, at this table's location."""
+        current = (self.dataset.schema.metadata or {}).get(EMBEDDING_FUNCTIONS_KEY)
+        return current == embedding_functions(self.uri, self.provenance.granularities)
+
+    def upgrade(self, *, wait_s: float = 0.0) -> bool:
+        """Bring a table an older embedjob wrote (or one moved since) up to date: write its LanceDB
+        ``embedding_functions`` metadata for this location, as one new version under the table's lock.
+        Returns False (and writes nothing) when there was nothing to do."""
+        if self.lancedb_search_registered:
+            return False
+        holder = TableLock(self.uri, run_id="upgrade", storage_options=self.storage_options)
+        holder.acquire(wait_s=wait_s)
+        try:
+            ds = lance.dataset(self.uri, storage_options=self.storage_options)
+            value = embedding_functions(self.uri, self.provenance.granularities)
+            ds.update_schema_metadata({EMBEDDING_FUNCTIONS_KEY.decode(): value.decode()})
+        finally:
+            holder.release()
+        self.refresh()
+        return True
 
     def indexes(self) -> list[dict[str, Any]]:
         """The table's vector indexes: column, type, partitions, indexed and unindexed rows."""

@@ -32,6 +32,12 @@ def inspect(
     head.add_row("vector dtype", prov.vector_dtype)
     head.add_row("calibration", _describe_calibration(tbl))
     head.add_row("embedjob", prov.embedjob_version)
+    head.add_row(
+        "plain LanceDB text search",
+        "registered (import storage.lancedb)"
+        if tbl.lancedb_search_registered
+        else f"not registered here (older table, or moved): embedjob upgrade {table_uri}",
+    )
     head.add_row("rejects", _describe_rejects(tbl.rejects()))
     console.print(head)
     schema = Table(title="schema")
@@ -313,6 +319,31 @@ def gc(
     out.add_row("bytes removed", f"{report.bytes_removed:,}")
     out.add_row("calibrations removed", ", ".join(report.calibrations_removed) or "-")
     console.print(out)
+
+
+@app.command()
+def upgrade(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    lock_timeout: LockTimeoutOpt = 0.0,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Bring a table an older embedjob wrote (or one moved since) up to date: register embedjob's query embedding
+    for its vector columns, so plain LanceDB's search("text") embeds as embedjob does. One new version, or none."""
+    from storage import TableLocked
+
+    tbl = open_table_at(table_uri, endpoint, region)
+    try:
+        changed = tbl.upgrade(wait_s=lock_timeout)
+    except TableLocked as exc:
+        fail(exc)
+    if changed:
+        console.print(
+            f"{table_uri}: LanceDB embedding functions written for "
+            f"{', '.join(tbl.provenance.granularities)} (version {tbl.version})"
+        )
+    else:
+        console.print(f"{table_uri}: already up to date (version {tbl.version})")
 
 
 def _duration(text: str):
