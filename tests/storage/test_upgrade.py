@@ -19,7 +19,8 @@ from ..jobfiles import write_embedded_table
 
 def _plain_search(folder, name: str, text: str, g: str) -> list:
     table = lancedb.connect(str(folder)).open_table(name)
-    return table.search(text, vector_column_name=f"vec_{g}").distance_type("cosine").limit(5).to_arrow()["id"].to_pylist()
+    hits = table.search(text, vector_column_name=f"vec_{g}").distance_type("cosine").limit(5).to_arrow()
+    return hits["id"].to_pylist()
 
 
 def test_upgrade_registers_the_query_embedding_once_and_again_after_a_move(tmp_path, tiny_bert_dir, lee_articles):
