@@ -20,7 +20,21 @@ from urllib.parse import urlparse
 from ._spec import JobSpec, load_job, parse_job
 from .state import remember_submission
 
-__all__ = ["Submission", "entrypoint", "is_loopback", "job_text", "local_paths", "submit_job"]
+#: the environment variable naming the file a run writes its summary to (the scheduler reads it); ``-``: print
+#: it as its output's last line, after SUMMARY_LINE (a run on a cluster: whoever submitted it reads its log)
+SUMMARY_FILE_ENV = "EMBEDJOB_SUMMARY_FILE"
+SUMMARY_LINE = "embedjob summary: "
+
+__all__ = [
+    "SUMMARY_FILE_ENV",
+    "SUMMARY_LINE",
+    "Submission",
+    "entrypoint",
+    "is_loopback",
+    "job_text",
+    "local_paths",
+    "submit_job",
+]
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -81,8 +95,10 @@ def submit_job(
 
 
 def entrypoint(job_name: str, *, python: str = "python") -> str:
-    """The command the cluster runs: the job against the cluster it runs on."""
-    return f"{python} -m jobs.cli run {shlex.quote(job_name)} --address auto --no-progress"
+    """The command the cluster runs: the job against the cluster it runs on, its summary printed as the log's
+    last line for whoever submitted it (``schedule list`` shows a fired run's counts from it)."""
+    run = f"{python} -m jobs.cli run {shlex.quote(job_name)} --address auto --no-progress"
+    return f"{SUMMARY_FILE_ENV}=- {run}"
 
 
 def is_loopback(address: str) -> bool:

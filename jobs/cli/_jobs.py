@@ -201,11 +201,13 @@ def resume(
 
 def _write_summary_file(summary) -> None:
     """A run fired by the scheduler writes its summary where the scheduler reads it (``schedule list``)."""
-    from ..schedule import SUMMARY_FILE_ENV
+    from ..schedule import SUMMARY_FILE_ENV, SUMMARY_LINE
     from ..state import private_file
 
     path = os.environ.get(SUMMARY_FILE_ENV)
-    if path:
+    if path == "-":  # a run on a cluster: the scheduler reads its log, not its files
+        typer.echo(SUMMARY_LINE + json.dumps(summary.to_json()))
+    elif path:
         try:
             private_file(Path(path), json.dumps(summary.to_json()).encode())
         except OSError as exc:  # the run committed: a summary file that cannot be written is only a warning

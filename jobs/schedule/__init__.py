@@ -19,12 +19,13 @@ fires) and ``_scheduler`` (the ``Scheduler`` that puts them together).
 from __future__ import annotations
 
 from ._cron import next_after, parse_cron
-from ._launchers import SUMMARY_FILE_ENV
+from ._launchers import SUMMARY_FILE_ENV, SUMMARY_LINE
 from ._records import Fire, FireKind, FireState, Schedule, ScheduleError, ScheduleStatus
 from ._scheduler import Scheduler, default_state_dir
 
 __all__ = [
     "SUMMARY_FILE_ENV",
+    "SUMMARY_LINE",
     "Fire",
     "FireKind",
     "FireState",

@@ -16,11 +16,12 @@ from typing import ClassVar
 
 from storage import process_alive, process_start_ticks
 
+from ..submission import SUMMARY_FILE_ENV, SUMMARY_LINE
 from ._cron import slot_stamp
 from ._records import Fire, FireKind, FireState, Schedule
 from ._store import Store
 
-__all__ = ["SUMMARY_FILE_ENV", "Launcher", "LocalLauncher", "RayLauncher", "run_job_command"]
+__all__ = ["SUMMARY_FILE_ENV", "SUMMARY_LINE", "Launcher", "LocalLauncher", "RayLauncher", "run_job_command"]
 
 logger = logging.getLogger("jobs.schedule")
 
@@ -212,6 +213,10 @@ class RayLauncher(Launcher):
             if fire.state == FireState.STARTING:
                 self.store.update(fire.id, state=FireState.RUNNING, ray_status=info.status)
             return None
+        try:
+            counts = _counts_in_log(RayJobsClient(address).logs(fire.submission_id))
+        except ClusterError:
+            counts = ""  # the outcome is known; the counts stay in the job's log
         return self.store.update(
             fire.id,
             state=FireState.SUCCEEDED if info.status == "SUCCEEDED" else FireState.FAILED,
@@ -219,6 +224,7 @@ class RayLauncher(Launcher):
             exit_code=info.driver_exit_code,
             finished_at=info.end_time or self.clock(),
             message="" if info.status == "SUCCEEDED" else _first_line(info.message),
+            counts=counts,
         )
 
 
@@ -232,16 +238,26 @@ def _first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-#: the environment variable naming the file a fired run writes its summary to
-SUMMARY_FILE_ENV = "EMBEDJOB_SUMMARY_FILE"
-
-
 def _counts(path: Path) -> str:
     """A fired run's summary as one line (empty where it wrote none: it failed before its commit)."""
     try:
-        s = json.loads(path.read_text())
+        return _describe(json.loads(path.read_text()))
     except (OSError, ValueError):
         return ""
+
+
+def _counts_in_log(log: str) -> str:
+    """The summary line a run on a cluster printed last in its log, as one line ("" where there is none)."""
+    for line in reversed(log.splitlines()):
+        if line.startswith(SUMMARY_LINE):
+            try:
+                return _describe(json.loads(line[len(SUMMARY_LINE) :]))
+            except ValueError:
+                return ""
+    return ""
+
+
+def _describe(s: object) -> str:
     if not isinstance(s, dict):
         return ""
     counts = (

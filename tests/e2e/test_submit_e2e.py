@@ -160,6 +160,9 @@ def test_a_schedule_fires_through_the_jobs_api(ray_dashboard, small_job, tmp_pat
     listing = _embedjob("schedule", "list", "--state-dir", str(state))
     assert listing.returncode == 0, listing.stderr
     assert "succeeded (exit 0, Ray SUCCEEDED" in listing.stdout and ray_dashboard in listing.stdout
+    # the run's counts, from the summary line it printed last in its log on the cluster
+    assert fire.counts == "committed version 1: 40 new, 0 changed, 0 unchanged, 0 deleted, 0 rejected"
+    assert "committed version 1: 40 new" in listing.stdout
     again = _embedjob("schedule", "run-due", "--state-dir", str(state))
     assert "nothing due" in again.stdout  # the slot fired once
     print(f"schedule run-due (Ray) -> succeeded: {time.monotonic() - t0:.1f} s")
@@ -180,7 +183,7 @@ def test_a_scheduled_fire_that_fails_on_the_cluster_is_recorded(ray_dashboard, s
     assert (fire.state, fire.ray_status, fire.exit_code) == ("failed", "FAILED", 2), fire
     assert "exit code 2" in fire.message
     logs = _embedjob("logs", fire.submission_id or "", "--address", ray_dashboard)
-    assert "directory does not exist" in logs.stdout
+    assert "or name a local directory" in logs.stdout  # the model is gone: not a directory, nor in the cache
     listing = _embedjob("schedule", "list", "--state-dir", str(state))
     assert "failed (exit 2, Ray FAILED" in listing.stdout
     print(f"schedule run-due (Ray) -> failed: {time.monotonic() - t0:.1f} s")

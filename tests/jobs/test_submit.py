@@ -58,5 +58,6 @@ def test_remote_uris_are_kept_and_not_local(tmp_path):
 
 
 def test_entrypoint_runs_the_job_against_the_cluster_it_runs_on():
-    assert entrypoint("my job.toml") == "python -m jobs.cli run 'my job.toml' --address auto --no-progress"
-    assert entrypoint("j.toml", python="/opt/py/bin/python").startswith("/opt/py/bin/python -m jobs.cli run j.toml")
+    run = "python -m jobs.cli run 'my job.toml' --address auto --no-progress"
+    assert entrypoint("my job.toml") == f"EMBEDJOB_SUMMARY_FILE=- {run}"  # the summary as the log's last line
+    assert "=- /opt/py/bin/python -m jobs.cli run j.toml" in entrypoint("j.toml", python="/opt/py/bin/python")
