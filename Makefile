@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 
-.PHONY: setup test test-all lint demo bench clean
+.PHONY: setup test test-all lint demo docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -40,9 +40,15 @@ lint: setup
 demo: setup
 	$(BIN)/python -m examples.demo
 
+# The docs site (docs/, mkdocs.yml) into site/; --strict: a broken link or a missing page fails the build.
+# The test extra has mkdocs already; `pip install -e ".[docs]"` is all a docs-only checkout needs.
+docs: setup
+	$(BIN)/python -c "import mkdocs" 2>/dev/null || $(BIN)/python -m pip install -q -c constraints.txt -e ".[docs]"
+	$(BIN)/mkdocs build --strict --site-dir site
+
 # Every script in bench/, then one table of each figure against its target (about 1.5 h on 2 cores).
 bench: setup
 	$(BIN)/python -m bench.suite $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build site *.egg-info

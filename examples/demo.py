@@ -2,7 +2,7 @@
 
 1. writes the 300 Lee news articles shipped by gensim to ``out/demo/lee.parquet``
    (plus a few bad rows: a null text, an empty one, a duplicate id),
-2. writes ``out/demo/job.toml`` for all-MiniLM-L6-v2 at l3_d64, l3_d128, l6_d128, l6_d384,
+2. writes ``out/demo/job.toml`` for all-MiniLM-L6-v2 at l3_d64, l3_d128, l6_d64, l6_d128, l6_d384,
    with ``calibration = "auto"`` (a rotation and a layer-3 map fitted on the corpus first),
 3. runs ``embedjob run`` (Ray actors -> one Lance commit),
 4. changes the corpus as a night would (3 articles edited, 1 added, 1 removed) and runs
@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 JOB = """\
 name = "lee-demo"
-granularities = ["l3_d64", "l3_d128", "l6_d128", "l6_d384"]
+granularities = ["l3_d64", "l3_d128", "l6_d64", "l6_d128", "l6_d384"]
 calibration = "auto"   # fitted on the corpus on the first run (training-free), reused after
 
 [input]
@@ -51,20 +51,16 @@ store_text = true
 """
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="work folder (default out/demo)")
-    parser.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
-    args = parser.parse_args()
-
+def write_files(out: Path) -> tuple[list[str], list[str | None], list[str]]:
+    """What the demo writes before it runs anything (the docs' examples run there too): ``lee.parquet``,
+    ``job.toml`` and ``nightly.toml`` in ``out``. Returns the corpus' ids, texts and sources."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from bench.corpora import lee_background
 
-    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    articles = list(lee_background())
+    articles: list[str | None] = list(lee_background())
     ids = [f"lee-{i:03d}" for i in range(len(articles))]
     sources = ["lee_background.cor"] * len(articles)
     # a few rows a real corpus has: they go to the rejects table, the run still commits
@@ -74,6 +70,20 @@ def main() -> int:
     pq.write_table(pa.table({"id": ids, "text": articles, "source": sources}), out / "lee.parquet")
     (out / "job.toml").write_text(JOB.format(mode='mode = "overwrite"   # a fresh table each demo\n'))
     (out / "nightly.toml").write_text(JOB.format(mode=""))
+    return ids, articles, sources
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="work folder (default out/demo)")
+    parser.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+    args = parser.parse_args()
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out: Path = args.out
+    ids, articles, sources = write_files(out)
     print(f"wrote {out / 'lee.parquet'} ({len(ids)} rows), {out / 'job.toml'} and {out / 'nightly.toml'}\n")
 
     def night() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -58,7 +59,7 @@ from storage import (
 from storage import VERSION as __version__
 from storage.vocab import OutputMode, keeps_existing_rows, replaces_table, resolve_mode
 
-from ._spec import CalibrateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError
+from ._spec import CalibrateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError, anchored
 
 __all__ = ["ResolvedJob", "check_job"]
 
@@ -143,6 +144,7 @@ def check_job(
     ``backfill``: granularities to add to the existing table as new columns
     (the job lists the table's granularities plus these).
     """
+    spec = anchored(spec, Path.cwd())  # what the checks read here is what Ray's workers read, wherever they run
     found, problems = _validate(spec, purpose=purpose, backfill=backfill)
     if problems:
         raise JobSpecError(source_name, problems)

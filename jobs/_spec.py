@@ -234,7 +234,21 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSp
         section, _, key = dotted.rpartition(".")
         target = data.setdefault(section, {}) if section else data
         target[key] = value
-    base = path.resolve().parent
+    _anchor_paths(data, path.resolve().parent)
+    return parse_job(data, source=str(path))
+
+
+def anchored(spec: JobSpec, base: Path) -> JobSpec:
+    """``spec`` with its relative local paths (input, output, a model dir, a calibration file) made absolute
+    against ``base``, as a job file's are against its folder: Ray's workers do not share the driver's working
+    directory (a notebook that started Ray and then changed directory, a cluster's nodes)."""
+    data = spec.model_dump()
+    return parse_job(data) if _anchor_paths(data, base) else spec
+
+
+def _anchor_paths(data: dict[str, Any], base: Path) -> bool:
+    """Make the job's relative local paths absolute against ``base``, in place; True when one changed."""
+    changed = False
     for section, key in (("input", "uri"), ("output", "uri"), ("model", "path"), ("", "calibration")):
         where = data if not section else data.get(section)
         value = where.get(key) if isinstance(where, dict) else None
@@ -245,7 +259,8 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSp
         if key == "calibration" and not value.endswith(".safetensors"):
             continue  # "auto" / "none", not a path
         where[key] = str(base / value)
-    return parse_job(data, source=str(path))
+        changed = True
+    return changed
 
 
 def parse_job(data: dict[str, Any], *, source: str = "job") -> JobSpec:

@@ -208,3 +208,29 @@ def test_the_resolved_mode_on_a_new_table(job, mode):
     resolved = check_job(load_job(job(output={"mode": mode} if mode else {})))
     assert resolved.mode == resolve_mode(mode, table_exists=False)
     assert resolved.mode == ("overwrite" if mode == "overwrite" else "create")
+
+
+def test_a_specs_relative_paths_are_taken_from_the_working_directory(tmp_path, corpus, tiny_bert_dir, monkeypatch):
+    """A job built in Python (``parse_job``) names paths relative to where it runs, as a job file's are relative
+    to its folder; the checks make them absolute, so Ray's workers (which keep the working directory Ray started
+    in) read and write the same files the checks saw."""
+    from jobs import parse_job
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny").symlink_to(tiny_bert_dir)
+    spec = parse_job(
+        {
+            "granularities": ["l2_d32"],
+            "input": {"uri": corpus.name, "id_column": "doc_id", "text_column": "body"},
+            "model": {"path": "./models/tiny"},
+            "output": {"uri": "out/docs"},
+        }
+    )
+    resolved = check_job(spec)
+    assert resolved.spec.input.uri == str(tmp_path / "docs.parquet")
+    assert resolved.spec.output.uri == resolved.output_uri == str(tmp_path / "out" / "docs.lance")
+    assert resolved.spec.model.path == str(tmp_path / "models" / "tiny")
+    # a model's name is not a path
+    named = check_job(parse_job({**spec.model_dump(), "model": {"path": "all-MiniLM-L6-v2"}}))
+    assert named.spec.model.path == "all-MiniLM-L6-v2"
