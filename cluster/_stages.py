@@ -31,6 +31,7 @@ from storage import (
 )
 
 from ._pool import PoolPlan
+from ._progress import record_embedded, record_rejected, report
 from ._registry import DUPLICATE, EXISTS, SKIP
 
 REASON = "_reason"
@@ -49,6 +50,7 @@ def prepare(
     passthrough: Sequence[str],
     registry: Any,
     tokenizer: tuple[str, int | None] | None = None,
+    progress: Any = None,
 ) -> pa.Table:
     """Normalise one input batch: ``id, text, content_hash, <passthrough>, _reason``.
 
@@ -59,6 +61,7 @@ def prepare(
 
     ``tokenizer`` (model dir, max_length): also tokenize the rows to embed, into ``_input_ids`` and
     ``_cut``, so the encoder actor gets ids ready and its device never waits for the tokenizer.
+    ``progress``: the run's progress counter (rows read; those skipped are done).
     """
     import ray
 
@@ -73,6 +76,7 @@ def prepare(
     keys = [prefix + i.to_bytes(8, "little") if r is None else None for i, r in enumerate(reasons)]
     statuses = ray.get(registry.classify.remote(prefix, len(id_values), id_values, keys, hashes))
     keep = _rows_to_keep(statuses, reasons)
+    report(progress, read=len(id_values), done=len(id_values) - len(keep))
     if len(keep) < len(id_values):
         take = pa.array(keep, pa.int64())
         batch, ids = batch.take(take), ids.take(take)
@@ -175,7 +179,8 @@ def load_encoder(
 
 
 class EncodeActor:
-    """One per pool slot: loads the model once, embeds the rows ``prepare`` let through."""
+    """One per pool slot: loads the model once, embeds the rows ``prepare`` let through, and reports them:
+    to the run's progress counter, and as Ray metrics (rows and tokens by node, rejected rows by reason)."""
 
     def __init__(
         self,
@@ -187,6 +192,7 @@ class EncodeActor:
         run_id: str,
         calibration_uri: str | None = None,
         storage_options: dict[str, str] | None = None,
+        progress: Any = None,
     ) -> None:
         self.encoder = load_encoder(
             model_path,
@@ -198,6 +204,7 @@ class EncodeActor:
         self.vector_dtype = vector_dtype
         self.run_id = run_id
         self.node_id = node_id()
+        self.progress = progress
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -231,8 +238,19 @@ class EncodeActor:
         out = out.append_column(EMBEDDED_AT, now)
         out = out.append_column(TOKENS, pa.array(tokens))
         out = out.append_column(TRUNCATED, pa.array(truncated))
+        self._report(batch, len(rows), int(tokens.sum()))
         # per row, not per batch: Ray Data may merge the outputs of several actors into one write batch
         return out.append_column(NODE, pa.array([self.node_id] * n, pa.string()))
+
+    def _report(self, batch: pa.Table, embedded: int, tokens: int) -> None:
+        rejected = batch.num_rows - embedded
+        reasons: dict[str, int] = {}
+        if rejected:
+            counts = pc.value_counts(batch.column(REASON).drop_null()).to_pylist()
+            reasons = {c["values"]: int(c["counts"]) for c in counts}
+        record_embedded(self.run_id, self.node_id, rows=embedded, tokens=tokens)
+        record_rejected(self.run_id, reasons)
+        report(self.progress, done=batch.num_rows, embedded=embedded, tokens=tokens, rejected=rejected)
 
 
 def node_id() -> str:
