@@ -54,7 +54,7 @@ store_text = true
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="work folder (default out/demo)")
-    parser.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="progress lines instead of the live display")
     args = parser.parse_args()
 
     import pyarrow as pa
