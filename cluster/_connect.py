@@ -96,6 +96,13 @@ def spend_actor_restart_notice() -> None:
     if _notice_spent:
         return
     _notice_spent = True
+    try:
+        _spend_notice()
+    except Exception as exc:  # a notice is never a reason for a run to fail
+        logger.debug("could not spend Ray's actor restart notice: %s", exc)
+
+
+def _spend_notice() -> None:
     import ray
 
     @ray.remote(num_cpus=0, max_restarts=1)

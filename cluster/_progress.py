@@ -389,6 +389,8 @@ class ProgressDisplay:
             return
         import ray
 
+        if not ray.is_initialized():  # the command's Ray session ended (a failure): the last counts stand
+            return
         try:
             counts = ray.get(counter.counts.remote(), timeout=timeout)
         except Exception:  # the counter is busy or gone: the last counts stand
