@@ -12,6 +12,15 @@ from ._errors import ClusterError, SourceError
 from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
 from ._plans import CorpusPlan, EncoderPlan
 from ._pool import NodeShare, PoolPlan, PoolRequest, plan_pool
+from ._progress import (
+    METRIC_ROWS_EMBEDDED,
+    METRIC_ROWS_REJECTED,
+    METRIC_TOKENS,
+    ProgressCounts,
+    ProgressDisplay,
+    Stage,
+    verbose_output,
+)
 from ._registry import IdRegistry
 from ._sources import Source, resolve_source
 from ._stages import load_encoder
@@ -25,6 +34,9 @@ from ._submit import (
 )
 
 __all__ = [
+    "METRIC_ROWS_EMBEDDED",
+    "METRIC_ROWS_REJECTED",
+    "METRIC_TOKENS",
     "TERMINAL_STATUSES",
     "BackfillPlan",
     "BackfillResult",
@@ -39,11 +51,14 @@ __all__ = [
     "PipelineResult",
     "PoolPlan",
     "PoolRequest",
+    "ProgressCounts",
+    "ProgressDisplay",
     "RayJobInfo",
     "RayJobNotFoundError",
     "RayJobsClient",
     "Source",
     "SourceError",
+    "Stage",
     "actor_placement",
     "build_runtime_env",
     "jobs_api_address",
@@ -56,4 +71,5 @@ __all__ = [
     "run_calibration",
     "run_pipeline",
     "start_pool",
+    "verbose_output",
 ]

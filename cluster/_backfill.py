@@ -11,15 +11,26 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from storage import RunStaging, StagedPart, backfill_fragment, fragment_ids, rows_per_node, vector_array, vector_column
+from storage import (
+    RunStaging,
+    StagedPart,
+    backfill_fragment,
+    count_rows,
+    fragment_ids,
+    rows_per_node,
+    vector_array,
+    vector_column,
+)
 
 from ._pipeline import actor_placement, start_pool
 from ._plans import EncoderPlan
 from ._pool import PoolPlan
+from ._progress import ProgressDisplay, Stage, display_or_own, record_embedded, report, start_counter
 from ._stages import load_encoder, node_id
 
 __all__ = ["BackfillPlan", "BackfillResult", "run_backfill"]
@@ -75,7 +86,10 @@ def _part_key(fragment_id: int) -> str:
 
 
 class BackfillActor:
-    def __init__(self, plan: BackfillPlan, pool: PoolPlan) -> None:
+    """Loads the model once; embeds fragments' text, reporting each batch to the progress counter and as Ray
+    metrics."""
+
+    def __init__(self, plan: BackfillPlan, pool: PoolPlan, progress: Any = None) -> None:
         self.encoder = load_encoder(
             plan.model_path,
             plan.encoder,
@@ -86,19 +100,26 @@ class BackfillActor:
         self.plan = plan
         self.rows = 0
         self.node_id = node_id()
+        self.progress = progress
         # the new columns' schema, given to Lance so it does not call the model on a sample row to learn it
         self.schema = self._compute(pa.RecordBatch.from_arrays([pa.array([], pa.string())], names=["text"])).schema
 
     def _compute(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         texts = batch.column("text").to_pylist()
         n = len(texts)
-        vectors = self.encoder.encode([t or "" for t in texts]) if n else {}
+        vectors, tokens = {}, 0
+        if n:
+            result = self.encoder.encode_with_stats([t or "" for t in texts])
+            vectors, tokens = result.vectors, int(result.token_counts.sum())
         arrays, names = [], []
         for g in self.encoder.granularities:
             vecs = vectors[g] if n else np.zeros((0, g.dim), dtype=np.float32)
             arrays.append(vector_array(vecs, self.plan.vector_dtype))
             names.append(vector_column(str(g)))
         self.rows += n
+        if n:
+            record_embedded(self.plan.run_id, self.node_id, rows=n, tokens=tokens)
+            report(self.progress, read=n, done=n, embedded=n, tokens=tokens)
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
     def fragment(self, fragment_id: int) -> tuple[str, int, str]:
@@ -114,34 +135,47 @@ class BackfillActor:
         return meta, self.rows - before, self.node_id
 
 
-def run_backfill(plan: BackfillPlan) -> BackfillResult:
+def run_backfill(plan: BackfillPlan, *, display: ProgressDisplay | None = None) -> BackfillResult:
     """Compute the new columns of every fragment on the connected Ray cluster, staging each fragment's as a
-    part of the run (a resumed run skips the fragments already staged); commit nothing."""
+    part of the run (a resumed run skips the fragments already staged); commit nothing. ``display``: where
+    its progress shows (default: a display of its own)."""
+    with display_or_own(display, f"run {plan.run_id}", show=plan.pool.progress) as shown:
+        return _run_backfill(plan, shown)
+
+
+def _run_backfill(plan: BackfillPlan, display: ProgressDisplay) -> BackfillResult:
     import ray
     from ray.util import ActorPool
 
     t0 = time.perf_counter()
     pool = start_pool(plan.pool)
     staging = RunStaging(plan.table_uri, plan.run_id, plan.storage_options)
-    staged = {p.key for p in staging.parts()} if plan.resume else set()
+    kept = staging.parts() if plan.resume else []
+    staged = {p.key for p in kept}
     frags = [
         f for f in fragment_ids(plan.table_uri, plan.read_version, plan.storage_options) if _part_key(f) not in staged
     ]
+    counter = start_counter()
+    display.begin(
+        Stage.ENCODING, total=count_rows(plan.table_uri, plan.read_version, plan.storage_options), counter=counter
+    )
     if staged:
         logger.info("backfill: %d fragment(s) staged by an earlier attempt are kept", len(staged))
+        display.add(done=sum(p.rows for p in kept))
     if frags:
         n_actors = max(1, min(pool.actors, len(frags)))
         with actor_placement(pool, plan.model_path) as placement:
             cls = ray.remote(max_restarts=2, max_task_retries=2, **placement)(BackfillActor)
-            actors = [cls.remote(plan, pool) for _ in range(n_actors)]
+            actors = [cls.remote(plan, pool, counter) for _ in range(n_actors)]
             try:
                 done = ActorPool(actors).map(lambda a, fid: a.fragment.remote(fid), frags)
                 rows = 0
                 for k, (fid, (meta, n, node)) in enumerate(zip(frags, done, strict=True), start=1):
                     staging.add_part(StagedPart(key=_part_key(fid), fragments=[meta], ids=[], rows=n, nodes={node: n}))
                     rows += n
-                    logger.info("backfill: fragment %d/%d done (%d rows so far)", k, len(frags), rows)
+                    logger.debug("backfill: fragment %d/%d done (%d rows so far)", k, len(frags), rows)
             finally:
                 for a in actors:
                     ray.kill(a)
+    display.end_phase()
     return BackfillResult(staging.parts(), time.perf_counter() - t0, pool.describe(), resumed_keys=frozenset(staged))

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -33,6 +34,7 @@ from embedder import (
 from ._pipeline import actor_placement, map_with_actors, start_pool
 from ._plans import CorpusPlan
 from ._pool import PoolPlan
+from ._progress import ProgressDisplay, Stage, display_or_own, report, start_counter
 from ._stages import load_encoder
 
 __all__ = ["CalibrationPlan", "CalibrationSample", "run_calibration", "sample_fraction"]
@@ -79,9 +81,12 @@ def sample_rows(
     heldout_fraction: float,
     seed: int,
     chunking: tuple[str, int | None, Chunking] | None = None,
+    progress: Any = None,
 ) -> pa.Table:
     """The rows of ``batch`` in the sample (by id hash) that hold embeddable text: ``text, heldout``;
-    ``chunking`` (model dir, max_length, how): each sampled document's chunks, held out with their document."""
+    ``chunking`` (model dir, max_length, how): each sampled document's chunks, held out with their document
+    (``progress``: the counter the rows read are reported to)."""
+    report(progress, read=batch.num_rows)
     texts: list[str] = []
     ids: list[object] = []
     for id_value, value in zip(batch.column(id_column).to_pylist(), batch.column(text_column).to_pylist(), strict=True):
@@ -110,6 +115,7 @@ class CalibrateActor:
         config: EncoderConfig,
         layers: Sequence[int],
         pool: PoolPlan,
+        progress: Any = None,
     ) -> None:
         mdir = read_model_dir(model_path)
         grans = {Granularity(int(k), mdir.hidden_size) for k in layers}
@@ -117,17 +123,25 @@ class CalibrateActor:
         config = dataclasses.replace(config, granularities=tuple(sorted(grans)))
         self.encoder = load_encoder(model_path, config, pool)
         self.layers = tuple(layers)
+        self.progress = progress
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         stats = self.encoder.calibration_stats(self.layers)
         if batch.num_rows:
             heldout = batch.column("heldout").to_numpy(zero_copy_only=False)
             self.encoder.add_calibration_rows(stats, batch.column("text").to_pylist(), heldout)
+            report(self.progress, done=batch.num_rows, embedded=batch.num_rows)
         return pa.table({"stats": pa.array([stats.to_bytes()], pa.large_binary()), "rows": [batch.num_rows]})
 
 
-def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
-    """Sample the corpus and sum the actors' statistics on the connected Ray cluster."""
+def run_calibration(plan: CalibrationPlan, *, display: ProgressDisplay | None = None) -> CalibrationSample:
+    """Sample the corpus and sum the actors' statistics on the connected Ray cluster. ``display``: where its
+    progress shows (default: a display of its own); the total is the sample's expected size."""
+    with display_or_own(display, "calibration", show=plan.pool.progress) as shown:
+        return _run_calibration(plan, shown)
+
+
+def _run_calibration(plan: CalibrationPlan, display: ProgressDisplay) -> CalibrationSample:
     t0 = time.perf_counter()
     pool = start_pool(plan.pool)
     ds = plan.source.read([plan.id_column, plan.text_column])
@@ -144,6 +158,8 @@ def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
         min(plan.sample, total),
         pool.describe(),
     )
+    counter = start_counter()
+    display.begin(Stage.CALIBRATING, total=min(plan.sample, total), counter=counter)
     ds = ds.map_batches(
         sample_rows,
         batch_format="pyarrow",
@@ -156,6 +172,7 @@ def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
             "heldout_fraction": plan.heldout_fraction,
             "seed": plan.seed,
             "chunking": (plan.model_path, plan.encoder.max_length, plan.chunking) if plan.chunking else None,
+            "progress": counter,
         },
     )
     with actor_placement(pool, plan.model_path) as placement:
@@ -168,6 +185,7 @@ def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
             model_path=plan.model_path,
             config=plan.encoder,
             layers=plan.layers,
+            progress=counter,
         )
         mdir = read_model_dir(plan.model_path)
         stats = CalibrationStats.empty(num_layers=mdir.num_layers, hidden_size=mdir.hidden_size, layers=plan.layers)
@@ -176,6 +194,7 @@ def run_calibration(plan: CalibrationPlan) -> CalibrationSample:
             for blob, rows in zip(batch.column("stats").to_pylist(), batch.column("rows").to_pylist(), strict=True):
                 stats = stats + CalibrationStats.from_bytes(blob)
                 sampled += rows
+    display.end_phase(total=sampled)  # the sample's real size (the total was its expected size)
     return CalibrationSample(
         stats=stats, rows_total=total, rows_sampled=sampled, pool=pool, seconds=time.perf_counter() - t0
     )

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
 from ._errors import ClusterError
+from ._progress import verbose_output
 
 __all__ = ["probe_address", "ray_session"]
 
@@ -64,11 +67,64 @@ def ray_session(address: str | None = None, *, connect_timeout_s: float = 15.0) 
             f"(the default for clusters started by Ray >= 2.5x), make its token available here: "
             f"~/.ray/auth_token or RAY_AUTH_TOKEN, with RAY_AUTH_MODE=token"
         ) from None
+    if not verbose_output():
+        spend_actor_restart_notice()
     try:
         yield started
     finally:
         if started:
             ray.shutdown()
+
+
+#: the one line of Ray's C++ core that :func:`spend_actor_restart_notice` keeps off the terminal
+_RESTART_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
+_notice_spent = False
+
+
+def spend_actor_restart_notice() -> None:
+    """Keep Ray's "Actor ... has constructor arguments in the object store and max_restarts > 0" line
+    (E-level, from ``core_worker.cc``) off the terminal of every run.
+
+    The driver's Ray core prints it when it creates a restartable actor whose constructor takes an object
+    reference, which every Ray Data actor pool does (its context and its transformer go by reference,
+    ray-project/ray#57733): nothing the user did or can change. Ray prints it once per process, from C++
+    straight to file descriptor 2, past Python's logging. So once per process, right after connecting, a
+    throwaway actor of that kind is created and killed while fd 2 points at a temporary file; whatever else
+    landed there in that moment is written back. ``embedjob -v`` leaves the line alone.
+    """
+    global _notice_spent
+    if _notice_spent:
+        return
+    _notice_spent = True
+    try:
+        _spend_notice()
+    except Exception as exc:  # a notice is never a reason for a run to fail
+        logger.debug("could not spend Ray's actor restart notice: %s", exc)
+
+
+def _spend_notice() -> None:
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class _Throwaway:
+        def __init__(self, _arg: object) -> None:
+            pass
+
+    ref = ray.put(None)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            actor = _Throwaway.remote(ref)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        others = [line for line in caught.read().splitlines(keepends=True) if _RESTART_NOTICE not in line]
+    ray.kill(actor)
+    if others:
+        os.write(2, b"".join(others))
 
 
 @contextmanager

@@ -9,9 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +22,7 @@ from storage.vocab import TOKENIZE_CHOICES, replaces_table
 
 from ._plans import CorpusPlan
 from ._pool import PoolPlan, PoolRequest, plan_pool
+from ._progress import ProgressDisplay, Stage, display_or_own, start_counter, verbose_output
 from ._registry import IdRegistry
 from ._stages import EncodeActor, prepare
 
@@ -117,44 +115,6 @@ def resolve_tokenize(choice: str, pool: PoolPlan) -> str:
     return choice
 
 
-#: how often a run's progress is logged where no progress bars show (not a terminal, or progress off);
-#: ``EMBEDJOB_PROGRESS_EVERY_S`` sets another interval
-PROGRESS_EVERY_S = 10.0
-
-
-@contextlib.contextmanager
-def _progress_lines(registry: Any, plan: EmbedPlan, *, shown: bool) -> Iterator[None]:
-    """Where Ray Data's progress bars do not show (a log file, a CI job, ``--no-progress``): one line every
-    ``PROGRESS_EVERY_S`` seconds with the rows read and prepared so far, so a long run is never silent."""
-    if shown:
-        yield
-        return
-    import ray
-
-    total = plan.source.row_count()
-    of = f" of {total:,}" if total is not None else ""
-    stop = threading.Event()
-    t0 = time.perf_counter()
-    every = float(os.environ.get("EMBEDJOB_PROGRESS_EVERY_S") or PROGRESS_EVERY_S)
-
-    def report() -> None:
-        while not stop.wait(every):
-            try:
-                n = ray.get(registry.rows_read.remote(), timeout=5)
-            except Exception:  # the registry is busy or gone: say nothing this time
-                continue
-            rate = n / (time.perf_counter() - t0)
-            logger.info("run %s: %s%s rows read and prepared (%.0f rows/s)", plan.run_id, f"{n:,}", of, rate)
-
-    thread = threading.Thread(target=report, name=f"progress-{plan.run_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-
-
 def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
     if plan.rows_per_block:
         return plan.rows_per_block
@@ -168,14 +128,20 @@ def _rows_per_block(plan: EmbedPlan, pool: PoolPlan) -> int:
 
 
 def start_pool(request: PoolRequest) -> PoolPlan:
-    """Set Ray Data's progress bars and size the actor pool from the connected cluster's resources,
-    as a plan (embedding, calibration or backfill) asks."""
+    """Set Ray Data's own progress bars (shown with ``embedjob -v`` only: embedjob's display shows the
+    progress) and size the actor pool from the connected cluster's resources, as a plan (embedding,
+    calibration or backfill) asks."""
     import ray
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = request.progress
-    ctx.enable_operator_progress_bars = request.progress
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = request.progress and verbose_output()
+    if not ctx.enable_progress_bars:
+        from ray.util.debug import log_once
+
+        # Ray Data warns once per process that its bars are off ("Progress bars disabled. To enable, ..."):
+        # they are off on purpose here, so that once is spent now (the key is Ray Data's)
+        log_once("ray_data_progress_manager_disabled")
     return plan_pool(
         ray.cluster_resources(),
         actors=request.actors,
@@ -272,13 +238,21 @@ def map_with_actors(
     )
 
 
-def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineResult:
+def run_pipeline(
+    plan: EmbedPlan, *, delete_missing: bool = True, display: ProgressDisplay | None = None
+) -> PipelineResult:
     """Run read -> prepare -> encode -> write on the connected Ray cluster; commit nothing.
 
     Every written batch is recorded as a part in the run's staging folder.
     ``delete_missing`` (incremental runs): report the table's ids that are not
-    in the input, for the commit to delete.
+    in the input, for the commit to delete. ``display``: where the run's progress shows (default: a
+    display of its own).
     """
+    with display_or_own(display, f"run {plan.run_id}", show=plan.pool.progress) as shown:
+        return _run_pipeline(plan, delete_missing, shown)
+
+
+def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDisplay) -> PipelineResult:
     import ray
 
     from ._sink import StagingSink
@@ -299,6 +273,8 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             storage_options=plan.storage_options,
         )
     )
+    counter = start_counter()
+    display.begin(Stage.ENCODING, total=plan.source.row_count(), counter=counter)
     with actor_placement(pool, plan.model_path) as placement:
         columns = [plan.id_column, plan.text_column, *plan.passthrough]
         ds = plan.source.read(columns)
@@ -313,6 +289,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
                 "text_column": plan.text_column,
                 "passthrough": list(plan.passthrough),
                 "registry": registry,
+                "progress": counter,
                 "tokenizer": (plan.model_path, plan.encoder.max_length) if tokenize == "tasks" else None,
                 "chunking": (plan.model_path, plan.encoder.max_length, plan.chunking) if plan.chunking else None,
             },
@@ -329,6 +306,7 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             run_id=plan.run_id,
             calibration_uri=plan.calibration_uri,
             storage_options=plan.storage_options,
+            progress=counter,
         )
         sink = StagingSink(
             uri=plan.output_uri,
@@ -340,13 +318,13 @@ def run_pipeline(plan: EmbedPlan, *, delete_missing: bool = True) -> PipelineRes
             rows_per_part=plan.rows_per_part,
         )
         try:
-            with _progress_lines(registry, plan, shown=plan.pool.progress and sys.stderr.isatty()):
-                ds.write_datasink(sink)
+            ds.write_datasink(sink)
         except Exception as exc:
             explained = plan.source.explain_read_error(exc)  # a damaged input file, named
             if explained is None:
                 raise
             raise explained from None
+        display.end_phase()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Ray Data stats of run %s:\n%s", plan.run_id, ds.stats())
     replaced, missing = ray.get(registry.deletions.remote(delete_missing))

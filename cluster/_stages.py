@@ -45,6 +45,7 @@ from storage import (
 )
 
 from ._pool import PoolPlan
+from ._progress import record_embedded, record_rejected, report
 from ._registry import DUPLICATE, EXISTS, SKIP
 
 REASON = "_reason"
@@ -64,6 +65,7 @@ def prepare(
     registry: Any,
     tokenizer: tuple[str, int | None] | None = None,
     chunking: tuple[str, int | None, Chunking] | None = None,
+    progress: Any = None,
 ) -> pa.Table:
     """Normalise one input batch: ``id, text, content_hash, <passthrough>, _reason``.
 
@@ -77,6 +79,7 @@ def prepare(
 
     ``chunking`` (model dir, max_length, how): each document to embed becomes its chunks, a row each
     (:func:`split_into_chunks`); the registry classifies documents, so a changed document is embedded whole.
+    ``progress``: the run's progress counter (rows read; those skipped are done).
     """
     import ray
 
@@ -92,6 +95,7 @@ def prepare(
     statuses = ray.get(registry.classify.remote(prefix, len(id_values), id_values, keys, hashes))
     # a resumed chunked document may be staged in part: its missing chunks are embedded below
     keep = _rows_to_keep(statuses, reasons, keep_staged=chunking is not None)
+    report(progress, read=len(id_values), done=len(id_values) - len(keep))
     if len(keep) < len(id_values):
         take = pa.array(keep, pa.int64())
         batch, ids = batch.take(take), ids.take(take)
@@ -252,7 +256,8 @@ def load_encoder(
 
 
 class EncodeActor:
-    """One per pool slot: loads the model once, embeds the rows ``prepare`` let through."""
+    """One per pool slot: loads the model once, embeds the rows ``prepare`` let through, and reports them:
+    to the run's progress counter, and as Ray metrics (rows and tokens by node, rejected rows by reason)."""
 
     def __init__(
         self,
@@ -264,6 +269,7 @@ class EncodeActor:
         run_id: str,
         calibration_uri: str | None = None,
         storage_options: dict[str, str] | None = None,
+        progress: Any = None,
     ) -> None:
         self.encoder = load_encoder(
             model_path,
@@ -275,6 +281,7 @@ class EncodeActor:
         self.vector_dtype = vector_dtype
         self.run_id = run_id
         self.node_id = node_id()
+        self.progress = progress
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -308,8 +315,28 @@ class EncodeActor:
         out = out.append_column(EMBEDDED_AT, now)
         out = out.append_column(TOKENS, pa.array(tokens))
         out = out.append_column(TRUNCATED, pa.array(truncated))
+        self._report(batch, len(rows), int(tokens.sum()))
         # per row, not per batch: Ray Data may merge the outputs of several actors into one write batch
         return out.append_column(NODE, pa.array([self.node_id] * n, pa.string()))
+
+    def _report(self, batch: pa.Table, embedded: int, tokens: int) -> None:
+        rejected = batch.num_rows - embedded
+        reasons: dict[str, int] = {}
+        if rejected:
+            counts = pc.value_counts(batch.column(REASON).drop_null()).to_pylist()
+            reasons = {c["values"]: int(c["counts"]) for c in counts}
+        record_embedded(self.run_id, self.node_id, rows=embedded, tokens=tokens)
+        record_rejected(self.run_id, reasons)
+        report(self.progress, done=_documents(batch), embedded=embedded, tokens=tokens, rejected=rejected)
+
+
+def _documents(batch: pa.Table) -> int:
+    """The input rows a batch finishes, for the progress against the input's row count: its rows, or in a chunked
+    run the documents whose first chunk it holds (and its rejected rows, each one document)."""
+    if CHUNK not in batch.column_names:
+        return batch.num_rows
+    chunk = batch.column(CHUNK)
+    return int(pc.sum(pc.fill_null(pc.equal(chunk, 0), True).cast(pa.int64())).as_py() or 0)
 
 
 def node_id() -> str:

@@ -76,7 +76,7 @@ def write_files(out: Path) -> tuple[list[str], list[str | None], list[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="work folder (default out/demo)")
-    parser.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="progress lines instead of the live display")
     args = parser.parse_args()
 
     import pyarrow as pa

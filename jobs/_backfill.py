@@ -85,7 +85,7 @@ class _Backfill:
             resume=run.resumed,
         )
         logger.info("backfill %s: %s into %s", run.run_id, ", ".join(map(str, self.new)), resolved.output_uri)
-        return run_backfill(plan)
+        return run_backfill(plan, display=run.display)
 
     def summarize(self, run: TableRun, result: BackfillResult) -> RunSummary:
         return run.summary(

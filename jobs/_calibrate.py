@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster import CalibrationPlan, run_calibration
+from cluster import CalibrationPlan, ProgressDisplay, Stage, run_calibration
 from embedder import Calibration
 from storage import save_calibration
 
@@ -36,8 +36,11 @@ class CalibrationReport:
     pool: str
 
 
-def fit_for_job(resolved: ResolvedJob, *, progress: bool = True) -> CalibrationReport:
-    """Sample the job's corpus, fit, and store the calibration next to its output. Needs Ray up."""
+def fit_for_job(
+    resolved: ResolvedJob, *, progress: bool = True, display: ProgressDisplay | None = None
+) -> CalibrationReport:
+    """Sample the job's corpus, fit, and store the calibration next to its output. Needs Ray up. ``display``:
+    where its progress shows (a run's display, when the run fits its calibration first)."""
     spec, prov = resolved.spec, resolved.provenance
     opts = spec.calibrate
     layers = resolved.fit_layers()
@@ -60,7 +63,9 @@ def fit_for_job(resolved: ResolvedJob, *, progress: bool = True) -> CalibrationR
         opts.sample,
         plan.source.uri,
     )
-    sample = run_calibration(plan)
+    sample = run_calibration(plan, display=display)
+    if display is not None:
+        display.stage(Stage.SOLVING)
     calibration = sample.stats.solve(
         model_fingerprint=prov.weights_fingerprint,
         model_path=prov.model_path,
@@ -92,4 +97,6 @@ def calibrate_job(
     ``overrides`` are dotted job keys, e.g. ``{"calibrate.sample": 5000, "calibrate.layers": "all"}``.
     """
     resolved, _ = checked_job(job, overrides, purpose="calibrate")
-    return in_ray_session(resolved, lambda: fit_for_job(resolved, progress=progress))
+    name = resolved.spec.name or (None if isinstance(job, JobSpec) else Path(job).stem)
+    with ProgressDisplay.for_command(f"calibration of {name}" if name else "calibration", show=progress) as display:
+        return in_ray_session(resolved, lambda: fit_for_job(resolved, progress=progress, display=display))

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from cluster import PoolRequest, ray_session
+from cluster import PoolRequest, ProgressDisplay, Stage, ray_session
 from storage import (
     AFTER_COMMIT,
     REJECTS_SCHEMA,
@@ -106,6 +106,8 @@ class TableRun:
     resumed: bool = False
     allow_deletes: bool = False
     committed: RunSummary | None = None
+    #: where the run's progress shows (its stage, rows done of the total, tokens, rows/s)
+    display: ProgressDisplay | None = None
 
     @property
     def run_id(self) -> str:
@@ -178,7 +180,16 @@ def run_on_table(
         t0=time.perf_counter(),
         allow_deletes=allow_deletes,
     )
-    run.lock.acquire(wait_s=wait_s)
+    run.display = ProgressDisplay.for_command("run", show=progress)
+    with run.display:
+        run.lock.acquire(wait_s=wait_s)
+        return _run_locked(run, work, resume)
+
+
+def _run_locked(run: TableRun, work: Callable[[int | None], Work], resume: str | None) -> RunSummary:
+    """``run_on_table`` once the table's lock is held: the lock is released at the end, whatever happens."""
+    resolved, display = run.resolved, run.display
+    assert display is not None
     try:
         finished = finish_committed_runs(resolved)
         if resume is not None and resume in finished:
@@ -187,6 +198,7 @@ def run_on_table(
         run.read_version = dataset_version(uri, opts) if resolved.output_exists else None
         todo = work(run.read_version)
         _stage(run, todo.mode, resume)
+        display.what = f"run {run.run_id}"
         logger.info("run %s (%s): %s -> %s", run.run_id, todo.mode, resolved.source.uri, uri)
         result = in_ray_session(resolved, lambda: todo.execute(run))
         summary = todo.summarize(run, result)
@@ -200,6 +212,7 @@ def run_on_table(
             pending=list(AFTER_COMMIT),
         )
         run.lock.check()  # renewed now, conditionally: still ours, with a whole lease ahead for the commit
+        display.stage(Stage.COMMITTING)
         version = todo.commit(run, result, commit_message(run.run_id))
         # ---- committed: from here on nothing can make this run a failed one
         summary.table_version = version
@@ -229,6 +242,8 @@ def refresh_indexes_after(run: TableRun, summary: RunSummary, *, changed: bool) 
     resolved = run.resolved
     if resolved.spec.index is None:
         return
+    if run.display is not None:
+        run.display.stage(Stage.INDEXES)
     try:
         summary.indexes = refresh_indexes(resolved, changed=changed)
     except Exception as exc:  # committed: an index is bookkeeping too

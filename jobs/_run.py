@@ -133,7 +133,7 @@ class _Embed:
     def execute(self, run: TableRun) -> PipelineResult:
         resolved, uri = self.resolved, self.resolved.output_uri
         if resolved.calibration_pending:
-            report = fit_for_job(resolved, progress=run.progress)
+            report = fit_for_job(resolved, progress=run.progress, display=run.display)
             resolved = resolved.with_calibration(report.calibration, f"fitted now on {report.rows_sampled:,} rows")
             self.resolved, self.seconds_calibration = resolved, report.seconds
         elif resolved.calibration is not None:
@@ -143,7 +143,7 @@ class _Embed:
         plan = _plan(
             resolved, run.run_id, run.progress, mode=self.mode, read_version=run.read_version, resume=run.resumed
         )
-        return run_pipeline(plan, delete_missing=resolved.spec.output.delete_missing)
+        return run_pipeline(plan, delete_missing=resolved.spec.output.delete_missing, display=run.display)
 
     def summarize(self, run: TableRun, result: PipelineResult) -> RunSummary:
         resolved, spec = self.resolved, self.resolved.spec

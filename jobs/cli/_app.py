@@ -22,6 +22,7 @@ from ._console import console, fail
 __all__ = [
     "EndpointOpt",
     "LockTimeoutOpt",
+    "ProgressOpt",
     "PythonOpt",
     "RegionOpt",
     "app",
@@ -65,6 +66,13 @@ LockTimeoutOpt = Annotated[
         "--lock-timeout", min=0, help="Seconds to wait for a run that holds the table's lock (default 0: refuse)."
     ),
 ]
+ProgressOpt = Annotated[
+    bool,
+    typer.Option(
+        help="A live progress display on a terminal: stage, rows done of the total, tokens, rows/s, time left "
+        "(elsewhere, or with --no-progress: a progress line every 10 s, EMBEDJOB_PROGRESS_EVERY_S)."
+    ),
+]
 PythonOpt = Annotated[
     str,
     typer.Option(
@@ -88,11 +96,19 @@ def _options(
         bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
     ] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Also show Ray Data's INFO logs and Lance's warnings.")
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also show Ray's and Lance's own output: Ray Data's progress bars and INFO logs, Ray's notices, "
+            "Lance's warnings.",
+        ),
     ] = False,
 ) -> None:
     _console.debug = debug
     _console.verbose = verbose
+    if verbose:  # read by cluster when a command starts (cluster.verbose_output), here and in what it starts
+        os.environ["EMBEDJOB_VERBOSE"] = "1"
     if not verbose:  # Lance's Rust warnings (index statistics, "no existing dataset"): here and in Ray's workers
         os.environ.setdefault("LANCE_LOG", "error")
 

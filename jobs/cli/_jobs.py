@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ._app import LockTimeoutOpt, app, setup_logging
+from ._app import LockTimeoutOpt, ProgressOpt, app, setup_logging
 from ._console import console, err_console, fail
 
 __all__ = ["print_summary"]
@@ -122,7 +122,7 @@ def _print_resolved(title: str, resolved) -> None:
 @app.command()
 def run(
     job: Annotated[str, typer.Argument(help="The job file (TOML).")],
-    progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
+    progress: ProgressOpt = True,
     address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
     lock_timeout: LockTimeoutOpt = 0.0,
     add_granularity: Annotated[
@@ -173,7 +173,7 @@ def resume(
     table: Annotated[
         str | None, typer.Option(help="The run's output table, when this machine did not start the run.")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
+    progress: ProgressOpt = True,
     address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
     lock_timeout: LockTimeoutOpt = 0.0,
     allow_deletes: Annotated[

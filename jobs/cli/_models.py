@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ._app import app, setup_logging
+from ._app import ProgressOpt, app, setup_logging
 from ._console import console, fail
 
 
@@ -26,7 +26,7 @@ def calibrate(
         float | None, typer.Option(help="Share of the sample held out to choose the ridge strength (default 0.2).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the sample (by a hash of each row's id).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show Ray Data progress bars.")] = True,
+    progress: ProgressOpt = True,
     address: Annotated[str | None, typer.Option(help="Ray address (overrides cluster.address).")] = None,
 ) -> None:
     """Fit a calibration (Matryoshka rotation + per-exit linear maps) on a sample of the job's corpus.

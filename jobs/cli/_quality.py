@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ._app import EndpointOpt, RegionOpt, app, open_table_at, setup_logging
+from ._app import EndpointOpt, ProgressOpt, RegionOpt, app, open_table_at, setup_logging
 from ._console import console, err_console, fail
 
 
@@ -58,6 +58,7 @@ def evaluate(
     ] = "recall",
     endpoint: EndpointOpt = None,
     region: RegionOpt = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """Measure every (layer, dim): agreement with the full vector, encode cost per layer, correlation with
     human ratings; raw and calibrated side by side when there is a calibration.
@@ -79,7 +80,10 @@ def evaluate(
     options = dict(grid=grid, k=k, timing_texts=timing, sample=sample, seed=seed, use_lee=not no_lee, pairs_file=pairs)
     if dim_list is not None:
         options["dims"] = dim_list
-    qmap = _measure(target, options, sample, endpoint, region)
+    from cluster import ProgressDisplay
+
+    with ProgressDisplay.for_command(f"evaluate {target}", show=progress) as display:
+        qmap = _measure(target, {**options, "display": display}, sample, endpoint, region)
     _print_map(qmap, out=out, json_path=json_path, png_path=png_path, title=title)
     if recommend is not None:
         _print_recommendation(qmap, recommend, metric, target)

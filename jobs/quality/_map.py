@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cluster import ProgressDisplay
 from embedder import (
     Calibration,
     CalibrationError,
@@ -231,13 +232,16 @@ def evaluate(
     seed: int = 0,
     notes: Sequence[str] = (),
     device: str | None = None,
+    display: ProgressDisplay | None = None,
 ) -> QualityMap:
     """Measure the quality map of ``provenance``'s model config on ``texts`` (see the module docstring).
 
     ``timing_texts``: how many of ``texts`` each exit layer is timed on (best
     of ``repeats`` passes, layers interleaved). ``lee`` / ``pairs``: human-judged
     sets. ``device``: as :meth:`ElasticEncoder.from_pretrained` (default: CUDA when there is one).
+    ``display``: where each step shows its texts encoded so far (none: nothing shown).
     """
+    display = display or ProgressDisplay("evaluate", live=False)
     t_start = time.perf_counter()
     texts = list(texts)
     if len(texts) <= k:
@@ -264,13 +268,14 @@ def evaluate(
     logger.info(
         "quality map: timing %d exit layers on %d texts (best of %d passes)", len(layers), timing_texts, repeats
     )
-    timing = _time_layers(raw_enc, grans, texts[:timing_texts], repeats)
+    timing = _time_layers(raw_enc, grans, texts[:timing_texts], repeats, display)
     logger.info("quality map: embedding the sample of %d texts at %d granularities", len(texts), len(grans))
-    raw = raw_enc.encode(texts)
+    display.begin("encoding the sample", total=len(texts))
+    raw = _encode(raw_enc, texts, display)
     truth = neighbours(raw[reference], k)
     human = {name: s for name, s in (("lee", lee), ("pairs", pairs)) if s is not None}
     logger.info("quality map: embedding the human-rated sets (%s)", ", ".join(human) or "none")
-    human_raw = {name: raw_enc.encode(list(s.texts)) for name, s in human.items()}
+    human_raw = _encode_sets(raw_enc, human, display, "encoding the human-rated sets")
     device_name = str(raw_enc.device)
     del raw_enc
 
@@ -280,8 +285,9 @@ def evaluate(
         served = [g for g in grans if calibration.serves(g.layer)]
         logger.info("quality map: the same through the calibration (%d granularities)", len(served))
         cal_enc = ElasticEncoder.from_pretrained(prov.model_path, served, calibration=calibration, **options)
-        cal = cal_enc.encode(texts)
-        human_cal = {name: cal_enc.encode(list(s.texts)) for name, s in human.items()}
+        display.begin("encoding the sample through the calibration", total=len(texts))
+        cal = _encode(cal_enc, texts, display)
+        human_cal = _encode_sets(cal_enc, human, display, "encoding the human-rated sets through the calibration")
         del cal_enc
 
     def correlation(name: str, vectors: Mapping[str, Mapping[Granularity, np.ndarray]], g: Granularity):
@@ -346,18 +352,50 @@ def evaluate(
     )
 
 
+#: texts per encode call when a step reports its progress (small enough to move, large enough to batch well)
+_CHUNK = 256
+
+
+def _encode(encoder: ElasticEncoder, texts: Sequence[str], display: ProgressDisplay) -> dict[Granularity, np.ndarray]:
+    """``encoder.encode(texts)``, a chunk at a time, each chunk's texts and tokens added to ``display``."""
+    parts: list[dict[Granularity, np.ndarray]] = []
+    for start in range(0, len(texts), _CHUNK):
+        result = encoder.encode_with_stats(texts[start : start + _CHUNK])
+        parts.append(result.vectors)
+        n = len(result.token_counts)
+        display.add(read=n, done=n, embedded=n, tokens=int(result.token_counts.sum()))
+    if not parts:
+        return encoder.encode(texts)
+    return {g: np.concatenate([p[g] for p in parts]) for g in parts[0]}
+
+
+def _encode_sets(
+    encoder: ElasticEncoder, sets: Mapping[str, ScoredPairs], display: ProgressDisplay, stage: str
+) -> dict[str, dict[Granularity, np.ndarray]]:
+    """Each human-rated set's texts encoded, as one step of ``display`` (none when there are no sets)."""
+    if sets:
+        display.begin(stage, total=sum(len(s.texts) for s in sets.values()))
+    return {name: _encode(encoder, list(s.texts), display) for name, s in sets.items()}
+
+
 def _time_layers(
-    encoder: ElasticEncoder, grans: Sequence[Granularity], texts: Sequence[str], repeats: int
+    encoder: ElasticEncoder,
+    grans: Sequence[Granularity],
+    texts: Sequence[str],
+    repeats: int,
+    display: ProgressDisplay,
 ) -> dict[int, tuple[float, int]]:
     """Per exit layer: (best seconds over ``repeats``, real tokens) to encode ``texts`` stopping at that layer."""
     by_layer: dict[int, list[Granularity]] = {}
     for g in grans:
         by_layer.setdefault(g.layer, []).append(g)
     encoder.encode(texts[:8], by_layer[max(by_layer)])  # warm-up: allocator, kernels, thread pool
+    display.begin("timing the exit layers", total=len(texts) * len(by_layer) * repeats)
     best: dict[int, tuple[float, int]] = {}
     for _ in range(repeats):
         for layer, subset in sorted(by_layer.items()):  # interleaved, so drift hits every layer alike
             stats = encoder.encode_with_stats(texts, subset).stats
+            display.add(read=len(texts), done=len(texts), embedded=len(texts), tokens=stats.real_tokens)
             if layer not in best or stats.seconds_total < best[layer][0]:
                 best[layer] = (stats.seconds_total, stats.real_tokens)
     return best
@@ -391,6 +429,7 @@ def evaluate_job(
     resolved = check_job(load_job(job), source_name=str(job), purpose="calibrate")
     calibration, note = _job_calibration(resolved, str(job))
     lee, pairs, notes = _human_sets(use_lee, pairs_file)
+    _sampling(options)
     texts = sample_job_texts(resolved, sample, seed=seed)
     if note:
         notes.insert(0, note)
@@ -419,6 +458,7 @@ def evaluate_table(
 ) -> QualityMap:
     """The quality map of a table's model config (and its calibration), on a sample of its stored text."""
     tbl = open_table(table, storage_options=storage_options) if isinstance(table, str) else table
+    _sampling(options)
     texts = sample_texts(tbl, sample, seed=seed)
     lee, pairs, notes = _human_sets(use_lee, pairs_file)
     return evaluate(
@@ -432,6 +472,12 @@ def evaluate_table(
         notes=notes,
         **options,
     )
+
+
+def _sampling(options: Mapping[str, Any]) -> None:
+    display = options.get("display")
+    if display is not None:
+        display.stage("sampling the texts")
 
 
 def _human_sets(use_lee: bool, pairs_file: str | Path | None) -> tuple[ScoredPairs | None, ScoredPairs | None, list]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import lance
@@ -229,17 +228,3 @@ def test_a_run_that_can_no_longer_be_resumed_is_recorded_abandoned_and_cleaned(r
     runs = open_table(first.table_uri).runs()
     (abandoned,) = [r for r in runs if r["run_id"] == dead.run_id]
     assert abandoned["status"] == "abandoned" and "table is at 1 now" in abandoned["error"]
-
-
-def test_a_run_without_progress_bars_logs_a_progress_line_every_few_seconds(
-    ray_local, tmp_path, tiny_bert_dir, monkeypatch, caplog
-):
-    rows = {f"d{i:04d}": t for i, t in enumerate(passages(200, words=40))}
-    corpus = tmp_path / "docs.parquet"
-    _corpus(corpus, rows)
-    monkeypatch.setenv("EMBEDJOB_PROGRESS_EVERY_S", "0.2")
-    caplog.set_level(logging.INFO, logger="cluster")
-    summary = run_job(_job(tmp_path, corpus, tiny_bert_dir), progress=False)
-    lines = [r.getMessage() for r in caplog.records if "rows read and prepared" in r.getMessage()]
-    assert lines, [r.getMessage() for r in caplog.records]
-    assert all(f"run {summary.run_id}: " in line and " of 200 rows" in line for line in lines), lines
