@@ -42,7 +42,7 @@ from storage.vocab import updates_rows
 
 from ._checks import ResolvedJob, check_job
 from ._indexing import refresh_indexes
-from ._spec import JobSpec, load_job
+from ._spec import JobSpec, load_job, with_overrides
 from ._summary import RunSummary
 from .state import remember_run
 
@@ -81,7 +81,7 @@ def checked_job(
         raise RunIdError(resume)
     if source_name is None:
         source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
-    spec = job if isinstance(job, JobSpec) else load_job(job, overrides)
+    spec = with_overrides(job, overrides, source=source_name) if isinstance(job, JobSpec) else load_job(job, overrides)
     return check_job(spec, source_name=source_name, **purpose), source_name
 
 

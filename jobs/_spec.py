@@ -74,7 +74,7 @@ from storage.vocab import (
     VectorDtype,
 )
 
-__all__ = ["ChunkingSpec", "JobSpec", "JobSpecError", "load_job"]
+__all__ = ["ChunkingSpec", "JobSpec", "JobSpecError", "load_job", "with_overrides"]
 
 
 class JobSpecError(ValueError):
@@ -230,12 +230,28 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSp
         raise JobSpecError(str(path), ["job file does not exist"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise JobSpecError(str(path), [f"not valid TOML: {exc}"]) from None
+    _set_dotted(data, overrides)
+    _anchor_paths(data, path.resolve().parent)
+    return parse_job(data, source=str(path))
+
+
+def with_overrides(spec: JobSpec, overrides: dict[str, Any] | None, *, source: str = "job") -> JobSpec:
+    """``spec`` with ``overrides`` (dotted keys, as ``load_job`` takes them) applied and checked again."""
+    if not overrides:
+        return spec
+    data = spec.model_dump()
+    _set_dotted(data, overrides)
+    return parse_job(data, source=source)
+
+
+def _set_dotted(data: dict[str, Any], overrides: dict[str, Any] | None) -> None:
+    """Set ``{"section.key": value}`` overrides in a job's raw data, in place (a missing section is made)."""
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.rpartition(".")
         target = data.setdefault(section, {}) if section else data
+        if target is None:  # an optional section the spec leaves out ([index], [chunking])
+            target = data[section] = {}
         target[key] = value
-    _anchor_paths(data, path.resolve().parent)
-    return parse_job(data, source=str(path))
 
 
 def anchored(spec: JobSpec, base: Path) -> JobSpec:

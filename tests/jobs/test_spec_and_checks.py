@@ -234,3 +234,21 @@ def test_a_specs_relative_paths_are_taken_from_the_working_directory(tmp_path, c
     # a model's name is not a path
     named = check_job(parse_job({**spec.model_dump(), "model": {"path": "all-MiniLM-L6-v2"}}))
     assert named.spec.model.path == "all-MiniLM-L6-v2"
+
+
+def test_overrides_apply_to_a_spec_as_to_a_job_file(job):
+    from jobs._lifecycle import checked_job
+
+    path = job()
+    spec = load_job(path)
+    overrides = {"output.mode": "overwrite", "chunking.tokens": 32, "cluster.actors": 1}
+    from_file, _ = checked_job(path, overrides)
+    from_spec, _ = checked_job(spec, overrides)
+    assert from_spec.spec == from_file.spec
+    assert (from_spec.spec.output.mode, from_spec.spec.chunking.tokens, from_spec.spec.cluster.actors) == (
+        "overwrite",
+        32,
+        1,
+    )
+    with pytest.raises(JobSpecError, match=r"output.mode = 'sideways'"):
+        checked_job(spec, {"output.mode": "sideways"})
