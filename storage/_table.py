@@ -303,7 +303,7 @@ class EmbeddingTable:
         later stage re-ranks the shortlist by cosine on its own column and keeps
         its k. The query is embedded once, running only the layers the stages
         need, through the table's calibration (the reason a short prefix makes a
-        good shortlist; see the README). Returns ``id``, the text/passthrough
+        good shortlist; see docs/querying.md). Returns ``id``, the text/passthrough
         columns (or ``columns=``), ``score`` (the last stage's cosine) and
         ``score_<granularity>`` per stage. ``options`` are those of
         :meth:`funnel_search_vectors`.
