@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,7 +149,7 @@ class RollbackReport:
     rows_after: int
     tags: tuple[str, ...] = ()
     #: bookkeeping after the restore that could not be done (the restore itself stands)
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -196,7 +196,8 @@ def rollback_table(
         target, label = _resolve(ds, uri, to)
         current = int(ds.version)
         if target == current:
-            raise RollbackError(f"{uri!r} is at version {current} already ({label}); nothing to roll back")
+            named = "" if label == str(current) else f" (tag {label})"
+            raise RollbackError(f"{uri!r} is at version {current}{named} already; nothing to roll back")
         old = ds.checkout_version(target)
         if not (old.schema.metadata or {}).get(METADATA_KEY):
             raise RollbackError(f"version {target} of {uri!r} was not written by embedjob (no provenance)")
