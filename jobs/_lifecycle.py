@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 from cluster import PoolRequest, ProgressDisplay, Stage, ray_session
 from storage import (
     AFTER_COMMIT,
+    LATEST_GOOD,
     REJECTS_SCHEMA,
     RunIdError,
     RunStaging,
@@ -33,10 +34,11 @@ from storage import (
     dataset_version,
     error_line,
     is_run_id,
+    move_latest_good,
     new_run_id,
-    read_rows,
+    record_run,
     staged_runs,
-    table_exists,
+    tag_run,
 )
 from storage.vocab import updates_rows
 
@@ -51,6 +53,12 @@ __all__ = ["RunNotResumable", "TableRun", "Work", "checked_job", "in_ray_session
 logger = logging.getLogger("embedjob")
 
 _BOOKKEEPING_ATTEMPTS = 3
+#: what each bookkeeping step (storage.AFTER_COMMIT) writes, for its warning
+_STEP_WHAT = {
+    "tags": "the run's tag on that version",
+    "rejects": "the rejected rows",
+    "runs": "the run's record in the runs table",
+}
 T = TypeVar("T")
 
 
@@ -221,6 +229,7 @@ def _run_locked(run: TableRun, work: Callable[[int | None], Work], resume: str |
         run.committed = summary
         _finish_bookkeeping(resolved, run.staging, summary)
         todo.after(run, summary)
+        mark_good(resolved, summary)
         return summary
     except BaseException as exc:
         if run.staging is not None and run.committed is None:
@@ -391,11 +400,12 @@ def _finish_bookkeeping(resolved: ResolvedJob, staging: RunStaging, summary: Run
     record = (staging.read_record() if ok else None) or StagingRecord(run_id=run_id)
     pending = list(record.pending)
     steps = {
+        "tags": lambda: _tag_run(resolved, summary),
         "rejects": lambda: _commit_rejects(resolved, run_id, record.rejects, record.rejects_version),
         "runs": lambda: append_run_record(resolved, summary),
     }
-    for step in list(pending):
-        what = "the rejected rows" if step == "rejects" else "the run's record in the runs table"
+    for step in [s for s in pending if s in steps]:  # (a newer embedjob's step: left for it)
+        what = _STEP_WHAT[step]
         done = after_commit(
             summary,
             steps[step],
@@ -435,13 +445,39 @@ def _commit_rejects(resolved: ResolvedJob, run_id: str, fragments: list[str], af
 
 def append_run_record(resolved: ResolvedJob, summary: RunSummary) -> None:
     """The run's row in the runs table, once."""
-    uri, opts = resolved.runs_uri, resolved.storage_options
-    if table_exists(uri, opts) and any(
-        r["run_id"] == summary.run_id and r["status"] == "committed"
-        for r in read_rows(uri, ["run_id", "status"], storage_options=opts)
-    ):
+    record_run(resolved.output_uri, summary, resolved.storage_options)
+
+
+def _tag_run(resolved: ResolvedJob, summary: RunSummary) -> None:
+    """The run's tag (its id) on the version it made, once; a run that made no version (nothing changed) has
+    none."""
+    version = summary.table_version
+    if version is None or version == summary.read_version:
         return
-    append_rows(uri, summary.row(), storage_options=opts)
+    tag = tag_run(resolved.output_uri, summary.run_id, version, resolved.storage_options)
+    if tag not in summary.tags:
+        summary.tags.append(tag)
+
+
+def mark_good(resolved: ResolvedJob, summary: RunSummary) -> None:
+    """After all of a run's work: ``latest-good`` moves to its version when it passed its checks
+    (:attr:`RunSummary.passed_checks`). A run whose bookkeeping a later run finished (its driver died) does not
+    move it: its checks never ran to the end."""
+    if not summary.passed_checks:
+        return
+    version = summary.table_version
+    assert version is not None
+
+    def move() -> None:
+        if move_latest_good(resolved.output_uri, version, resolved.storage_options) == version:
+            summary.tags.append(LATEST_GOOD)
+
+    after_commit(
+        summary,
+        move,
+        f"the tag {LATEST_GOOD} could not be moved to version {version} ({{error}}); it names an older version "
+        f"until a later run that passes its checks moves it",
+    )
 
 
 def after_commit(summary: RunSummary, step: Callable[[], Any], failed: str) -> bool:

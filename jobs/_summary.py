@@ -24,9 +24,22 @@ class RunSummary(RunRecord):
     chunked: bool = False
     #: what went wrong after the commit (bookkeeping that could not be finished), and what to run about it
     warnings: list[str] = field(default_factory=list)
+    #: the table's tags that name this run's version, set by the run (its run id; ``latest-good``)
+    tags: list[str] = field(default_factory=list)
 
     #: below this many embedded rows a run's time is mostly start-up, and a rate says nothing about throughput
     MIN_ROWS_FOR_RATE = 100
+
+    @property
+    def passed_checks(self) -> bool:
+        """Whether the run may move the table's ``latest-good`` tag to its version: the one rule. It committed,
+        its bookkeeping finished without a warning, and none of its ``[index]`` section's indexes failed."""
+        return (
+            self.status == "committed"
+            and self.table_version is not None
+            and not self.warnings
+            and not any(i.get("action") == "failed" for i in self.indexes)
+        )
 
     @property
     def rates_meaningful(self) -> bool:

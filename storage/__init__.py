@@ -36,7 +36,7 @@ from ._messages import drop_source_locations, error_line
 from ._names import has_control_characters, split_table_uri, table_name_problem
 from ._process import process_alive, process_start_ticks
 from ._provenance import METADATA_KEY, Provenance
-from ._runs import RUNS_SCHEMA, VERSION, RunRecord
+from ._runs import RUNS_SCHEMA, VERSION, RunRecord, record_run
 from ._s3 import ObjectStore, StoreError, check_store
 from ._sample import NoStoredTextError, sample_texts
 from ._schema import (
@@ -79,6 +79,17 @@ from ._staging import (
     staging_dir,
 )
 from ._table import EmbeddingTable, TableNotFoundError, open_table
+from ._tags import (
+    LATEST_GOOD,
+    RollbackError,
+    RollbackReport,
+    TagError,
+    move_latest_good,
+    rollback_table,
+    run_tag,
+    table_tags,
+    tag_run,
+)
 
 __all__ = [
     "AFTER_COMMIT",
@@ -91,6 +102,7 @@ __all__ = [
     "DOC_ID",
     "EMBEDDED_AT",
     "ID",
+    "LATEST_GOOD",
     "METADATA_KEY",
     "MIN_INDEX_ROWS",
     "REJECTS_SCHEMA",
@@ -112,6 +124,8 @@ __all__ = [
     "NoStoredTextError",
     "ObjectStore",
     "Provenance",
+    "RollbackError",
+    "RollbackReport",
     "RunIdError",
     "RunRecord",
     "RunStaging",
@@ -123,6 +137,7 @@ __all__ = [
     "TableLocked",
     "TableMovedError",
     "TableNotFoundError",
+    "TagError",
     "VectorIndexError",
     "append_rows",
     "backfill_fragment",
@@ -152,6 +167,7 @@ __all__ = [
     "is_vector_column",
     "list_calibrations",
     "load_calibration",
+    "move_latest_good",
     "new_run_id",
     "open_table",
     "output_schema",
@@ -161,7 +177,10 @@ __all__ = [
     "read_hashes",
     "read_provenance",
     "read_rows",
+    "record_run",
+    "rollback_table",
     "rows_per_node",
+    "run_tag",
     "sample_texts",
     "save_calibration",
     "sibling_uri",
@@ -170,6 +189,8 @@ __all__ = [
     "staging_dir",
     "table_exists",
     "table_name_problem",
+    "table_tags",
+    "tag_run",
     "vector_array",
     "vector_column",
     "write_fragments",

@@ -16,6 +16,7 @@ from ._lock import TableLock
 from ._provenance import METADATA_KEY, Provenance
 from ._staging import StagingRecord, staged_runs
 from ._table import TableNotFoundError
+from ._tags import drop_old_run_tags
 
 __all__ = ["GcReport", "collect_garbage"]
 
@@ -30,6 +31,8 @@ class GcReport:
     versions_removed: dict[str, int] = field(default_factory=dict)  # per dataset (table, runs, rejects)
     bytes_removed: int = 0
     calibrations_removed: list[str] = field(default_factory=list)
+    #: run tags of versions older than the retention (Lance never removes a tagged version)
+    tags_removed: list[str] = field(default_factory=list)
 
 
 def collect_garbage(
@@ -49,6 +52,9 @@ def collect_garbage(
     - Lance versions older than ``older_than`` of the table, its runs and its
       rejects are removed (the newest version always stays). Files no version
       references (fragments of abandoned runs) go too when no staged run is kept.
+      A tagged version is never removed: the run tags of the table's versions
+      older than ``older_than`` are deleted first; ``latest-good``, tags of other
+      names and the tags on the newest version stay, and so do their versions.
     - calibration files no remaining version uses and older than ``older_than``.
     """
     opts = dict(storage_options or {}) or None
@@ -60,11 +66,20 @@ def collect_garbage(
         ds = lance.dataset(table_uri, storage_options=opts)
         now = datetime.now(UTC)
         _clean_staging(table_uri, opts, int(ds.version), now, older_than, report)
+        report.tags_removed = drop_old_run_tags(table_uri, _cutoff(now, older_than), opts)
         _clean_versions(table_uri, opts, older_than, report)
         _clean_calibrations(table_uri, opts, now, older_than, report)
     finally:
         lock.release()
     return report
+
+
+def _cutoff(now: datetime, older_than: timedelta) -> datetime:
+    """``now - older_than``, or the earliest time there is for a retention longer than the calendar."""
+    try:
+        return now - older_than
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _check_embedjob_table(table_uri: str, opts: dict[str, str] | None) -> None:

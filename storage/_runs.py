@@ -8,6 +8,7 @@ rows per node, warnings) live in the job layer's summary, which extends :class:`
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from importlib import metadata
@@ -15,7 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["RUNS_SCHEMA", "VERSION", "RunRecord"]
+from ._lance_io import append_rows, read_rows, sibling_uri, table_exists
+
+__all__ = ["RUNS_SCHEMA", "VERSION", "RunRecord", "record_run"]
 
 try:
     #: embedjob's version (pyproject.toml is its one home), recorded with every run
@@ -105,3 +108,16 @@ class RunRecord:
         for key in ("started_at", "finished_at"):
             values[key] = datetime.fromisoformat(values[key])
         return cls(**values)
+
+
+def record_run(table_uri: str, record: RunRecord, storage_options: Mapping[str, str] | None = None) -> bool:
+    """``record`` as a row of the table's runs table, once: a committed row of the same run already there (an
+    earlier attempt's, whose answer was lost) is not written again. Returns whether a row was written."""
+    uri = sibling_uri(table_uri, "runs")
+    if table_exists(uri, storage_options) and any(
+        r["run_id"] == record.run_id and r["status"] == "committed"
+        for r in read_rows(uri, ["run_id", "status"], storage_options=storage_options)
+    ):
+        return False
+    append_rows(uri, record.row(), storage_options=storage_options)
+    return True

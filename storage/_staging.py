@@ -82,8 +82,9 @@ class RunStatus(StrEnum):
 
 
 #: the bookkeeping after a commit, in order: each step is retried, and one that still fails stays pending in
-#: the run's staging record for the job's next run (or ``embedjob resume RUN_ID``) to finish
-AFTER_COMMIT = ("rejects", "runs")
+#: the run's staging record for the job's next run (or ``embedjob resume RUN_ID``) to finish. "tags": the run's
+#: tag on the version it made; "rejects": its rejected rows; "runs": its row in the runs table
+AFTER_COMMIT = ("tags", "rejects", "runs")
 
 
 @dataclass

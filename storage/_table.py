@@ -31,6 +31,7 @@ from ._schema import (
     is_vector_column,
     vector_column,
 )
+from ._tags import RollbackReport, rollback_table, tags_of
 
 __all__ = ["EmbeddingTable", "TableNotFoundError", "open_table"]
 
@@ -95,6 +96,25 @@ class EmbeddingTable:
             run = runs.get(v["version"], {})
             out.append({"version": v["version"], "timestamp": v["timestamp"], "run_id": run.get("run_id")})
         return out
+
+    def tags(self) -> dict[str, int]:
+        """The table's version tags, name -> version: each committed run's id on the version it made, and
+        ``latest-good`` on the newest version of a run that passed its checks (first in the dict)."""
+        return tags_of(self.dataset)
+
+    def rollback(self, to: str | int, *, wait_s: float = 0.0) -> RollbackReport:
+        """Restore the contents of the version tagged (or numbered) ``to`` as one new version, under the table's
+        lock (waiting up to ``wait_s`` for a run); nothing is deleted. This object then reads the new version.
+
+        >>> table.rollback("latest-good").describe()   # doctest: +SKIP
+        'out/t.lance: version 7 (1,204 rows) -> version 8 (1,200 rows), the contents of version 5 (tag latest-good)'
+
+        Refused with :class:`storage.RollbackError` (naming the table's tags and versions) for a tag or version
+        it does not have or no longer has (``embedjob gc`` removed it), or the version it is at.
+        """
+        report = rollback_table(self.uri, to, storage_options=self.storage_options, wait_s=wait_s)
+        self.refresh()
+        return report
 
     def runs(self) -> list[dict[str, Any]]:
         """The durable run records (one per run that committed), oldest first."""

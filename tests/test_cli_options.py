@@ -58,7 +58,7 @@ def test_every_option_name_has_one_meaning_and_every_short_flag_one_long_name():
 
 def test_commands_that_wait_for_a_lock_all_take_lock_timeout():
     takers = {path for path, opt in _options() if "--lock-timeout" in opt.opts}
-    assert {("run",), ("resume",), ("index",), ("gc",)} <= takers
+    assert {("run",), ("resume",), ("index",), ("gc",), ("upgrade",), ("rollback",)} <= takers
 
 
 def test_help_texts_keep_their_brackets():

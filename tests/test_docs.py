@@ -326,6 +326,17 @@ def _check_calibration(ns: dict, outputs: list[tuple[str, str]]) -> None:
     assert Path("minilm.safetensors").is_file() and Path("quality_map/quality_map.json").is_file()
 
 
+def _check_nights(ns: dict, outputs: list[tuple[str, str]]) -> None:
+    from storage import LATEST_GOOD, open_table
+
+    rolled = dict(outputs)["embedjob rollback out/demo/tables/lee.lance --to latest-good"]
+    assert "version 2 (300 rows) -> version 3 (300 rows), the contents of version 1 (tag latest-good)" in rolled
+    table = open_table("out/demo/tables/lee.lance")
+    assert (table.version, ns["report"].version, table.tags()[LATEST_GOOD]) == (4, 4, 4)
+    assert open_table(table.uri, version=3).indexes() == []  # version 1's contents: no index yet
+    assert [i["column"] for i in table.indexes()] == ["vec_l6_d128"]  # version 2's, restored
+
+
 # what a page's snippets leave behind, beyond running without an error
 CHECKS: dict[str, Callable[[dict, list[tuple[str, str]]], None]] = {
     "README.md": _check_readme,
@@ -334,6 +345,7 @@ CHECKS: dict[str, Callable[[dict, list[tuple[str, str]]], None]] = {
     "docs/querying.md": _check_querying,
     "docs/python.md": _check_python,
     "docs/calibration.md": _check_calibration,
+    "docs/nights.md": _check_nights,
 }
 RUN_PAGES = [p for p in ALL if p.runnable("python", "bash", "sh")]
 

@@ -247,6 +247,9 @@ def print_summary(summary) -> None:
     if summary.calibration:
         fitted = f", fitting took {summary.seconds_calibration:.1f} s" if summary.seconds_calibration else ""
         table.add_row("calibration", f"{summary.calibration} ({summary.calibration_origin}{fitted})")
+    tags = getattr(summary, "tags", None) or []
+    if tags:
+        table.add_row("tags", f"{', '.join(tags)} (version {summary.table_version})")
     table.add_row("wall time", f"{summary.seconds:.1f} s (pipeline {summary.seconds_pipeline:.1f} s)")
     if summary.rates_meaningful:
         table.add_row("throughput", f"{summary.rows_per_s:,.1f} rows/s, {summary.tokens_per_s:,.0f} tokens/s")

@@ -1,4 +1,5 @@
-"""``embedjob inspect | index | query | gc``: look into an output table, index it, search it, clean it up."""
+"""``embedjob inspect | index | query | gc | upgrade | rollback``: look into an output table, index it, search it,
+clean it up, roll it back."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ._app import EndpointOpt, LockTimeoutOpt, RegionOpt, app, open_table_at
-from ._console import console, fail
+from ._console import console, err_console, fail
 
 
 @app.command()
@@ -65,6 +67,7 @@ def inspect(
             *(f"{r[k]:,}" if r.get(k) is not None else "-" for k in keys),
         )
     console.print(runs)
+    _print_tags(tbl, by_version)
     _print_indexes(tbl)
     _print_unfinished(tbl)
 
@@ -81,6 +84,20 @@ def _describe_rejects(rejects) -> str:
         return f"{per_run[last]:,} rows, by run {last}"
     kept = f"{rejects.num_rows:,} kept over {len(per_run)} runs"
     return f"{per_run[last]:,} rows by the last run that had any ({last}); {kept}"
+
+
+def _print_tags(tbl, by_version: dict) -> None:
+    """The table's tags: each committed run's id on its version, ``latest-good`` first."""
+    tags = tbl.tags()
+    out = Table(title="tags" if tags else "tags: none (each committed run tags the version it made)")
+    if not tags:
+        console.print(out)
+        return
+    for col in ("tag", "version", "mode"):
+        out.add_column(col, justify="right" if col == "version" else "left", no_wrap=col == "tag")
+    for name, version in tags.items():
+        out.add_row(name, str(version), by_version.get(version, {}).get("mode", "-"))
+    console.print(out)
 
 
 def _print_indexes(tbl) -> None:
@@ -318,6 +335,7 @@ def gc(
     out.add_row("versions removed", ", ".join(f"{k}: {v}" for k, v in report.versions_removed.items()))
     out.add_row("bytes removed", f"{report.bytes_removed:,}")
     out.add_row("calibrations removed", ", ".join(report.calibrations_removed) or "-")
+    out.add_row("run tags removed", ", ".join(report.tags_removed) or "-")
     console.print(out)
 
 
@@ -344,6 +362,40 @@ def upgrade(
         )
     else:
         console.print(f"{table_uri}: already up to date (version {tbl.version})")
+
+
+@app.command()
+def rollback(
+    table_uri: Annotated[str, typer.Argument(metavar="TABLE", help="Output table URI (path or s3://).")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            metavar="TAG|VERSION",
+            help="The version to go back to: a tag (a run id, latest-good) or a version number (embedjob inspect "
+            "lists both).",
+        ),
+    ],
+    lock_timeout: LockTimeoutOpt = 0.0,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+) -> None:
+    """Restore an earlier version's rows as one new version (nothing is deleted: every version stays readable);
+    recorded in the runs table, tagged, and made latest-good. The next run is incremental from there."""
+    from storage import RollbackError, TableLocked
+
+    tbl = open_table_at(table_uri, endpoint, region)
+    try:
+        report = tbl.rollback(to, wait_s=lock_timeout)
+    except (RollbackError, TableLocked) as exc:
+        fail(exc)
+    for line in (
+        f"rolled back {report.describe()}",
+        f"run {report.run_id} ({report.mode}); tags: {', '.join(report.tags) or '-'}",
+    ):
+        console.print(Text(line), soft_wrap=True)
+    for warning in report.warnings:
+        err_console.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
 
 
 def _duration(text: str):

@@ -13,7 +13,7 @@ from ray.exceptions import RayActorError
 from bench.corpora import passages
 from embedder import ElasticEncoder, Granularity
 from jobs import backfill_job, resume_run, run_job
-from storage import open_table, staged_runs, staging_dir
+from storage import LATEST_GOOD, open_table, staged_runs, staging_dir
 
 from ..jobfiles import write_job
 from ..processes import kill_once
@@ -61,6 +61,8 @@ def test_a_failed_backfill_is_recorded_and_resumes_without_redoing_its_fragments
     assert staged_runs(uri) == []
     tbl = open_table(uri)
     assert tbl.version == first.table_version + 1
+    # tagged like any run: its id on the version it made, latest-good moved there
+    assert tbl.tags() == {LATEST_GOOD: tbl.version, done.run_id: tbl.version, first.run_id: first.table_version}
     got = tbl.to_arrow(["id", "vec_l3_d16"])
     assert sorted(got["id"].to_pylist()) == sorted(rows)  # every row once
     enc = ElasticEncoder.from_pretrained(tiny_bert_dir, ["l3_d16"], device="cpu")
