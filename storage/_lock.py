@@ -61,7 +61,7 @@ class TableLocked(RuntimeError):
             f"table {table_uri!r} is being written by run {holder.get('run_id')} "
             f"(host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('acquired_at')}); "
             f"its lease runs to {until:%Y-%m-%d %H:%M:%S} UTC and is renewed while it runs. "
-            f"Wait for it (embedjob run --wait SECONDS), or, if its process died, run again after the lease ends"
+            f"Wait for it (--lock-timeout SECONDS), or, if its process died, run again after the lease ends"
         )
 
     def __reduce__(self):
