@@ -5,6 +5,7 @@ from __future__ import annotations
 import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from bench.corpora import passages
@@ -34,6 +35,7 @@ def _rows(uri: str, version: int | None = None) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: r["id"])
 
 
+@pytest.mark.slow  # ~65 s, three Ray runs; tests/storage/test_tags_rollback.py rolls back real tables
 def test_runs_tag_their_versions_and_a_rollback_is_followed_by_a_normal_run(ray_local, tmp_path, tiny_bert_dir):
     """Two nights -> each run's id tags its version, latest-good the second -> `embedjob rollback --to` the
     first run's tag restores its rows as a new version -> the next night plans against that version and embeds
