@@ -59,7 +59,8 @@ from storage import (
 from storage import VERSION as __version__
 from storage.vocab import OutputMode, keeps_existing_rows, replaces_table, resolve_mode
 
-from ._spec import CalibrateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError, anchored
+from ._gate import ProbeFileError, read_probes
+from ._spec import CalibrateSpec, GateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError, anchored
 
 __all__ = ["ResolvedJob", "check_job"]
 
@@ -199,6 +200,7 @@ def _validate(
     problems += _read_chunking(spec, found)
     problems += _calibrate_layers_problems(spec.calibrate, found.provenance)
     problems += _index_problems(spec.index, found.granularities)
+    problems += _gate_problems(spec.gate, found.granularities)
     # --- output: mode against what is there
     problems += _read_output(out, opts, found)
     if purpose == "run":
@@ -496,6 +498,28 @@ def _index_problems(idx: IndexSpec | None, grans: tuple[Granularity, ...]) -> li
     if problems:
         return problems
     return _sub_vector_problems(idx, chosen)
+
+
+def _gate_problems(gate: GateSpec | None, grans: tuple[Granularity, ...]) -> list[str]:
+    """``[gate]``: its probe file reads (each line a probe) and its granularity is one of the job's."""
+    if gate is None:
+        return []
+    problems = []
+    try:
+        read_probes(gate.probes)
+    except ProbeFileError as exc:
+        problems.append(str(exc))
+    if gate.granularity is not None and grans:
+        try:
+            g = Granularity.parse(gate.granularity)
+        except GranularityError as exc:
+            return [*problems, f"gate.granularity: {exc}"]
+        if g not in grans:
+            problems.append(
+                f"gate.granularity = {gate.granularity!r} is not one of the job's granularities: "
+                f"{', '.join(str(x) for x in grans)}"
+            )
+    return problems
 
 
 def _index_granularities(idx: IndexSpec, grans: tuple[Granularity, ...]) -> tuple[list[Granularity], list[str]]:

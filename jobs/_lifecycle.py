@@ -43,6 +43,7 @@ from storage import (
 from storage.vocab import updates_rows
 
 from ._checks import ResolvedJob, check_job
+from ._gate import evaluate_gate, gate_line
 from ._indexing import refresh_indexes
 from ._spec import JobSpec, load_job, with_overrides
 from ._summary import RunSummary
@@ -227,6 +228,7 @@ def _run_locked(run: TableRun, work: Callable[[int | None], Work], resume: str |
         summary.seconds = time.perf_counter() - run.t0
         summary.finished_at = datetime.now(UTC)
         run.committed = summary
+        check_gate(resolved, summary)  # before the run's record is written: it holds the gate's figure
         _finish_bookkeeping(resolved, run.staging, summary)
         todo.after(run, summary)
         mark_good(resolved, summary)
@@ -457,6 +459,21 @@ def _tag_run(resolved: ResolvedJob, summary: RunSummary) -> None:
     tag = tag_run(resolved.output_uri, summary.run_id, version, resolved.storage_options)
     if tag not in summary.tags:
         summary.tags.append(tag)
+
+
+def check_gate(resolved: ResolvedJob, summary: RunSummary) -> None:
+    """The job's ``[gate]`` on the version the run committed, into ``summary.gate``; below the floor (or not
+    evaluable) the run's ``error`` says so (its runs-table row keeps it) and it does not pass its checks."""
+    gate = resolved.spec.gate
+    if gate is None or summary.table_version is None:
+        return
+    try:
+        summary.gate = evaluate_gate(gate, resolved.output_uri, summary.table_version, resolved.storage_options)
+    except Exception as exc:  # committed: a gate that cannot say the run is good says it is not
+        summary.gate = {"passed": False, "floor": gate.floor, "error": error_line(exc)}
+    if not summary.gate["passed"]:
+        summary.error = gate_line(summary.gate)
+        logger.warning("run %s: %s", summary.run_id, summary.error)
 
 
 def mark_good(resolved: ResolvedJob, summary: RunSummary) -> None:

@@ -65,7 +65,11 @@ def run_job(
     Once the commit succeeded the run is ``committed``, whatever happens
     after: bookkeeping that still fails after retries (the rejects table, the
     runs table) becomes a warning in ``RunSummary.warnings`` and is finished by
-    the job's next run.
+    the job's next run. A job with a ``[gate]`` whose probes score below its
+    floor on the committed version is committed too (nothing raises after a
+    commit): ``RunSummary.gate["passed"]`` is false, ``RunSummary.error``
+    gives the figure, and the table's ``latest-good`` tag is not moved
+    (``embedjob run`` exits 1).
     """
     resolved, source_name = checked_job(job, overrides, source_name, resume=resume)
     return run_on_table(

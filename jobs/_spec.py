@@ -49,6 +49,11 @@ granularities = ["l6_d64"]         # or "all"
 type = "ivf_pq"                    # ivf_pq | ivf_hnsw_sq | ivf_flat
 # num_partitions = 256; num_sub_vectors = 8   (default: from the row count and dim)
 
+[gate]                             # optional: a run whose probe quality is below floor does not move latest-good
+probes = "probes.jsonl"            # lines {"query": "...", "expected": ["id1", "id2"]}, relative to the job file
+floor = 0.6                        # 0..1; below it the run commits but exits non-zero
+# k = 10; metric = "recall"; granularity = "l6_d384" (default: the richest)
+
 [storage]                          # S3 and S3-compatible stores; keys come from AWS_* env vars
 endpoint = "http://127.0.0.1:9000"
 region = "us-east-1"
@@ -65,6 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from storage import has_control_characters, table_name_problem
 from storage.vocab import (
     CalibrateLayerChoice,
+    GateMetric,
     IndexType,
     InputFormat,
     ModelDtype,
@@ -74,7 +80,7 @@ from storage.vocab import (
     VectorDtype,
 )
 
-__all__ = ["ChunkingSpec", "JobSpec", "JobSpecError", "load_job", "with_overrides"]
+__all__ = ["ChunkingSpec", "GateSpec", "JobSpec", "JobSpecError", "load_job", "with_overrides"]
 
 
 class JobSpecError(ValueError):
@@ -181,6 +187,18 @@ class IndexSpec(_Strict):
     num_sub_vectors: int | None = Field(default=None, ge=1, le=4096)
 
 
+class GateSpec(_Strict):
+    """A quality gate: the probes' ``metric`` at ``k`` on the committed version, against ``floor``."""
+
+    #: a JSON-lines file of probes, {"query": "...", "expected": ["id", ...]} (relative: to the job file)
+    probes: str = Field(min_length=1)
+    floor: float = Field(ge=0.0, le=1.0)
+    k: int = Field(default=10, ge=1, le=10_000)
+    metric: GateMetric = "recall"
+    #: None: the table's richest granularity
+    granularity: str | None = None
+
+
 class StorageSpec(_Strict):
     endpoint: str | None = None
     region: str | None = None
@@ -200,6 +218,7 @@ class JobSpec(_Strict):
     chunking: ChunkingSpec | None = None
     calibrate: CalibrateSpec = CalibrateSpec()
     index: IndexSpec | None = None
+    gate: GateSpec | None = None
     storage: StorageSpec = StorageSpec()
 
     @field_validator("name")
@@ -265,7 +284,13 @@ def anchored(spec: JobSpec, base: Path) -> JobSpec:
 def _anchor_paths(data: dict[str, Any], base: Path) -> bool:
     """Make the job's relative local paths absolute against ``base``, in place; True when one changed."""
     changed = False
-    for section, key in (("input", "uri"), ("output", "uri"), ("model", "path"), ("", "calibration")):
+    for section, key in (
+        ("input", "uri"),
+        ("output", "uri"),
+        ("model", "path"),
+        ("", "calibration"),
+        ("gate", "probes"),
+    ):
         where = data if not section else data.get(section)
         value = where.get(key) if isinstance(where, dict) else None
         if not isinstance(value, str) or "://" in value or Path(value).expanduser().is_absolute():
@@ -304,6 +329,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "chunking": ChunkingSpec,
     "calibrate": CalibrateSpec,
     "index": IndexSpec,
+    "gate": GateSpec,
     "storage": StorageSpec,
 }
 

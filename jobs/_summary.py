@@ -26,6 +26,9 @@ class RunSummary(RunRecord):
     warnings: list[str] = field(default_factory=list)
     #: the table's tags that name this run's version, set by the run (its run id; ``latest-good``)
     tags: list[str] = field(default_factory=list)
+    #: the job's ``[gate]`` on the committed version (``jobs._gate.evaluate_gate``: metric, value, floor,
+    #: passed, ...); None: the job has no gate. A run below the floor stays committed; its record's ``error`` says so
+    gate: dict[str, Any] | None = None
 
     #: below this many embedded rows a run's time is mostly start-up, and a rate says nothing about throughput
     MIN_ROWS_FOR_RATE = 100
@@ -33,12 +36,14 @@ class RunSummary(RunRecord):
     @property
     def passed_checks(self) -> bool:
         """Whether the run may move the table's ``latest-good`` tag to its version: the one rule. It committed,
-        its bookkeeping finished without a warning, and none of its ``[index]`` section's indexes failed."""
+        its bookkeeping finished without a warning, none of its ``[index]`` section's indexes failed, and its
+        ``[gate]`` (when the job has one) passed."""
         return (
             self.status == "committed"
             and self.table_version is not None
             and not self.warnings
             and not any(i.get("action") == "failed" for i in self.indexes)
+            and (self.gate is None or self.gate.get("passed") is True)
         )
 
     @property

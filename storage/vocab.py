@@ -24,6 +24,7 @@ from embedder import MODEL_DTYPES, POOLINGS, ModelDtype, PoolingName
 
 __all__ = [
     "CALIBRATE_LAYER_CHOICES",
+    "GATE_METRICS",
     "INDEX_TYPES",
     "INPUT_FORMATS",
     "MODEL_DTYPES",
@@ -32,6 +33,7 @@ __all__ = [
     "TOKENIZE_CHOICES",
     "VECTOR_DTYPE_NAMES",
     "CalibrateLayerChoice",
+    "GateMetric",
     "IndexType",
     "InputFormat",
     "ModelDtype",
@@ -71,6 +73,10 @@ TOKENIZE_CHOICES: tuple[str, ...] = get_args(TokenizeChoice)
 #: granularities' exit layers) or "all"
 CalibrateLayerChoice = Literal["job", "all"]
 CALIBRATE_LAYER_CHOICES: tuple[str, ...] = get_args(CalibrateLayerChoice)
+
+#: what a quality gate measures (``[gate] metric``): "recall", the share of a probe's expected ids in its top k
+GateMetric = Literal["recall"]
+GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
 
 
 def resolve_mode(requested: OutputMode | None, table_exists: bool) -> OutputMode:

@@ -216,7 +216,9 @@ def _write_summary_file(summary) -> None:
 
 def print_summary(summary) -> None:
     """Print a run's summary as a table and its warnings on stderr; exit code 1 when the run committed but
-    one of its indexes could not be built."""
+    one of its indexes could not be built, or its quality gate ([gate]) failed."""
+    from .._gate import gate_line
+
     table = Table(title=f"run {summary.run_id}: {summary.status}", show_header=False)
     version = (
         f"version {summary.table_version}"
@@ -260,11 +262,29 @@ def print_summary(summary) -> None:
             else f"{i['action']}: {i['reason']}"
         )
         table.add_row(f"index {i['column']}", what)
+    gate = getattr(summary, "gate", None)
+    if gate:
+        table.add_row("quality gate", gate_line(gate).removeprefix("quality gate: "))
     console.print(table)
     for warning in getattr(summary, "warnings", None) or []:
         err_console.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
+    _exit_if_failed(summary)
+
+
+def _exit_if_failed(summary) -> None:
+    """Exit code 1 for a run that committed but failed a check after its commit: an index, or its quality gate."""
+    from .._gate import gate_line
+
     if any(i["action"] == "failed" for i in summary.indexes):
         err_console.print("error: the run committed, but an index could not be built (see above)")
+        raise typer.Exit(1)
+    gate = getattr(summary, "gate", None)
+    if gate and not gate.get("passed"):
+        err_console.print(
+            f"error: run {summary.run_id} committed version {summary.table_version}, but {gate_line(gate)}; "
+            f"latest-good was not moved to it",
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 
