@@ -60,7 +60,7 @@ from storage import VERSION as __version__
 from storage.vocab import OutputMode, keeps_existing_rows, replaces_table, resolve_mode
 
 from ._gate import ProbeFileError, read_probes
-from ._spec import CalibrateSpec, GateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError, anchored
+from ._spec import PREVIOUS, CalibrateSpec, GateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError, anchored
 
 __all__ = ["ResolvedJob", "check_job"]
 
@@ -501,12 +501,13 @@ def _index_problems(idx: IndexSpec | None, grans: tuple[Granularity, ...]) -> li
 
 
 def _gate_problems(gate: GateSpec | None, grans: tuple[Granularity, ...]) -> list[str]:
-    """``[gate]``: its probe file reads (each line a probe) and its granularity is one of the job's."""
+    """``[gate]``: its probe file (not "previous") reads, each line a probe, and its granularity is the job's."""
     if gate is None:
         return []
     problems = []
     try:
-        read_probes(gate.probes)
+        if gate.probes != PREVIOUS:
+            read_probes(gate.probes)
     except ProbeFileError as exc:
         problems.append(str(exc))
     if gate.granularity is not None and grans:

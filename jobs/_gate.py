@@ -2,7 +2,9 @@
 
 A probe is a query and the ids a search for it should find. After a run's commit the probes are searched in the
 committed version (embedded as its rows were) and the metric (recall@k: the share of each probe's expected ids
-among its top ``k``, averaged over the probes) is compared with the floor. The figure goes into the run's
+among its top ``k``, averaged over the probes) is compared with the floor. ``probes = "previous"`` compares
+instead with the table's ``latest-good`` version: for a sample of its rows, the share of their top ``k``
+neighbours (themselves left out) that the new version finds too (overlap@k). The figure goes into the run's
 summary; below the floor the run does not pass its checks (:attr:`RunSummary.passed_checks`), so the table's
 ``latest-good`` tag stays where it was.
 """
@@ -10,14 +12,16 @@ summary; below the floor the run does not pass its checks (:attr:`RunSummary.pas
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storage import DOC_ID, open_table
+from embedder import Granularity
+from storage import DOC_ID, LATEST_GOOD, EmbeddingTable, open_table, vector_column
 
-from ._spec import GateSpec
+from ._spec import PREVIOUS, GateSpec
 
 __all__ = ["Probe", "ProbeFileError", "evaluate_gate", "gate_line", "read_probes"]
 
@@ -76,34 +80,81 @@ def _is_id(value: Any) -> bool:
 def evaluate_gate(
     gate: GateSpec, uri: str, version: int, storage_options: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """The gate's figure on ``version`` of the table at ``uri``: metric, granularity, value, floor, passed, probes.
-    A chunked table is probed per document (its ``doc_id``s are the ids)."""
-    probes = read_probes(gate.probes)
+    """The gate's figure on ``version`` of the table at ``uri``: metric, granularity, value, floor, passed, and
+    probes (how many queries or sampled rows). "previous" with no ``latest-good`` version other than this one, or
+    one without the granularity (a backfill's new column), has nothing to compare: it passes with value None."""
     table = open_table(uri, version=version, storage_options=storage_options)
     g = table.resolve_granularity(gate.granularity)
-    id_column = DOC_ID if table.chunked else "id"
-    hits = table.search(
-        [p.query for p in probes], g, gate.k, columns=[id_column], per_document=table.chunked
-    ).to_pydict()
-    found: list[set[str]] = [set() for _ in probes]
-    for i, hit in zip(hits["query"], hits[id_column], strict=True):
-        found[i].add(str(hit))
-    value = sum(len(f & set(p.expected)) / len(p.expected) for p, f in zip(probes, found, strict=True)) / len(probes)
+    if gate.probes == PREVIOUS:
+        value, probes = _overlap(gate, table, g, storage_options)
+    else:
+        value, probes = _recall(gate, table, g)
     return {
         "metric": f"{gate.metric}@{gate.k}",
         "granularity": str(g),
-        "value": round(value, 4),
+        "value": None if value is None else round(value, 4),
         "floor": gate.floor,
-        "passed": value >= gate.floor,
-        "probes": len(probes),
+        "passed": value is None or value >= gate.floor,
+        "probes": probes,
         "version": version,
     }
+
+
+def _recall(gate: GateSpec, table: EmbeddingTable, g: Granularity) -> tuple[float, int]:
+    """Mean recall@k of the probe file's expected ids; a chunked table is searched per document."""
+    probes = read_probes(gate.probes)
+    id_column = DOC_ID if table.chunked else "id"
+    queries = [p.query for p in probes]
+    hits = table.search(queries, g, gate.k, columns=[id_column], per_document=table.chunked).to_pydict()
+    found: list[set[str]] = [set() for _ in probes]
+    for i, hit in zip(hits["query"], hits[id_column], strict=True):
+        found[i].add(str(hit))
+    recall = sum(len(f & set(p.expected)) / len(p.expected) for p, f in zip(probes, found, strict=True))
+    return recall / len(probes), len(probes)
+
+
+def _overlap(
+    gate: GateSpec, table: EmbeddingTable, g: Granularity, storage_options: Mapping[str, str] | None
+) -> tuple[float | None, int]:
+    """Mean overlap@k between each sampled row's neighbours in ``table`` and in its ``latest-good`` version."""
+    good = table.tags().get(LATEST_GOOD)
+    if good is None or good == table.version:
+        return None, 0
+    previous = open_table(table.uri, version=good, storage_options=storage_options)
+    if g not in previous.granularities:
+        return None, 0
+    ids = previous.to_arrow(["id"]).column("id").to_pylist()
+    sample = random.Random(0).sample(sorted(ids), min(gate.sample, len(ids)))
+    new, old = _vectors(table, g, sample), _vectors(previous, g, sample)
+    shared = [i for i in sample if i in new]  # rows the run deleted are not compared
+    if not shared:
+        return 0.0, 0
+    overlap = sum(
+        len(_neighbours(table, g, new[i], i, gate.k) & _neighbours(previous, g, old[i], i, gate.k)) / gate.k
+        for i in shared
+    )
+    return overlap / len(shared), len(shared)
+
+
+def _vectors(table: EmbeddingTable, g: Granularity, ids: Sequence[Any]) -> dict[Any, Any]:
+    """id -> its vector at ``g``, for those of ``ids`` the table has."""
+    literals = ", ".join(str(i) if isinstance(i, int) else "'" + str(i).replace("'", "''") + "'" for i in ids)
+    rows = table.dataset.to_table(columns=["id", vector_column(g)], filter=f"id IN ({literals})").to_pydict()
+    return dict(zip(rows["id"], rows[vector_column(g)], strict=True))
+
+
+def _neighbours(table: EmbeddingTable, g: Granularity, vector: Any, own: Any, k: int) -> set[Any]:
+    """The ids of ``vector``'s ``k`` nearest rows in ``table``, the row ``own`` left out."""
+    hits = table.search_vector(vector, g, k + 1, columns=["id"]).column("id").to_pylist()
+    return set([i for i in hits if i != own][:k])
 
 
 def gate_line(gate: Mapping[str, Any]) -> str:
     """The gate's figure in one line: ``quality gate: recall@10 0.41 < floor 0.60 (l6_d384, 12 probes)``."""
     if "error" in gate:
         return f"quality gate: could not be evaluated ({gate['error']})"
+    if gate["value"] is None:
+        return f"quality gate: {gate['metric']}: no previous good version to compare with (passed)"
     sign = ">=" if gate["passed"] else "<"
     return (
         f"quality gate: {gate['metric']} {gate['value']:.2f} {sign} floor {gate['floor']:.2f} "

@@ -50,9 +50,10 @@ type = "ivf_pq"                    # ivf_pq | ivf_hnsw_sq | ivf_flat
 # num_partitions = 256; num_sub_vectors = 8   (default: from the row count and dim)
 
 [gate]                             # optional: a run whose probe quality is below floor does not move latest-good
-probes = "probes.jsonl"            # lines {"query": "...", "expected": ["id1", "id2"]}, relative to the job file
+probes = "probes.jsonl"            # lines {"query": "...", "expected": ["id1", "id2"]}, relative to the job file;
+                                   # or "previous": top-k agreement with the latest-good version (sample = 200)
 floor = 0.6                        # 0..1; below it the run commits but exits non-zero
-# k = 10; metric = "recall"; granularity = "l6_d384" (default: the richest)
+# k = 10; granularity = "l6_d384" (default: the richest)
 
 [storage]                          # S3 and S3-compatible stores; keys come from AWS_* env vars
 endpoint = "http://127.0.0.1:9000"
@@ -65,7 +66,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from storage import has_control_characters, table_name_problem
 from storage.vocab import (
@@ -187,16 +188,34 @@ class IndexSpec(_Strict):
     num_sub_vectors: int | None = Field(default=None, ge=1, le=4096)
 
 
-class GateSpec(_Strict):
-    """A quality gate: the probes' ``metric`` at ``k`` on the committed version, against ``floor``."""
+#: ``[gate] probes``: agreement with the table's ``latest-good`` version instead of a probe file
+PREVIOUS = "previous"
 
-    #: a JSON-lines file of probes, {"query": "...", "expected": ["id", ...]} (relative: to the job file)
+
+class GateSpec(_Strict):
+    """A quality gate: ``metric`` at ``k`` on the committed version, against ``floor``."""
+
+    #: a JSON-lines file of probes, {"query": "...", "expected": ["id", ...]} (relative: to the job file), or
+    #: "previous": agreement with the ``latest-good`` version, over ``sample`` of its rows
     probes: str = Field(min_length=1)
     floor: float = Field(ge=0.0, le=1.0)
     k: int = Field(default=10, ge=1, le=10_000)
-    metric: GateMetric = "recall"
+    #: None: "recall" for a probe file, "overlap" for "previous" (the only metric each has)
+    metric: GateMetric | None = None
     #: None: the table's richest granularity
     granularity: str | None = None
+    #: "previous": how many of the previous version's rows are compared (the first in a seeded shuffle)
+    sample: int = Field(default=200, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _metric_fits_probes(self) -> GateSpec:
+        fits = "overlap" if self.probes == PREVIOUS else "recall"
+        if self.metric is None:
+            object.__setattr__(self, "metric", fits)
+        elif self.metric != fits:
+            what = "'previous'" if self.probes == PREVIOUS else "a probe file"
+            raise ValueError(f"metric {self.metric!r} does not fit probes = {what}, which measures {fits!r}")
+        return self
 
 
 class StorageSpec(_Strict):
@@ -299,6 +318,8 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> bool:
             continue  # a model's name ("all-MiniLM-L6-v2", "org/name"), not a path next to the job file
         if key == "calibration" and not value.endswith(".safetensors"):
             continue  # "auto" / "none", not a path
+        if key == "probes" and value == PREVIOUS:
+            continue  # agreement with the table's latest-good version, not a file
         where[key] = str(base / value)
         changed = True
     return changed

@@ -75,7 +75,8 @@ CalibrateLayerChoice = Literal["job", "all"]
 CALIBRATE_LAYER_CHOICES: tuple[str, ...] = get_args(CalibrateLayerChoice)
 
 #: what a quality gate measures (``[gate] metric``): "recall", the share of a probe's expected ids in its top k
-GateMetric = Literal["recall"]
+#: (a probe file); "overlap", the share of a sampled row's top k that the previous good version had too
+GateMetric = Literal["recall", "overlap"]
 GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
 
 

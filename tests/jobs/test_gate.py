@@ -93,3 +93,44 @@ def test_the_gates_granularity_is_one_of_the_jobs(job, tmp_path):
     assert _problems(job({"probes": "probes.jsonl", "floor": 0.5, "granularity": "l3_d16"})) == [
         "gate.granularity = 'l3_d16' is not one of the job's granularities: l2_d32, l4_d64"
     ]
+
+
+def test_probes_previous_takes_no_file_and_measures_overlap(job, tmp_path):
+    resolved = check_job(load_job(job({"probes": "previous", "floor": 0.7, "sample": 50})))
+    assert (resolved.spec.gate.probes, resolved.spec.gate.metric) == ("previous", "overlap")
+    with pytest.raises(
+        JobSpecError, match="metric 'recall' does not fit probes = 'previous', which measures 'overlap'"
+    ):
+        load_job(job({"probes": "previous", "floor": 0.7, "metric": "recall"}))
+
+
+def test_agreement_with_the_previous_good_version(tmp_path, tiny_bert_dir):
+    """Real tables, no Ray: a version embedded as latest-good was agrees fully (overlap@5 = 1); one whose texts
+    mostly changed does not; a table with no latest-good has nothing to compare and passes."""
+    from bench.corpora import passages
+    from jobs._gate import evaluate_gate, gate_line
+    from jobs._spec import GateSpec
+    from storage import move_latest_good
+
+    from ..jobfiles import write_embedded_table
+
+    texts = passages(40, words=30)
+    uri = str(tmp_path / "t.lance")
+    gate = GateSpec(probes="previous", floor=0.8, k=5, sample=20)
+    assert write_embedded_table(uri, tiny_bert_dir, texts, granularities=("l2_d32",)) == 1
+    first = evaluate_gate(gate, uri, 1)
+    assert (first["value"], first["passed"], first["probes"]) == (None, True, 0)
+    assert gate_line(first) == "quality gate: overlap@5: no previous good version to compare with (passed)"
+    move_latest_good(uri, 1)
+
+    same = write_embedded_table(uri, tiny_bert_dir, texts, granularities=("l2_d32",), mode="overwrite", read_version=1)
+    agreed = evaluate_gate(gate, uri, same)
+    assert (agreed["value"], agreed["passed"], agreed["probes"], agreed["metric"]) == (1.0, True, 20, "overlap@5")
+
+    shuffled = texts[1:] + texts[:1]  # every id now holds another row's text
+    worse = write_embedded_table(
+        uri, tiny_bert_dir, shuffled, granularities=("l2_d32",), mode="overwrite", read_version=same
+    )
+    refused = evaluate_gate(gate, uri, worse)
+    assert refused["value"] < 0.5 and refused["passed"] is False, refused
+    assert gate_line(refused).startswith(f"quality gate: overlap@5 {refused['value']:.2f} < floor 0.80 (l2_d32, 20 ")
