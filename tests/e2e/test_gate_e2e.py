@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import pyarrow as pa
@@ -20,6 +22,7 @@ def _corpus(path, rows: dict) -> None:
     pq.write_table(pa.table({"doc_id": list(rows), "body": list(rows.values())}), path)
 
 
+@pytest.mark.slow  # ~45 s, two Ray runs; tests/jobs/test_gate.py refuses worse tables without Ray
 def test_the_gate_refuses_a_worse_run(ray_local, tmp_path, tiny_bert_dir):
     """Probes = the texts of five rows, expecting their ids. The first run finds them all (recall@1 = 1) and
     moves latest-good; the second changes those rows to unrelated texts: it commits, but its recall is below the
