@@ -1,5 +1,8 @@
 """The job file: TOML, validated by pydantic. Unknown keys are errors.
 
+granularities = ["l3_d64", "l6_d384"]   # or "starbucks", or [[3, 64], [6, 384]]
+calibration = "auto"               # or a .safetensors file; default: none (the model's raw vectors)
+
 [input]
 uri = "data/articles.parquet"      # local path, directory, glob or s3://
 format = "parquet"                 # parquet | jsonl | csv | lance (default: from the suffix)
@@ -10,9 +13,6 @@ columns = ["title"]                # passed through to the output
 [model]
 path = "all-MiniLM-L6-v2"           # a directory, a bundled name, or a Hugging Face id in the cache
 # pooling = "mean"; max_length = 256; dtype = "auto"
-
-granularities = ["l3_d64", "l6_d384"]   # or "starbucks", or [[3, 64], [6, 384]]
-calibration = "auto"               # or a .safetensors file; default: none (the model's raw vectors)
 
 [output]
 uri = "out/articles.lance"
