@@ -126,10 +126,6 @@ class IdRegistry:
         """Per document id, the chunk ordinals an earlier attempt of this run staged (a resume embeds the rest)."""
         return {d: self._staged_chunks.get(d, []) for d in doc_ids}
 
-    def rows_read(self) -> int:
-        """Rows the prepare tasks have classified so far (cheap: one sum over the batches seen)."""
-        return sum(self._batches.values())
-
     def counts(self) -> dict[str, int]:
         out = {"read": sum(self._batches.values()), "new": 0, "changed": 0, "unchanged": 0, "staged": 0}
         out["deleted"] = self._deleted  # once deletions() ran
