@@ -26,6 +26,8 @@ __all__ = [
     "EMBEDDED_AT",
     "EMBEDDING_FUNCTIONS_KEY",
     "ID",
+    "NEXT_PREFIX",
+    "PREV_PREFIX",
     "REJECTS_SCHEMA",
     "RESERVED_COLUMNS",
     "RUN_ID",
@@ -41,6 +43,7 @@ __all__ = [
     "output_schema",
     "vector_array",
     "vector_column",
+    "vector_field",
 ]
 
 #: the columns embedjob writes in every table, besides the job's passthrough columns and the vectors
@@ -55,6 +58,9 @@ BOOKKEEPING_COLUMNS = (CONTENT_HASH, RUN_ID, EMBEDDED_AT)
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.string_view())
 #: a granularity's vector column is ``vec_l{L}_d{D}``
 VECTOR_PREFIX = "vec_"
+#: while a table migrates, the new settings' vectors are ``next_vec_l{L}_d{D}``; old ones kept after the switch
+#: are ``prev_vec_l{L}_d{D}`` (``storage._migration``)
+NEXT_PREFIX, PREV_PREFIX = "next_", "prev_"
 
 VECTOR_DTYPES: Mapping[str, pa.DataType] = {name: pa.type_for_alias(name) for name in VECTOR_DTYPE_NAMES}
 
@@ -79,7 +85,11 @@ def is_vector_column(name: str) -> bool:
 
 def is_reserved_column(name: str) -> bool:
     """A column embedjob writes itself: a job cannot pass one of its input columns through under this name."""
-    return name in RESERVED_COLUMNS or is_vector_column(name)
+    return (
+        name in RESERVED_COLUMNS
+        or is_vector_column(name)
+        or name.startswith((NEXT_PREFIX + VECTOR_PREFIX, PREV_PREFIX + VECTOR_PREFIX))
+    )
 
 
 def chunk_id(doc_id: object, ordinal: int) -> str:
@@ -113,7 +123,6 @@ def output_schema(
     :func:`chunk_id`), ``doc_id`` (of ``id_type``), ``chunk``, ``char_start`` and ``char_end`` follow it, and
     ``content_hash`` is the whole document's.
     """
-    vtype = VECTOR_DTYPES[provenance.vector_dtype]
     if provenance.chunking:
         cols = [
             pa.field(ID, pa.string(), nullable=False),
@@ -129,20 +138,24 @@ def output_schema(
     if store_text:
         cols.append(pa.field(TEXT, pa.string()))
     for name in provenance.granularities:
-        g = Granularity.parse(name)
-        cols.append(
-            pa.field(
-                vector_column(g),
-                pa.list_(pa.field("item", vtype), g.dim),
-                metadata={b"layer": str(g.layer).encode(), b"dim": str(g.dim).encode()},
-            )
-        )
+        cols.append(vector_field(vector_column(name), name, provenance.vector_dtype))
     cols.append(pa.field(RUN_ID, pa.string(), nullable=False))
     cols.append(pa.field(EMBEDDED_AT, pa.timestamp("us", tz="UTC"), nullable=False))
     metadata = {METADATA_KEY: provenance.to_json().encode()}
     if table_uri is not None:
         metadata[EMBEDDING_FUNCTIONS_KEY] = embedding_functions(table_uri, provenance.granularities)
     return pa.schema(cols, metadata=metadata)
+
+
+def vector_field(column: str, granularity: str | Granularity, vector_dtype: str) -> pa.Field:
+    """A granularity's vector column: a fixed-size list of its dim in ``vector_dtype``, its layer and dim in
+    the field's metadata."""
+    g = granularity if isinstance(granularity, Granularity) else Granularity.parse(granularity)
+    return pa.field(
+        column,
+        pa.list_(pa.field("item", VECTOR_DTYPES[vector_dtype]), g.dim),
+        metadata={b"layer": str(g.layer).encode(), b"dim": str(g.dim).encode()},
+    )
 
 
 #: where LanceDB looks for a table's embedding functions
