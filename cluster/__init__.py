@@ -10,7 +10,7 @@ from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import probe_address, ray_session
 from ._errors import ClusterError, SourceError
 from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
-from ._plans import CorpusPlan, EncoderPlan
+from ._plans import CorpusPlan, EncoderPlan, NextEncoder
 from ._pool import NodeShare, PoolPlan, PoolRequest, plan_pool
 from ._progress import (
     METRIC_ROWS_EMBEDDED,
@@ -47,6 +47,7 @@ __all__ = [
     "EmbedPlan",
     "EncoderPlan",
     "IdRegistry",
+    "NextEncoder",
     "NodeShare",
     "PipelineResult",
     "PoolPlan",

@@ -20,7 +20,7 @@ from embedder import Chunking, weight_files
 from storage import StagedPart, rows_per_node
 from storage.vocab import TOKENIZE_CHOICES, replaces_table
 
-from ._plans import CorpusPlan
+from ._plans import CorpusPlan, NextEncoder
 from ._pool import PoolPlan, PoolRequest, plan_pool
 from ._progress import ProgressDisplay, Stage, display_or_own, start_counter, verbose_output
 from ._registry import IdRegistry
@@ -54,6 +54,11 @@ class EmbedPlan(CorpusPlan):
     tokenize: str = "auto"
     #: long texts cut into chunks, a row each (None: one row per text)
     chunking: Chunking | None = None
+    #: a migration step (mode "migrate"): the new settings, a second encoder in every actor (``next_vec_*``)
+    next_encoder: NextEncoder | None = None
+    #: a migration step's slice of old rows: at most this many, taken within this many seconds (None: no limit)
+    slice_rows: int | None = None
+    slice_s: float | None = None
 
 
 @dataclass
@@ -271,6 +276,8 @@ def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDispla
             read_version=plan.read_version,
             staging_uri=(plan.output_uri, plan.run_id) if plan.resume else None,
             storage_options=plan.storage_options,
+            slice_rows=plan.slice_rows,
+            slice_s=plan.slice_s,
         )
     )
     counter = start_counter()
@@ -307,6 +314,7 @@ def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDispla
             calibration_uri=plan.calibration_uri,
             storage_options=plan.storage_options,
             progress=counter,
+            next_encoder=plan.next_encoder,
         )
         sink = StagingSink(
             uri=plan.output_uri,

@@ -9,7 +9,7 @@ from embedder import EncoderConfig
 from ._pool import PoolRequest
 from ._sources import Source
 
-__all__ = ["CorpusPlan", "EncoderPlan"]
+__all__ = ["CorpusPlan", "EncoderPlan", "NextEncoder"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,3 +34,15 @@ class CorpusPlan(EncoderPlan):
     source: Source
     id_column: str
     text_column: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class NextEncoder:
+    """A migration step's new settings: a second encoder every actor loads, whose vectors go into the
+    ``next_vec_*`` columns of the rows it embeds (the first encoder's keep the old settings' ``vec_*``)."""
+
+    model_path: str
+    encoder: EncoderConfig
+    vector_dtype: str = "float32"
+    #: where its calibration is stored (next to the table)
+    calibration_uri: str | None = None

@@ -7,15 +7,16 @@ row keys and gets the same answers, so counts stay exact under retries.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from storage.vocab import keeps_existing_rows, updates_rows
+from storage.vocab import keeps_existing_rows, migrates, updates_rows
 
 __all__ = ["EMBED", "SKIP", "IdRegistry"]
 
 #: statuses a claim answers with
-EMBED = ("new", "changed")
+EMBED = ("new", "changed", "migrating")
 SKIP = ("unchanged", "staged")
 DUPLICATE = "duplicate"
 EXISTS = "exists"  # append mode: the id is already in the table
@@ -29,8 +30,11 @@ class IdRegistry:
       row deleted at commit); else ``new``.
     - ``append``: an id already in the table is refused (``exists``).
     - ``create`` / ``overwrite``: every id is ``new``.
+    - ``migrate``: as incremental, and an unchanged id whose row has no new-settings vectors yet is
+      ``migrating`` (embedded again both ways, its old row replaced) while the run's slice lasts: at most
+      ``slice_rows`` ids, taken before ``slice_s`` seconds have passed.
     - ids staged by an earlier attempt of this run (a resume) are ``staged``:
-      not embedded again.
+      not embedded again (those of the old rows count against the slice).
     """
 
     def __init__(
@@ -41,6 +45,8 @@ class IdRegistry:
         read_version: int | None = None,
         staging_uri: tuple[str, str] | None = None,
         storage_options: Mapping[str, str] | None = None,
+        slice_rows: int | None = None,
+        slice_s: float | None = None,
     ) -> None:
         self.mode = mode
         self._owner: dict[Any, bytes] = {}
@@ -53,10 +59,18 @@ class IdRegistry:
         self._rows_of: dict[Any, list[str]] = {}
         self._staged_chunks: dict[Any, list[int]] = {}
         self._deleted = 0
+        # a migration step: the ids (documents) of the old rows, and how many this run takes
+        self._unmigrated: set[Any] = set()
+        self._slice_rows = slice_rows
+        self._deadline = None if slice_s is None else time.monotonic() + slice_s
+        self._sliced = 0
         if keeps_existing_rows(mode) and table_uri and read_version is not None:
             self._read_table(table_uri, read_version, storage_options)
+            if migrates(mode):
+                self._read_unmigrated(table_uri, read_version, storage_options)
         if staging_uri is not None:
             self._read_staging(staging_uri, storage_options)
+            self._sliced = len(self._staged & self._unmigrated)
 
     def _read_table(self, uri: str, version: int, storage_options: Mapping[str, str] | None) -> None:
         """The table's ids and hashes; a chunked table's by document."""
@@ -71,6 +85,13 @@ class IdRegistry:
         self._existing = dict(zip(docs, hashes, strict=True))
         for doc, row in zip(docs, table.column(ID).to_pylist(), strict=True):
             self._rows_of.setdefault(doc, []).append(row)
+
+    def _read_unmigrated(self, uri: str, version: int, storage_options: Mapping[str, str] | None) -> None:
+        from storage import read_migration, unmigrated_keys
+
+        state = read_migration(uri, version, storage_options)
+        if state is not None:
+            self._unmigrated = unmigrated_keys(uri, version, state, storage_options)
 
     def _read_staging(self, staging_uri: tuple[str, str], storage_options: Mapping[str, str] | None) -> None:
         """What an earlier attempt of this run staged: ids, or (chunked) documents and their chunks."""
@@ -119,8 +140,21 @@ class IdRegistry:
         if self.mode == "append":
             return EXISTS if old is not None else "new"
         if updates_rows(self.mode) and old is not None:
-            return "unchanged" if old == h else "changed"
+            if old != h:
+                return "changed"
+            return "migrating" if self._take_slice(id_value) else "unchanged"
         return "new"
+
+    def _take_slice(self, id_value: Any) -> bool:
+        """Whether this old row is re-embedded now: it has no new vectors and the run's slice is not spent."""
+        if id_value not in self._unmigrated:
+            return False
+        if self._slice_rows is not None and self._sliced >= self._slice_rows:
+            return False
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return False
+        self._sliced += 1
+        return True
 
     def staged_chunks(self, doc_ids: Sequence[Any]) -> dict[Any, list[int]]:
         """Per document id, the chunk ordinals an earlier attempt of this run staged (a resume embeds the rest)."""
@@ -128,6 +162,8 @@ class IdRegistry:
 
     def counts(self) -> dict[str, int]:
         out = {"read": sum(self._batches.values()), "new": 0, "changed": 0, "unchanged": 0, "staged": 0}
+        out["migrating"] = 0
+        out["sliced"] = self._sliced  # a migration step: old rows taken (by an earlier attempt too)
         out["deleted"] = self._deleted  # once deletions() ran
         for status in self._status.values():
             if status in out:
@@ -141,7 +177,9 @@ class IdRegistry:
         """
         if not updates_rows(self.mode):
             return [], []
-        replaced = [i for i, s in self._status.items() if s in ("changed", "staged") and i in self._existing]
+        replaced = [
+            i for i, s in self._status.items() if s in ("changed", "staged", "migrating") and i in self._existing
+        ]
         missing = []
         if delete_missing:
             missing = [i for i in self._existing if i not in self._status and i not in self._seen]

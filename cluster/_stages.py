@@ -40,10 +40,12 @@ from storage import (
     chunk_id,
     content_hash,
     load_calibration,
+    next_column,
     vector_array,
     vector_column,
 )
 
+from ._plans import NextEncoder
 from ._pool import PoolPlan
 from ._progress import record_embedded, record_rejected, report
 from ._registry import DUPLICATE, EXISTS, SKIP
@@ -270,6 +272,7 @@ class EncodeActor:
         calibration_uri: str | None = None,
         storage_options: dict[str, str] | None = None,
         progress: Any = None,
+        next_encoder: NextEncoder | None = None,
     ) -> None:
         self.encoder = load_encoder(
             model_path,
@@ -278,6 +281,16 @@ class EncodeActor:
             calibration_uri=calibration_uri,
             storage_options=storage_options,
         )
+        self.next = next_encoder
+        self.next_encoder = None
+        if next_encoder is not None:  # a migration step: the new settings too
+            self.next_encoder = load_encoder(
+                next_encoder.model_path,
+                next_encoder.encoder,
+                pool,
+                calibration_uri=next_encoder.calibration_uri,
+                storage_options=storage_options,
+            )
         self.vector_dtype = vector_dtype
         self.run_id = run_id
         self.node_id = node_id()
@@ -313,11 +326,27 @@ class EncodeActor:
         now = pa.array([datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC"))
         out = out.append_column(RUN_ID, pa.array([self.run_id] * n, pa.string()))
         out = out.append_column(EMBEDDED_AT, now)
+        out = self._next_vectors(out, rows)
         out = out.append_column(TOKENS, pa.array(tokens))
         out = out.append_column(TRUNCATED, pa.array(truncated))
         self._report(batch, len(rows), int(tokens.sum()))
         # per row, not per batch: Ray Data may merge the outputs of several actors into one write batch
         return out.append_column(NODE, pa.array([self.node_id] * n, pa.string()))
+
+    def _next_vectors(self, out: pa.Table, rows: np.ndarray) -> pa.Table:
+        """A migration step: the new settings' vectors of the rows embedded, as ``next_vec_*`` columns."""
+        if self.next_encoder is None or self.next is None:
+            return out
+        n = out.num_rows
+        vectors = {}
+        if len(rows):
+            vectors = self.next_encoder.encode(out.column(TEXT).take(pa.array(rows)).to_pylist())
+        for g in self.next_encoder.granularities:
+            full = np.zeros((n, g.dim), dtype=np.float32)
+            if g in vectors:
+                full[rows] = vectors[g]
+            out = out.append_column(next_column(g), vector_array(full, self.next.vector_dtype))
+        return out
 
     def _report(self, batch: pa.Table, embedded: int, tokens: int) -> None:
         rejected = batch.num_rows - embedded

@@ -42,6 +42,7 @@ from storage import (
     TEXT,
     TEXT_TYPES,
     VECTOR_PREFIX,
+    MigrationState,
     ObjectStore,
     Provenance,
     StoreError,
@@ -52,14 +53,16 @@ from storage import (
     list_calibrations,
     load_calibration,
     output_schema,
+    read_migration,
     read_provenance,
     sibling_uri,
     table_exists,
 )
 from storage import VERSION as __version__
-from storage.vocab import OutputMode, keeps_existing_rows, replaces_table, resolve_mode
+from storage.vocab import OutputMode, keeps_existing_rows, migrates, replaces_table, resolve_mode
 
 from ._gate import ProbeFileError, read_probes
+from ._migration import MigrationPlan, migration_problems, plan_migration
 from ._spec import PREVIOUS, CalibrateSpec, GateSpec, IndexSpec, InputSpec, JobSpec, JobSpecError, anchored
 
 __all__ = ["ResolvedJob", "check_job"]
@@ -85,11 +88,15 @@ class ResolvedJob:
     calibration_origin: str = "none"
     #: ``[chunking]`` resolved against the model; None: one row per text
     chunking: Chunking | None = None
+    #: ``mode = "migrate"`` on a table with other settings (or migrating): the step's old side
+    migration: MigrationPlan | None = None
 
     @property
     def mode(self) -> OutputMode:
-        """The output mode this run uses: the spec's, where unset "incremental" once the table exists."""
-        return resolve_mode(self.spec.output.mode, self.output_exists)
+        """The output mode this run uses: the spec's, where unset "incremental" once the table exists; "migrate"
+        with nothing to migrate (the table has the job's settings) is "incremental"."""
+        mode = resolve_mode(self.spec.output.mode, self.output_exists)
+        return "incremental" if migrates(mode) and self.migration is None else mode
 
     @property
     def storage_options(self) -> dict[str, str] | None:
@@ -173,6 +180,12 @@ class _Found:
     calibration_pending: bool = False
     calibration_origin: str = "none"
     chunking: Chunking | None = None
+    #: the migration in progress in the table at output.uri
+    migration: MigrationState | None = None
+
+    def migrating(self, spec: JobSpec) -> bool:
+        """The job asks for a migration step and the table is there."""
+        return self.output_exists and migrates(resolve_mode(spec.output.mode, self.output_exists))
 
 
 def _validate(
@@ -219,6 +232,9 @@ def _run_problems(
         problems += _backfill_problems(backfill, out, opts, found.existing, found.provenance, found.calibration_pending)
     else:
         id_type = _id_type(spec.input, found.input_schema)
+        if found.migrating(spec) and found.existing is not None:
+            pending = found.calibration_pending
+            problems += migration_problems(out, found.existing, found.provenance, found.migration, pending=pending)
         problems += _output_problems(
             spec, out, opts, found.output_exists, found.existing, found.provenance, id_type, found.calibration_pending
         )
@@ -254,7 +270,18 @@ def _resolve(spec: JobSpec, found: _Found) -> ResolvedJob:
         calibration_pending=found.calibration_pending,
         calibration_origin=found.calibration_origin,
         chunking=found.chunking,
+        migration=_migration(spec, found),
     )
+
+
+def _migration(spec: JobSpec, found: _Found) -> MigrationPlan | None:
+    """A migrate job's step: None when the table is at the job's settings with no migration in progress."""
+    old, new = found.existing, found.provenance
+    if not found.migrating(spec) or old is None or new is None:
+        return None
+    if found.migration is None and not found.calibration_pending and not old.differences(new):
+        return None
+    return plan_migration(spec, spec.output.uri, old, found.migration)
 
 
 def _object_store(spec: JobSpec) -> ObjectStore | None:
@@ -451,6 +478,7 @@ def _read_output(out: str, opts: Mapping[str, str] | None, found: _Found) -> lis
     try:
         existing = read_provenance(out, opts)
         exists = existing is not None or table_exists(out, opts)
+        found.migration = read_migration(out, None, opts) if existing is not None else None
     except Exception as exc:
         return [f"output.uri = {out!r}: cannot check it: {exc}"]
     found.existing, found.output_exists = existing, exists
@@ -464,9 +492,11 @@ def _read_calibration(spec: JobSpec, out: str, opts: Mapping[str, str] | None, f
     """
     if spec.calibration is None or found.provenance is None:
         return []
+    # a migration step's settings are its target's: "auto" finds the calibration the migration began with
+    own = found.migration.to if found.migration is not None and found.migrating(spec) else found.existing
     try:
         calibration, origin = _find_calibration(
-            spec, found.provenance, found.granularities, found.existing, out, opts, found.store
+            spec, found.provenance, found.granularities, own, out, opts, found.store
         )
     except CalibrationError as exc:
         return [f"calibration: {exc}"]
@@ -480,8 +510,9 @@ def _read_calibration(spec: JobSpec, out: str, opts: Mapping[str, str] | None, f
 def _refit_problems(requested: OutputMode | None, out: str, found: _Found) -> list[str]:
     """A calibration fitted now (``calibration = 'auto'``, none stored fits) must not be mixed into a table
     whose rows stay."""
-    if not found.calibration_pending or not keeps_existing_rows(resolve_mode(requested, found.output_exists)):
-        return []
+    mode = resolve_mode(requested, found.output_exists)
+    if not found.calibration_pending or not keeps_existing_rows(mode) or migrates(mode):
+        return []  # (a migration step fits its new settings' calibration: they are a new space anyway)
     existing = found.existing
     return [
         f"calibration = 'auto': no stored calibration fits this job, and one fitted now would differ "
@@ -574,13 +605,13 @@ def _output_problems(
             f"output.uri = {out!r} already exists and output.mode is 'create'; use mode = 'incremental' "
             f"(or leave mode unset) to update it, 'overwrite' to replace it, 'append' to add new ids, or a new uri"
         ]
-    if replaces_table(mode) or provenance is None or calibration_pending:
+    if replaces_table(mode) or provenance is None or (calibration_pending and not migrates(mode)):
         return []  # (a pending calibration is reported with the calibration)
-    verb = "append to it" if mode == "append" else "update it incrementally"
+    verb = {"append": "append to it", "migrate": "migrate it"}.get(mode, "update it incrementally")
     if existing is None:
         return [f"output.uri = {out!r} exists but was not written by embedjob; cannot {verb}"]
     diffs = existing.differences(provenance)
-    if diffs:
+    if diffs and not migrates(mode):
         added = [g for g in provenance.granularities if g not in existing.granularities]
         hint = ""
         if (
@@ -589,6 +620,7 @@ def _output_problems(
             and set(existing.granularities) < set(provenance.granularities)
         ):
             hint = f"; to add only the new column(s), backfill: embedjob run JOB --add-granularity {','.join(added)}"
+        hint += "; or change it in stages, the table searchable throughout: embedjob run JOB --migrate"
         return [
             f"output.uri = {out!r} was made with another config ({'; '.join(diffs)}), so the run cannot "
             f"{verb} without mixing vectors; use mode = 'overwrite' (one new version, old ones stay readable) "

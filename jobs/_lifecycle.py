@@ -482,7 +482,8 @@ def mark_good(resolved: ResolvedJob, summary: RunSummary) -> None:
     move it: its checks never ran to the end."""
     if not summary.passed_checks:
         return
-    version = summary.table_version
+    # a migration step that finished the migration: the switched table is the one that passed
+    version = (summary.migration or {}).get("switched") or summary.table_version
     assert version is not None
 
     def move() -> None:

@@ -31,6 +31,7 @@ from ._calibrate import fit_for_job
 from ._checks import ResolvedJob
 from ._guards import check_deletions, check_rejects
 from ._lifecycle import RunNotResumable, TableRun, checked_job, pool_request, refresh_indexes_after, run_on_table
+from ._migrate import begin_step, finish_step, migration_plan_fields
 from ._spec import JobSpec, parse_job
 from ._summary import RunSummary
 from .state import lookup_run, state_dir
@@ -144,6 +145,8 @@ class _Embed:
             # kept next to the table (content-addressed): the actors load it from there, and so do
             # the table's queries later
             save_calibration(uri, resolved.calibration, storage_options=resolved.storage_options)
+        if resolved.migration is not None:
+            begin_step(run, resolved)  # the first step adds the new columns (before anything is staged)
         plan = _plan(
             resolved, run.run_id, run.progress, mode=self.mode, read_version=run.read_version, resume=run.resumed
         )
@@ -187,6 +190,7 @@ class _Embed:
             truncated=result.truncated,
             seconds_calibration=self.seconds_calibration,
             rows_resumed=counts.get("staged", 0),
+            rows_migrated=counts.get("sliced", 0) if resolved.migration is not None else 0,
             rows_per_node=result.rows_per_node,
             **fields,
         )
@@ -220,6 +224,8 @@ class _Embed:
 
     def after(self, run: TableRun, summary: RunSummary) -> None:
         refresh_indexes_after(run, summary, changed=summary.table_version != run.read_version)
+        if self.resolved.migration is not None and finish_step(run, self.resolved, summary):
+            refresh_indexes_after(run, summary, changed=True)  # the new vectors are the table's now
 
 
 def _check_exactly_once(parts: list[StagedPart], run_id: str) -> None:
@@ -242,7 +248,7 @@ def _plan(
     resolved: ResolvedJob, run_id: str, progress: bool, *, mode: str, read_version: int | None, resume: bool
 ) -> EmbedPlan:
     spec = resolved.spec
-    return EmbedPlan(
+    fields: dict[str, Any] = dict(
         run_id=run_id,
         source=resolved.source,
         id_column=spec.input.id_column,
@@ -267,3 +273,6 @@ def _plan(
         read_version=read_version,
         resume=resume,
     )
+    if resolved.migration is not None:
+        fields.update(migration_plan_fields(resolved))  # the old settings' encoder, and the new ones beside it
+    return EmbedPlan(**fields)

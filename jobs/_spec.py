@@ -18,8 +18,8 @@ path = "all-MiniLM-L6-v2"           # a directory, a bundled name, or a Hugging 
 uri = "out/articles.lance"
 vector_dtype = "float32"           # or float16
 store_text = true
-mode = "incremental"               # default: incremental once the table exists, else create
-                                   # create | overwrite | append | incremental
+mode = "incremental"               # default: incremental once the table exists, else create;
+                                   # create | overwrite | append | incremental | migrate (a staged change)
 delete_missing = true              # incremental: delete rows whose ids left the input
 max_delete_fraction = 0.10         # refuse a run that would delete more of the table than this
 allow_empty = false                # create / overwrite: an input with no rows is refused unless true
@@ -55,6 +55,11 @@ probes = "probes.jsonl"            # lines {"query": "...", "expected": ["id1", 
 floor = 0.6                        # 0..1; below it the run commits but exits non-zero
 # k = 10; granularity = "l6_d384" (default: the richest)
 
+[migrate]                          # mode = "migrate" (or embedjob run --migrate): change the settings in stages
+max_rows_per_run = 1000000         # old rows re-embedded per run (default: all that are left)
+budget = "2h"                      # or a time budget per run for the old rows (s, m, h, d, w)
+keep_old_columns = false           # keep the old vectors as prev_vec_* after the switch
+
 [storage]                          # S3 and S3-compatible stores; keys come from AWS_* env vars
 endpoint = "http://127.0.0.1:9000"
 region = "us-east-1"
@@ -63,6 +68,7 @@ region = "us-east-1"
 from __future__ import annotations
 
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,7 +87,16 @@ from storage.vocab import (
     VectorDtype,
 )
 
-__all__ = ["ChunkingSpec", "GateSpec", "JobSpec", "JobSpecError", "load_job", "with_overrides"]
+__all__ = [
+    "ChunkingSpec",
+    "GateSpec",
+    "JobSpec",
+    "JobSpecError",
+    "MigrateSpec",
+    "load_job",
+    "parse_duration",
+    "with_overrides",
+]
 
 
 class JobSpecError(ValueError):
@@ -218,6 +233,44 @@ class GateSpec(_Strict):
         return self
 
 
+def parse_duration(text: str) -> timedelta:
+    """``"90s"``, ``"30m"``, ``"2h"``, ``"7d"``, ``"1w"``: a number and a unit; ValueError naming the value
+    and the allowed forms otherwise."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    value, unit = text.strip()[:-1], text.strip()[-1:]
+    try:
+        if unit not in units:
+            raise ValueError
+        duration = timedelta(**{units[unit]: float(value)})
+    except (ValueError, OverflowError):
+        raise ValueError(f"{text!r} is not a duration: expected a number and a unit (s, m, h, d, w), e.g. 2h") from None
+    if duration.total_seconds() <= 0:
+        raise ValueError(f"{text!r}: a duration must be above zero")
+    return duration
+
+
+class MigrateSpec(_Strict):
+    """``[migrate]``: how much of a staged migration (``mode = "migrate"``) one run does."""
+
+    #: the most old rows (a chunked table's: documents) one run re-embeds with the new settings; None: no limit
+    max_rows_per_run: int | None = Field(default=None, ge=1)
+    #: the time one run spends taking old rows, e.g. "2h" (rows already taken when it runs out are finished)
+    budget: str | None = None
+    #: keep the old vectors as ``prev_vec_*`` columns after the switch (default: dropped)
+    keep_old_columns: bool = False
+
+    @field_validator("budget")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def budget_s(self) -> float | None:
+        return parse_duration(self.budget).total_seconds() if self.budget else None
+
+
 class StorageSpec(_Strict):
     endpoint: str | None = None
     region: str | None = None
@@ -238,6 +291,7 @@ class JobSpec(_Strict):
     calibrate: CalibrateSpec = CalibrateSpec()
     index: IndexSpec | None = None
     gate: GateSpec | None = None
+    migrate: MigrateSpec = MigrateSpec()
     storage: StorageSpec = StorageSpec()
 
     @field_validator("name")

@@ -29,6 +29,9 @@ class RunSummary(RunRecord):
     #: the job's ``[gate]`` on the committed version (``jobs._gate.evaluate_gate``: metric, value, floor,
     #: passed, ...); None: the job has no gate. A run below the floor stays committed; its record's ``error`` says so
     gate: dict[str, Any] | None = None
+    #: a migration step: ``to`` (what changes), ``done`` / ``total`` rows with the new vectors after it, and
+    #: ``switched`` (the version whose commit made the new settings the table's) when it finished the migration
+    migration: dict[str, Any] | None = None
 
     #: below this many embedded rows a run's time is mostly start-up, and a rate says nothing about throughput
     MIN_ROWS_FOR_RATE = 100

@@ -53,6 +53,7 @@ RUNS_SCHEMA = pa.schema(
         ("rows_resumed", pa.int64()),
         ("read_version", pa.int64()),
         ("error", pa.string()),
+        ("rows_migrated", pa.int64()),
     ]
 )
 
@@ -85,6 +86,7 @@ class RunRecord:
     rows_resumed: int = 0  # staged by an earlier attempt of this run and committed now, not embedded again
     read_version: int | None = None  # the table version the run planned against
     error: str | None = None
+    rows_migrated: int = 0  # a migration step: old rows re-embedded with the new settings
 
     def row(self) -> pa.Table:
         """The run as one row of the runs table."""

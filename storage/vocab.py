@@ -42,14 +42,16 @@ __all__ = [
     "TokenizeChoice",
     "VectorDtype",
     "keeps_existing_rows",
+    "migrates",
     "replaces_table",
     "resolve_mode",
     "updates_rows",
 ]
 
 #: how a run writes its table: ``create`` a new one, ``overwrite`` it (one new version), ``append`` rows with
-#: new ids, or ``incremental``: embed new and changed rows, delete rows whose ids left the input
-OutputMode = Literal["create", "overwrite", "append", "incremental"]
+#: new ids, ``incremental``: embed new and changed rows, delete rows whose ids left the input, or ``migrate``:
+#: incremental, and a slice of the old rows re-embedded with the job's new settings (a staged migration)
+OutputMode = Literal["create", "overwrite", "append", "incremental", "migrate"]
 OUTPUT_MODES: tuple[str, ...] = get_args(OutputMode)
 
 #: the input file formats (``[input] format``; by default from the suffix)
@@ -100,10 +102,16 @@ def replaces_table(mode: str) -> bool:
 
 
 def keeps_existing_rows(mode: str) -> bool:
-    """The run adds to the table's rows ("append", "incremental"): it reads the ids (and hashes) there."""
-    return mode in ("append", "incremental")
+    """The run adds to the table's rows ("append", "incremental", "migrate"): it reads the ids (and hashes)
+    there."""
+    return mode in ("append", "incremental", "migrate")
 
 
 def updates_rows(mode: str) -> bool:
-    """The run replaces changed rows and deletes rows whose ids left the input ("incremental")."""
-    return mode == "incremental"
+    """The run replaces changed rows and deletes rows whose ids left the input ("incremental", "migrate")."""
+    return mode in ("incremental", "migrate")
+
+
+def migrates(mode: str) -> bool:
+    """The run is a step of a staged migration ("migrate"): it also re-embeds old rows with new settings."""
+    return mode == "migrate"

@@ -399,16 +399,12 @@ def rollback(
 
 
 def _duration(text: str):
-    from datetime import timedelta
+    from .._spec import parse_duration
 
-    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-    value, unit = text[:-1], text[-1:]
     try:
-        if unit not in units:
-            raise ValueError
-        return timedelta(**{units[unit]: float(value)})
-    except ValueError:
-        fail(ValueError(f"--older-than {text!r}: expected a number and a unit (s, m, h, d, w), e.g. 7d"))
+        return parse_duration(text)
+    except ValueError as exc:
+        fail(ValueError(f"--older-than {exc}"))
 
 
 def _one_line(value: object, limit: int = 160) -> str:

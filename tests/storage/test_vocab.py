@@ -28,6 +28,8 @@ DECISIONS = {
     ("append", True): "append",
     ("incremental", False): "create",
     ("incremental", True): "incremental",
+    ("migrate", False): "create",  # nothing to migrate yet: the first run makes the table
+    ("migrate", True): "migrate",
 }
 
 
@@ -48,6 +50,7 @@ def test_resolve_mode(requested, exists):
         ("overwrite", True, False, False),
         ("append", False, True, False),
         ("incremental", False, True, True),
+        ("migrate", False, True, True),
     ],
 )
 def test_what_each_mode_does_to_the_table(mode, replaces, keeps, updates):

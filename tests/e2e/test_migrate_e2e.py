@@ -1,0 +1,149 @@
+"""Staged migrations on a real Ray runtime and real Lance tables: several steps, each audited exactly once,
+the switch, abort. Two tiny random BERTs of other weights are the old and the new settings."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench.corpora import passages
+from embedder import ElasticEncoder, Granularity
+from jobs import run_job
+from storage import open_table, read_migration, read_provenance
+
+from ..jobfiles import write_job
+
+OLD_GRANS = ["l2_d16", "l4_d64"]
+NEW_GRANS = ["l4_d32"]
+
+
+@pytest.fixture
+def second_bert(tiny_bert_dir: Path, tmp_path: Path) -> Path:
+    """The tiny BERT with other weights (every tensor nudged, seeded): a second set of weights, offline."""
+    import torch
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(tiny_bert_dir)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    dst = tmp_path / "tiny-bert-2"
+    model.save_pretrained(dst)
+    for f in tiny_bert_dir.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def _corpus(path: Path, rows: dict) -> None:
+    pq.write_table(pa.table({"doc_id": list(rows), "body": list(rows.values())}), path)
+
+
+def _job(tmp_path: Path, corpus: Path, model: Path, grans, name: str, **extra) -> Path:
+    return write_job(
+        tmp_path / name,
+        granularities=grans,
+        input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
+        model={"path": str(model)},
+        output={"uri": str(tmp_path / "out" / "docs.lance"), **extra.pop("output", {})},
+        cluster={"rows_per_block": 16},
+        **extra,
+    )
+
+
+def _fresh(model: Path, grans, texts: list[str]) -> dict[Granularity, np.ndarray]:
+    return ElasticEncoder.from_pretrained(model, list(grans), device="cpu").encode(texts)
+
+
+def audit_migration(uri: str, rows: dict, old: Path, new: Path) -> dict:
+    """Every id once; every row's old vectors equal the old model's, and a migrated row's new vectors the new
+    model's, embedded again here from the input's text. Returns counts."""
+    data = open_table(uri).dataset.to_table()
+    ids = data.column("id").to_pylist()
+    counts = Counter(ids)
+    assert set(counts) == set(rows) and max(counts.values()) == 1, "every id exactly once"
+    texts = [rows[i] for i in ids]
+    for g, fresh in _fresh(old, OLD_GRANS, texts).items():
+        stored = np.asarray(data.column(f"vec_{g}").to_pylist(), dtype=np.float32)
+        assert np.min(np.sum(stored * fresh, axis=1)) > 0.999, f"old vectors {g}"
+    col = data.column(f"next_vec_{NEW_GRANS[0]}").to_pylist()
+    migrated = [k for k, v in enumerate(col) if v is not None]
+    if migrated:
+        fresh = _fresh(new, NEW_GRANS, [texts[k] for k in migrated])[Granularity.parse(NEW_GRANS[0])]
+        stored = np.asarray([col[k] for k in migrated], dtype=np.float32)
+        assert np.min(np.sum(stored * fresh, axis=1)) > 0.999, "new vectors"
+    return {"rows": len(ids), "migrated": len(migrated), "ids": {ids[k] for k in migrated}}
+
+
+def test_a_migration_over_several_runs_then_the_switch(ray_local, tmp_path, tiny_bert_dir, second_bert):
+    rows = {f"d{i:03d}": t for i, t in enumerate(passages(60, words=30))}
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, rows)
+    old_job = _job(tmp_path, corpus, tiny_bert_dir, OLD_GRANS, "old.toml")
+    first = run_job(old_job, progress=False)
+    uri = first.table_uri
+    tbl = open_table(uri)
+    assert first.rows_embedded == 60 and read_migration(uri) is None
+
+    new_job = _job(
+        tmp_path,
+        corpus,
+        second_bert,
+        NEW_GRANS,
+        "new.toml",
+        output={"mode": "migrate"},
+        migrate={"max_rows_per_run": 25},
+    )
+    # the night's changes come with the first step: changed, added and removed rows
+    rows["d003"] += " (revised)"
+    rows["n001"] = "A new passage about the river boats of the delta."
+    del rows["d010"]
+    _corpus(corpus, rows)
+    step1 = run_job(new_job, progress=False)
+    assert step1.mode == "migrate" and step1.status == "committed"
+    assert (step1.rows_new, step1.rows_changed, step1.rows_deleted, step1.rows_migrated) == (1, 1, 1, 25)
+    assert step1.rows_embedded == 27
+    state = read_migration(uri)
+    assert state is not None and state.to.granularities == tuple(NEW_GRANS)
+    assert read_provenance(uri).granularities == tuple(OLD_GRANS)  # the table's settings until the switch
+    audit = audit_migration(uri, rows, tiny_bert_dir, second_bert)
+    assert audit["migrated"] == 27 and {"d003", "n001"} <= audit["ids"]
+    assert step1.migration == {"to": step1.migration["to"], "done": 27, "total": 60}
+    # the table stays searchable the old way throughout: every row, by the old model
+    hits = tbl.refresh().search(rows["d020"], k=1)
+    assert hits.column("id").to_pylist() == ["d020"]
+
+    step2 = run_job(new_job, progress=False)
+    assert (step2.rows_migrated, step2.rows_unchanged, step2.rows_embedded) == (25, 35, 25)
+    audit = audit_migration(uri, rows, tiny_bert_dir, second_bert)
+    assert audit["migrated"] == 52 and step2.migration["done"] == 52
+    runs = [r for r in open_table(uri).runs() if r["mode"] == "migrate"]
+    assert [r["rows_migrated"] for r in runs] == [25, 25]
+
+    step3 = run_job(new_job, progress=False)  # the last 8 old rows, then the switch
+    assert step3.rows_migrated == 8 and step3.migration["switched"] > step3.table_version
+    assert read_migration(uri) is None
+    prov = read_provenance(uri)
+    assert prov.granularities == tuple(NEW_GRANS) and prov.model_path == str(second_bert)
+    names = open_table(uri).dataset.schema.names
+    assert [n for n in names if "vec_" in n] == [f"vec_{NEW_GRANS[0]}"]  # the old columns are dropped
+    data = open_table(uri).dataset.to_table(columns=["id", f"vec_{NEW_GRANS[0]}"])
+    ids = data.column("id").to_pylist()
+    assert sorted(ids) == sorted(rows)
+    fresh = _fresh(second_bert, NEW_GRANS, [rows[i] for i in ids])[Granularity.parse(NEW_GRANS[0])]
+    stored = np.asarray(data.column(f"vec_{NEW_GRANS[0]}").to_pylist(), dtype=np.float32)
+    assert np.min(np.sum(stored * fresh, axis=1)) > 0.999
+    assert open_table(uri).tags()["latest-good"] == step3.migration["switched"]
+    hits = open_table(uri).search(rows["d020"], k=1)  # the new model now
+    assert hits.column("id").to_pylist() == ["d020"]
+
+    # the job keeps mode = "migrate": with nothing left to migrate it is an incremental night
+    after = run_job(new_job, progress=False)
+    assert (after.mode, after.rows_embedded, after.table_version) == ("incremental", 0, step3.migration["switched"])
