@@ -16,7 +16,7 @@ import os
 
 # isort: off
 from ._app import app
-from . import _jobs, _tables, _models, _cluster, _quality, _schedules  # noqa: F401  (they register their commands)
+from . import _jobs, _tables, _migrate, _models, _cluster, _quality, _schedules  # noqa: F401  (they register)
 from ._jobs import print_summary
 
 # isort: on

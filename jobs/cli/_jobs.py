@@ -141,6 +141,25 @@ def run(
             "the input); without it such a run fails before its commit.",
         ),
     ] = False,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate",
+            help="A step of a staged migration to the job's (changed) settings: new and changed rows get both "
+            "settings' vectors, and a slice of the old rows the new ones; the table stays searchable "
+            "(output.mode = 'migrate').",
+        ),
+    ] = False,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="--migrate: time this run spends taking old rows, e.g. 2h (\\[migrate] budget)."),
+    ] = None,
+    max_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rows", min=1, help="--migrate: the most old rows this run re-embeds (\\[migrate] max_rows_per_run)."
+        ),
+    ] = None,
 ) -> None:
     """Embed what changed in the corpus a job names and commit one new version of its output table.
 
@@ -150,7 +169,7 @@ def run(
     from .._run import run_job
 
     setup_logging()
-    overrides = {"cluster.address": address} if address else None
+    overrides = _run_overrides(address=address, migrate=migrate, budget=budget, max_rows=max_rows)
     try:
         if add_granularity:
             from .._backfill import backfill_job
@@ -199,6 +218,20 @@ def resume(
     _write_summary_file(summary)
 
 
+def _run_overrides(*, address: str | None, migrate: bool, budget: str | None, max_rows: int | None) -> dict | None:
+    """The job values ``embedjob run``'s options override (None: none)."""
+    out: dict = {}
+    if address:
+        out["cluster.address"] = address
+    if migrate:
+        out["output.mode"] = "migrate"
+    if budget is not None:
+        out["migrate.budget"] = budget
+    if max_rows is not None:
+        out["migrate.max_rows_per_run"] = max_rows
+    return out or None
+
+
 def _write_summary_file(summary) -> None:
     """A run fired by the scheduler writes its summary where the scheduler reads it (``schedule list``)."""
     from ..schedule import SUMMARY_FILE_ENV, SUMMARY_LINE
@@ -226,19 +259,7 @@ def print_summary(summary) -> None:
         else f"still version {summary.table_version}: nothing changed"
     )
     table.add_row("table", f"{summary.table_uri} ({version}, mode {summary.mode})")
-    chunked = getattr(summary, "chunked", False)
-    table.add_row(
-        "documents read / chunks embedded / rejected" if chunked else "rows read / embedded / rejected",
-        f"{summary.rows_read:,} / {summary.rows_embedded:,} / {summary.rows_rejected:,}",
-    )
-    table.add_row(
-        "new / changed / unchanged / deleted" + (" documents" if chunked else ""),
-        f"{summary.rows_new:,} / {summary.rows_changed:,} / {summary.rows_unchanged:,} / {summary.rows_deleted:,}",
-    )
-    if summary.rows_resumed:
-        table.add_row("resumed", f"{summary.rows_resumed:,} rows staged by an earlier attempt, not embedded again")
-    if summary.reject_reasons:
-        table.add_row("reject reasons", ", ".join(f"{r}: {n}" for r, n in summary.reject_reasons.items()))
+    _add_counts(table, summary)
     table.add_row("tokens (truncated texts)", f"{summary.tokens:,} ({summary.truncated:,})")
     table.add_row("actor pool", summary.pool)
     per_node = getattr(summary, "rows_per_node", None) or {}
@@ -269,6 +290,35 @@ def print_summary(summary) -> None:
     for warning in getattr(summary, "warnings", None) or []:
         err_console.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
     _exit_if_failed(summary)
+
+
+def _add_counts(table: Table, summary) -> None:
+    """A run's rows: read / embedded / rejected, what each row needed, a migration step's part, resumed rows."""
+    chunked = getattr(summary, "chunked", False)
+    table.add_row(
+        "documents read / chunks embedded / rejected" if chunked else "rows read / embedded / rejected",
+        f"{summary.rows_read:,} / {summary.rows_embedded:,} / {summary.rows_rejected:,}",
+    )
+    table.add_row(
+        "new / changed / unchanged / deleted" + (" documents" if chunked else ""),
+        f"{summary.rows_new:,} / {summary.rows_changed:,} / {summary.rows_unchanged:,} / {summary.rows_deleted:,}",
+    )
+    migration = getattr(summary, "migration", None)
+    if migration:
+        table.add_row("migration", _migration_line(summary, migration))
+    if summary.rows_resumed:
+        table.add_row("resumed", f"{summary.rows_resumed:,} rows staged by an earlier attempt, not embedded again")
+    if summary.reject_reasons:
+        table.add_row("reject reasons", ", ".join(f"{r}: {n}" for r, n in summary.reject_reasons.items()))
+
+
+def _migration_line(summary, migration: dict) -> str:
+    """A migration step's part: old rows taken now, rows with the new vectors of all, the switch."""
+    done, total = migration["done"], migration["total"]
+    line = f"{summary.rows_migrated:,} old rows re-embedded; {done:,} of {total:,} rows have the new vectors"
+    if migration.get("switched"):
+        line += f"; switched: version {migration['switched']} has the new settings"
+    return f"{line} ({migration['to']})"
 
 
 def _exit_if_failed(summary) -> None:

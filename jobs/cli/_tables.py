@@ -41,6 +41,7 @@ def inspect(
         else f"not registered here (older table, or moved): embedjob upgrade {table_uri}",
     )
     head.add_row("rejects", _describe_rejects(tbl.rejects()))
+    _add_migration(head, tbl)
     console.print(head)
     schema = Table(title="schema")
     schema.add_column("column")
@@ -70,6 +71,25 @@ def inspect(
     _print_tags(tbl, by_version)
     _print_indexes(tbl)
     _print_unfinished(tbl)
+
+
+def _add_migration(head: Table, tbl) -> None:
+    """A migration in progress: from what to what, rows done of the total, steps left at the recent pace."""
+    from .._migrate import PACE_RUNS, migration_status
+
+    status = migration_status(tbl.uri, tbl.storage_options)
+    if status is None:
+        return
+    head.add_row("migrating to", f"{status.to.model_path} ({status.changes}); begun by {status.started_by}")
+    share = status.done / status.total if status.total else 1.0
+    if not status.steps:
+        pace = "no step committed yet"
+    elif status.nights_left is None:
+        pace = "no old rows taken by the recent runs"
+    else:
+        runs = min(status.steps, PACE_RUNS)
+        pace = f"{status.pace:,.0f} old rows per run over the last {runs}: {status.nights_left} run(s) left"
+    head.add_row("migrated", f"{status.done:,} of {status.total:,} rows ({share:.0%}); {pace}")
 
 
 def _describe_rejects(rejects) -> str:

@@ -11,10 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from bench.corpora import passages
 from embedder import ElasticEncoder, Granularity
-from jobs import run_job
+from jobs import JobSpecError, run_job
+from jobs.cli import app
 from storage import open_table, read_migration, read_provenance
 
 from ..jobfiles import write_job
@@ -92,21 +94,16 @@ def test_a_migration_over_several_runs_then_the_switch(ray_local, tmp_path, tiny
     tbl = open_table(uri)
     assert first.rows_embedded == 60 and read_migration(uri) is None
 
-    new_job = _job(
-        tmp_path,
-        corpus,
-        second_bert,
-        NEW_GRANS,
-        "new.toml",
-        output={"mode": "migrate"},
-        migrate={"max_rows_per_run": 25},
-    )
+    new_job = _job(tmp_path, corpus, second_bert, NEW_GRANS, "new.toml")
+    step = {"output.mode": "migrate", "migrate.max_rows_per_run": 25}
+    with pytest.raises(JobSpecError, match="--migrate"):  # other settings: refused, pointing at a migration
+        run_job(new_job, progress=False)
     # the night's changes come with the first step: changed, added and removed rows
     rows["d003"] += " (revised)"
     rows["n001"] = "A new passage about the river boats of the delta."
     del rows["d010"]
     _corpus(corpus, rows)
-    step1 = run_job(new_job, progress=False)
+    step1 = run_job(new_job, progress=False, overrides=step)
     assert step1.mode == "migrate" and step1.status == "committed"
     assert (step1.rows_new, step1.rows_changed, step1.rows_deleted, step1.rows_migrated) == (1, 1, 1, 25)
     assert step1.rows_embedded == 27
@@ -120,14 +117,17 @@ def test_a_migration_over_several_runs_then_the_switch(ray_local, tmp_path, tiny
     hits = tbl.refresh().search(rows["d020"], k=1)
     assert hits.column("id").to_pylist() == ["d020"]
 
-    step2 = run_job(new_job, progress=False)
-    assert (step2.rows_migrated, step2.rows_unchanged, step2.rows_embedded) == (25, 35, 25)
+    result = CliRunner().invoke(app, ["run", str(new_job), "--migrate", "--max-rows", "25", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "25 old rows re-embedded; 52 of 60 rows have the new vectors" in " ".join(result.output.split())
     audit = audit_migration(uri, rows, tiny_bert_dir, second_bert)
-    assert audit["migrated"] == 52 and step2.migration["done"] == 52
+    assert audit["migrated"] == 52
     runs = [r for r in open_table(uri).runs() if r["mode"] == "migrate"]
-    assert [r["rows_migrated"] for r in runs] == [25, 25]
+    assert [(r["rows_migrated"], r["rows_unchanged"], r["rows_embedded"]) for r in runs] == [(25, 33, 27), (25, 35, 25)]
+    shown = " ".join(CliRunner().invoke(app, ["inspect", uri]).output.split())
+    assert "52 of 60 rows (87%); 25 old rows per run over the last 2: 1 run(s) left" in shown
 
-    step3 = run_job(new_job, progress=False)  # the last 8 old rows, then the switch
+    step3 = run_job(new_job, progress=False, overrides=step)  # the last 8 old rows, then the switch
     assert step3.rows_migrated == 8 and step3.migration["switched"] > step3.table_version
     assert read_migration(uri) is None
     prov = read_provenance(uri)
@@ -145,5 +145,5 @@ def test_a_migration_over_several_runs_then_the_switch(ray_local, tmp_path, tiny
     assert hits.column("id").to_pylist() == ["d020"]
 
     # the job keeps mode = "migrate": with nothing left to migrate it is an incremental night
-    after = run_job(new_job, progress=False)
+    after = run_job(new_job, progress=False, overrides=step)
     assert (after.mode, after.rows_embedded, after.table_version) == ("incremental", 0, step3.migration["switched"])
