@@ -147,3 +147,53 @@ def test_a_migration_over_several_runs_then_the_switch(ray_local, tmp_path, tiny
     # the job keeps mode = "migrate": with nothing left to migrate it is an incremental night
     after = run_job(new_job, progress=False, overrides=step)
     assert (after.mode, after.rows_embedded, after.table_version) == ("incremental", 0, step3.migration["switched"])
+
+
+@pytest.mark.slow  # ~60 s: a driver killed mid-slice, then the step resumed
+def test_a_step_killed_mid_slice_resumes_without_losing_or_doubling_a_row(
+    ray_local, tmp_path, tiny_bert_dir, second_bert
+):
+    """Parts of 5 rows: the driver dies with some of the slice staged; the next run finishes exactly that slice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from storage import staged_runs, staging_dir
+
+    rows = {f"d{i:03d}": t for i, t in enumerate(passages(80, words=30))}
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, rows)
+    uri = run_job(_job(tmp_path, corpus, tiny_bert_dir, OLD_GRANS, "old.toml"), progress=False).table_uri
+    new_job = _job(tmp_path, corpus, second_bert, NEW_GRANS, "new.toml", migrate={"max_rows_per_run": 50}, output={})
+    new_job.write_text(new_job.read_text().replace("rows_per_block = 16", "rows_per_block = 4\nrows_per_part = 5"))
+    ray_tmp = tempfile.mkdtemp(prefix="rd", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "EMBEDJOB_STATE_DIR": str(tmp_path / "state"), "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    log = (tmp_path / "driver.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "run", str(new_job), "--migrate", "--no-progress"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while len(list(Path(staging_dir(uri)).glob("*/parts/*.json"))) < 3:
+            assert time.time() < deadline and proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+    (staging,) = staged_runs(uri)
+    staged = {i for p in staging.parts() for i in p.ids}
+    assert 0 < len(staged) < 50 and read_migration(uri) is not None  # begun, part of the slice staged
+    resumed = run_job(new_job, progress=False, overrides={"output.mode": "migrate"})
+    assert resumed.run_id == staging.run_id and resumed.rows_resumed == len(staged)
+    assert resumed.rows_migrated == 50 and resumed.rows_embedded == 50
+    audit = audit_migration(uri, rows, tiny_bert_dir, second_bert)
+    assert audit["migrated"] == 50 and staged <= audit["ids"]
