@@ -299,6 +299,7 @@ def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDispla
                 "progress": counter,
                 "tokenizer": (plan.model_path, plan.encoder.max_length) if tokenize == "tasks" else None,
                 "chunking": (plan.model_path, plan.encoder.max_length, plan.chunking) if plan.chunking else None,
+                "copy_old": plan.next_encoder is not None and plan.next_encoder.table_uri is not None,
             },
         )
         ds = map_with_actors(

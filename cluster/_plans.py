@@ -46,3 +46,7 @@ class NextEncoder:
     vector_dtype: str = "float32"
     #: where its calibration is stored (next to the table)
     calibration_uri: str | None = None
+    #: the table and the version the step read: an old row it takes has its old vectors read back from there
+    #: (``prepare`` gives each such row its address), not embedded again
+    table_uri: str | None = None
+    read_version: int | None = None

@@ -61,6 +61,8 @@ class IdRegistry:
         self._deleted = 0
         # a migration step: the ids (documents) of the old rows, and how many this run takes
         self._unmigrated: set[Any] = set()
+        # their rows (ids, a chunked table's chunk ids) -> (row address at read_version, id or document id)
+        self._addresses: dict[Any, tuple[int, Any]] = {}
         self._slice_rows = slice_rows
         self._deadline = None if slice_s is None else time.monotonic() + slice_s
         self._sliced = 0
@@ -87,11 +89,25 @@ class IdRegistry:
             self._rows_of.setdefault(doc, []).append(row)
 
     def _read_unmigrated(self, uri: str, version: int, storage_options: Mapping[str, str] | None) -> None:
-        from storage import read_migration, unmigrated_keys
+        from storage import DOC_ID, ID, read_migration, unmigrated_rows
 
         state = read_migration(uri, version, storage_options)
-        if state is not None:
-            self._unmigrated = unmigrated_keys(uri, version, state, storage_options)
+        if state is None:
+            return
+        rows = unmigrated_rows(uri, version, state, storage_options)
+        ids = rows.column(ID).to_pylist()
+        keys = rows.column(DOC_ID).to_pylist() if DOC_ID in rows.column_names else ids
+        self._unmigrated = set(keys)
+        self._addresses = dict(zip(ids, zip(rows.column("_rowaddr").to_pylist(), keys, strict=True), strict=True))
+
+    def addresses(self, row_ids: Sequence[Any]) -> list[int | None]:
+        """A migration step: for each row (id, or chunk id) of an old row it takes now, the row's address at
+        the version read, where its old vectors are read back; None for the others (they are embedded)."""
+        out: list[int | None] = []
+        for row in row_ids:
+            hit = self._addresses.get(row)
+            out.append(hit[0] if hit is not None and self._status.get(hit[1]) == "migrating" else None)
+        return out
 
     def _read_staging(self, staging_uri: tuple[str, str], storage_options: Mapping[str, str] | None) -> None:
         """What an earlier attempt of this run staged: ids, or (chunked) documents and their chunks."""

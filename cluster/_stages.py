@@ -41,6 +41,7 @@ from storage import (
     content_hash,
     load_calibration,
     next_column,
+    old_vectors,
     vector_array,
     vector_column,
 )
@@ -56,6 +57,7 @@ TRUNCATED = "_truncated"
 NODE = "_node"  # the Ray node id of the actor that encoded the row
 INPUT_IDS = "_input_ids"  # token ids made by a CPU task (tokenize = "tasks"), null for rejected rows
 CUT = "_cut"  # the text was longer than max_length and was truncated
+ROWADDR = "_rowaddr"  # a migration step: where an old row it takes is in the table (its old vectors are read back)
 
 
 def prepare(
@@ -68,6 +70,7 @@ def prepare(
     tokenizer: tuple[str, int | None] | None = None,
     chunking: tuple[str, int | None, Chunking] | None = None,
     progress: Any = None,
+    copy_old: bool = False,
 ) -> pa.Table:
     """Normalise one input batch: ``id, text, content_hash, <passthrough>, _reason``.
 
@@ -82,6 +85,7 @@ def prepare(
     ``chunking`` (model dir, max_length, how): each document to embed becomes its chunks, a row each
     (:func:`split_into_chunks`); the registry classifies documents, so a changed document is embedded whole.
     ``progress``: the run's progress counter (rows read; those skipped are done).
+    ``copy_old`` (a migration step): each old row the step takes gets its address in the table (``_rowaddr``).
     """
     import ray
 
@@ -115,6 +119,9 @@ def prepare(
         staged = [id_values[i] for i in keep if statuses[i] == "staged"]
         done = ray.get(registry.staged_chunks.remote(staged)) if staged else {}
         out = split_into_chunks(out, *chunking, staged=done)
+    if copy_old:
+        addresses = ray.get(registry.addresses.remote(out.column(ID).to_pylist()))
+        out = out.append_column(ROWADDR, pa.array(addresses, pa.int64()))
     if tokenizer is not None:
         texts, reasons = out.column(TEXT).to_pylist(), out.column(REASON).to_pylist()
         input_ids, cut = _token_columns(tokenizer, texts, reasons)
@@ -282,6 +289,7 @@ class EncodeActor:
             storage_options=storage_options,
         )
         self.next = next_encoder
+        self.storage_options = storage_options
         self.next_encoder = None
         if next_encoder is not None:  # a migration step: the new settings too
             self.next_encoder = load_encoder(
@@ -299,7 +307,9 @@ class EncodeActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(ok)
+        embedded = np.flatnonzero(ok)
+        copied, old = self._old_vectors(batch, embedded)  # a migration step's old rows: read back, not embedded
+        rows = np.setdiff1d(embedded, copied)
         texts = None if INPUT_IDS in batch.column_names else batch.column(TEXT).take(pa.array(rows)).to_pylist()
         tokens = np.zeros(n, dtype=np.int32)
         truncated = np.zeros(n, dtype=bool)
@@ -317,30 +327,63 @@ class EncodeActor:
             tokens[rows] = result.token_counts
             truncated[rows[list(result.stats.truncated_positions)]] = True
             vectors = result.vectors
-        out = batch.drop_columns([c for c in (INPUT_IDS, CUT) if c in batch.column_names])
+        out = batch.drop_columns([c for c in (INPUT_IDS, CUT, ROWADDR) if c in batch.column_names])
         for g in self.encoder.granularities:
             full = np.zeros((n, g.dim), dtype=np.float32)  # rejected rows: zeros, dropped by the writer
             if g in vectors:
                 full[rows] = vectors[g]
+            if len(copied):
+                full[copied] = old[g]
             out = out.append_column(vector_column(str(g)), vector_array(full, self.vector_dtype))
         now = pa.array([datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC"))
         out = out.append_column(RUN_ID, pa.array([self.run_id] * n, pa.string()))
         out = out.append_column(EMBEDDED_AT, now)
-        out = self._next_vectors(out, rows)
+        out = self._next_vectors(out, embedded, copied, tokens)
         out = out.append_column(TOKENS, pa.array(tokens))
         out = out.append_column(TRUNCATED, pa.array(truncated))
-        self._report(batch, len(rows), int(tokens.sum()))
+        self._report(batch, len(embedded), int(tokens.sum()))
         # per row, not per batch: Ray Data may merge the outputs of several actors into one write batch
         return out.append_column(NODE, pa.array([self.node_id] * n, pa.string()))
 
-    def _next_vectors(self, out: pa.Table, rows: np.ndarray) -> pa.Table:
-        """A migration step: the new settings' vectors of the rows embedded, as ``next_vec_*`` columns."""
+    def _old_vectors(self, batch: pa.Table, rows: np.ndarray) -> tuple[np.ndarray, dict[Any, np.ndarray]]:
+        """A migration step: the positions among ``rows`` of old rows whose old vectors are read back from the
+        table (their ``_rowaddr``), and those vectors; none when the batch has no such row, or the table
+        answers with other rows than expected (they are embedded then)."""
+        nothing = np.zeros(0, dtype=np.int64), {}
+        nxt = self.next
+        if nxt is None or nxt.table_uri is None or nxt.read_version is None or ROWADDR not in batch.column_names:
+            return nothing
+        addresses = batch.column(ROWADDR).to_pylist()
+        have = np.asarray([k for k in rows if addresses[k] is not None], dtype=np.int64)
+        if not len(have):
+            return nothing
+        ids = batch.column(ID).take(pa.array(have)).to_pylist()
+        columns = {g: vector_column(str(g)) for g in self.encoder.granularities}
+        got = old_vectors(
+            nxt.table_uri,
+            nxt.read_version,
+            [addresses[k] for k in have],
+            ids,
+            list(columns.values()),
+            self.storage_options,
+        )
+        if got is None:
+            return nothing
+        return have, {g: _matrix(got.column(c), g.dim) for g, c in columns.items()}
+
+    def _next_vectors(self, out: pa.Table, rows: np.ndarray, copied: np.ndarray, tokens: np.ndarray) -> pa.Table:
+        """A migration step: the new settings' vectors of the rows embedded, as ``next_vec_*`` columns; the rows
+        whose old vectors were read back count the new settings' tokens (``tokens``, in place)."""
         if self.next_encoder is None or self.next is None:
             return out
         n = out.num_rows
         vectors = {}
         if len(rows):
-            vectors = self.next_encoder.encode(out.column(TEXT).take(pa.array(rows)).to_pylist())
+            result = self.next_encoder.encode_with_stats(out.column(TEXT).take(pa.array(rows)).to_pylist())
+            vectors = result.vectors
+            counts = np.zeros(n, dtype=np.int32)
+            counts[rows] = result.token_counts
+            tokens[copied] = counts[copied]
         for g in self.next_encoder.granularities:
             full = np.zeros((n, g.dim), dtype=np.float32)
             if g in vectors:
@@ -357,6 +400,12 @@ class EncodeActor:
         record_embedded(self.run_id, self.node_id, rows=embedded, tokens=tokens)
         record_rejected(self.run_id, reasons)
         report(self.progress, done=_documents(batch), embedded=embedded, tokens=tokens, rejected=rejected)
+
+
+def _matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    """A fixed-size-list vector column as an (n, dim) float32 array."""
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
 
 
 def _documents(batch: pa.Table) -> int:

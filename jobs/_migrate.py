@@ -84,9 +84,10 @@ def begin_step(run: TableRun, resolved: ResolvedJob) -> None:
     run.staging.update_record(read_version=version)
 
 
-def migration_plan_fields(resolved: ResolvedJob) -> dict[str, Any]:
+def migration_plan_fields(resolved: ResolvedJob, read_version: int | None) -> dict[str, Any]:
     """What a migration step's :class:`cluster.EmbedPlan` holds instead of the job's encoder: the old settings
-    (``vec_*``), the new ones as the second encoder (``next_vec_*``), the rows' schema, and the slice."""
+    (``vec_*``), the new ones as the second encoder (``next_vec_*``), the rows' schema, and the slice. The old
+    rows it takes have their old vectors read back from the table at ``read_version``, not embedded again."""
     migration = resolved.migration
     assert migration is not None
     old, new, spec = migration.old, resolved.provenance, resolved.spec
@@ -102,6 +103,8 @@ def migration_plan_fields(resolved: ResolvedJob) -> dict[str, Any]:
             encoder=resolved.encoder,
             vector_dtype=spec.output.vector_dtype,
             calibration_uri=calibration_uri(resolved.output_uri, cal.fingerprint) if cal else None,
+            table_uri=resolved.output_uri,
+            read_version=read_version,
         ),
         "slice_rows": migration.options.max_rows_per_run,
         "slice_s": migration.options.budget_s,

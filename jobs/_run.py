@@ -274,5 +274,5 @@ def _plan(
         resume=resume,
     )
     if resolved.migration is not None:
-        fields.update(migration_plan_fields(resolved))  # the old settings' encoder, and the new ones beside it
+        fields.update(migration_plan_fields(resolved, read_version))  # the old encoder, and the new one beside it
     return EmbedPlan(**fields)

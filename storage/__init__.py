@@ -42,9 +42,11 @@ from ._migration import (
     migrated_rows,
     next_column,
     next_fields,
+    old_vectors,
     read_migration,
     switch_migration,
     unmigrated_keys,
+    unmigrated_rows,
 )
 from ._names import has_control_characters, split_table_uri, table_name_problem
 from ._process import process_alive, process_start_ticks
@@ -195,6 +197,7 @@ __all__ = [
     "new_run_id",
     "next_column",
     "next_fields",
+    "old_vectors",
     "open_table",
     "output_schema",
     "parse_stages",
@@ -220,6 +223,7 @@ __all__ = [
     "table_tags",
     "tag_run",
     "unmigrated_keys",
+    "unmigrated_rows",
     "vector_array",
     "vector_column",
     "vector_field",

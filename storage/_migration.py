@@ -38,9 +38,11 @@ __all__ = [
     "migrated_rows",
     "next_column",
     "next_fields",
+    "old_vectors",
     "read_migration",
     "switch_migration",
     "unmigrated_keys",
+    "unmigrated_rows",
 ]
 
 #: where a table keeps its migration's record (schema metadata)
@@ -168,14 +170,33 @@ def migrated_rows(uri: str, version: int, state: MigrationState, storage_options
     return done, total
 
 
+def unmigrated_rows(
+    uri: str, version: int, state: MigrationState, storage_options: Mapping[str, str] | None = None
+) -> pa.Table:
+    """The rows without the new vectors at ``version``: ``id`` (and a chunked table's ``doc_id``) and
+    ``_rowaddr``, where a migration step reads their old vectors back instead of embedding them again."""
+    ds = dataset_at(uri, version, storage_options)
+    columns = [ID, *([DOC_ID] if DOC_ID in ds.schema.names else [])]
+    return ds.to_table(columns=columns, filter=f"{state.next_columns[0]} IS NULL", with_row_address=True)
+
+
 def unmigrated_keys(
     uri: str, version: int, state: MigrationState, storage_options: Mapping[str, str] | None = None
 ) -> set[Any]:
     """The ids (a chunked table's document ids) of rows without the new vectors at ``version``."""
-    ds = dataset_at(uri, version, storage_options)
-    key = DOC_ID if DOC_ID in ds.schema.names else ID
-    table = ds.to_table(columns=[key], filter=f"{state.next_columns[0]} IS NULL")
-    return set(table.column(key).to_pylist())
+    rows = unmigrated_rows(uri, version, state, storage_options)
+    return set(rows.column(DOC_ID if DOC_ID in rows.column_names else ID).to_pylist())
+
+
+def old_vectors(
+    uri: str, version: int, addresses: Sequence[int], ids: Sequence[Any], columns: Sequence[str], storage_options=None
+) -> pa.Table | None:
+    """The ``columns`` of the rows at ``addresses`` (row addresses at ``version``), in that order; None unless
+    every row read back has the id expected of it (the caller embeds them again then)."""
+    got = dataset_at(uri, version, storage_options)._take_rows(list(addresses), columns=[ID, *columns])
+    if got.num_rows != len(ids) or got.column(ID).to_pylist() != list(ids):
+        return None
+    return got.drop_columns([ID])
 
 
 def switch_migration(

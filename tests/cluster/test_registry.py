@@ -22,7 +22,16 @@ def test_incremental_statuses_counts_and_deletions(tmp_path):
     rows = [("a", "ha"), ("b", "XX"), ("n", "hn"), ("a", "ha"), ("c", None)]  # c: rejected for its text
     assert _claim(reg, b"b1", rows) == ["unchanged", "changed", "new", "duplicate", None]
     assert _claim(reg, b"b1", rows) == ["unchanged", "changed", "new", "duplicate", None]  # a retry: same answers
-    assert reg.counts() == {"read": 5, "new": 1, "changed": 1, "unchanged": 1, "staged": 0, "deleted": 0}
+    assert reg.counts() == {
+        "read": 5,
+        "new": 1,
+        "changed": 1,
+        "unchanged": 1,
+        "staged": 0,
+        "deleted": 0,
+        "migrating": 0,
+        "sliced": 0,
+    }
     assert reg.deletions(delete_missing=True) == (["b"], ["d"])  # c was seen (rejected), so it stays
     assert reg.counts()["deleted"] == 1
     assert reg.deletions(delete_missing=False) == (["b"], [])
