@@ -38,6 +38,7 @@ __all__ = [
     "chunk_ordinal",
     "content_hash",
     "embedding_functions",
+    "holds_vectors",
     "is_reserved_column",
     "is_vector_column",
     "output_schema",
@@ -80,16 +81,18 @@ def vector_column(granularity: str | Granularity) -> str:
 
 
 def is_vector_column(name: str) -> bool:
+    """One of the table's granularities (``vec_*``), in its settings."""
     return name.startswith(VECTOR_PREFIX)
+
+
+def holds_vectors(name: str) -> bool:
+    """A vector column of any settings: ``vec_*``, a migration's ``next_vec_*``, or old ``prev_vec_*`` kept."""
+    return name.startswith((VECTOR_PREFIX, NEXT_PREFIX + VECTOR_PREFIX, PREV_PREFIX + VECTOR_PREFIX))
 
 
 def is_reserved_column(name: str) -> bool:
     """A column embedjob writes itself: a job cannot pass one of its input columns through under this name."""
-    return (
-        name in RESERVED_COLUMNS
-        or is_vector_column(name)
-        or name.startswith((NEXT_PREFIX + VECTOR_PREFIX, PREV_PREFIX + VECTOR_PREFIX))
-    )
+    return name in RESERVED_COLUMNS or holds_vectors(name)
 
 
 def chunk_id(doc_id: object, ordinal: int) -> str:

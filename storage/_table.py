@@ -28,7 +28,7 @@ from ._schema import (
     DOC_ID,
     EMBEDDING_FUNCTIONS_KEY,
     embedding_functions,
-    is_vector_column,
+    holds_vectors,
     vector_column,
 )
 from ._tags import RollbackReport, rollback_table, tags_of
@@ -363,9 +363,7 @@ class EmbeddingTable:
         return plan
 
     def _result_columns(self) -> list[str]:
-        return [
-            f.name for f in self.dataset.schema if not is_vector_column(f.name) and f.name not in BOOKKEEPING_COLUMNS
-        ]
+        return [f.name for f in self.dataset.schema if not holds_vectors(f.name) and f.name not in BOOKKEEPING_COLUMNS]
 
     # ---------------------------------------------------------------- indexes
     def create_index(

@@ -126,6 +126,8 @@ def test_status_and_the_abort_command(tmp_path, tiny_bert_dir):
     state = _state(uri)
     v = begin_migration(uri, state, read_version=lance.dataset(uri).version)
     _fill(uri, sorted(unmigrated_keys(uri, v, state))[:4])
+    hits = open_table(uri).search(passages(12, words=20)[3], k=2)  # searchable as it was, no next_vec_* shown
+    assert hits.column("id").to_pylist()[0] == "t3" and not any("vec_" in n for n in hits.column_names)
     status = migration_status(uri)
     assert (status.done, status.total, status.steps, status.nights_left) == (4, 12, 0, None)
     assert "weights_fingerprint" in status.changes and "granularities" in status.changes
