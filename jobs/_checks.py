@@ -230,6 +230,11 @@ def _run_problems(
     problems += _refit_problems(spec.output.mode, out, found)
     if backfill:
         problems += _backfill_problems(backfill, out, opts, found.existing, found.provenance, found.calibration_pending)
+        if found.migration is not None:
+            problems.append(
+                f"--add-granularity: output.uri = {out!r} is migrating to other settings; add granularities to the "
+                f"new settings instead (list them in the migrating job), or after the switch"
+            )
     else:
         id_type = _id_type(spec.input, found.input_schema)
         if found.migrating(spec) and found.existing is not None:
