@@ -232,8 +232,8 @@ def _run_problems(
         problems += _backfill_problems(backfill, out, opts, found.existing, found.provenance, found.calibration_pending)
         if found.migration is not None:
             problems.append(
-                f"--add-granularity: output.uri = {out!r} is migrating to other settings; add granularities to the "
-                f"new settings instead (list them in the migrating job), or after the switch"
+                f"--add-granularity: output.uri = {out!r} is migrating to other settings (a backfill's commit "
+                f"would not keep them); add the granularities after the switch, or abort the migration first"
             )
     else:
         id_type = _id_type(spec.input, found.input_schema)

@@ -145,3 +145,25 @@ def test_status_and_the_abort_command(tmp_path, tiny_bert_dir):
     with pytest.raises(MigrationError):
         report = abort_migration_of(uri)
     assert report is None
+
+
+def test_a_backfill_is_refused_while_the_table_migrates(tmp_path, tiny_bert_dir):
+    import pyarrow.parquet as pq
+
+    from jobs import JobSpecError, backfill_job
+
+    from ..jobfiles import write_job
+
+    uri = _table(tmp_path, tiny_bert_dir, n=4)
+    begin_migration(uri, _state(uri), read_version=lance.dataset(uri).version)
+    corpus = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [f"t{i}" for i in range(4)], "text": passages(4, words=20)}), corpus)
+    job = write_job(
+        tmp_path / "job.toml",
+        granularities=["l2_d16", "l4_d64", "l3_d32"],
+        input={"uri": str(corpus)},
+        model={"path": str(tiny_bert_dir)},
+        output={"uri": uri},
+    )
+    with pytest.raises(JobSpecError, match="is migrating to other settings"):
+        backfill_job(job, ["l3_d32"], progress=False)
