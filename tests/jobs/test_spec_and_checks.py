@@ -73,7 +73,7 @@ def test_unknown_keys_and_bad_values_are_all_reported(tmp_path):
     text = str(info.value)
     assert "unknown key 'input.txt_column'; allowed in [input]: uri, format, id_column, text_column, columns" in text
     assert "model.pooling = 'avg': Input should be 'mean', 'cls', 'max' or 'lasttoken'" in text
-    assert "output.mode = 'upsert': Input should be 'create', 'overwrite', 'append' or 'incremental'" in text
+    assert "output.mode = 'upsert': Input should be 'create', 'overwrite', 'append', 'incremental' or 'migrate'" in text
     assert "cluster.actors = 0: Input should be greater than or equal to 1" in text
 
 
@@ -163,6 +163,29 @@ def test_append_or_incremental_to_a_table_made_by_another_config_is_refused(job,
     assert "use mode = 'overwrite' (one new version, old ones stay readable) or a new output.uri" in problem
 
 
+def test_a_migration_is_checked_before_ray(job, tmp_path):
+    """mode = "migrate" on a table of other settings: the old model must still be there, the rows stay the same
+    rows; with the table's own settings it is an incremental night; a bad budget is named."""
+    resolved = check_job(load_job(job()))
+    _make_table(resolved, granularities=("l2_d32",), fingerprint="0123456789abcdef")
+    (problem,) = _problems(job(output={"mode": "migrate"}))  # the fake table's "model" has other weights
+    assert "the table's model" in problem and "has other weights now" in problem and "0123456789abcdef" in problem
+    with pytest.raises(JobSpecError) as info:
+        load_job(job(migrate={"budget": "2x"}))
+    assert info.value.problems == [
+        "migrate.budget = '2x': '2x' is not a duration: expected a number and a unit (s, m, h, d, w), e.g. 2h"
+    ]
+    with pytest.raises(JobSpecError, match=r"migrate.max_rows_per_run = 0: Input should be greater than or equal"):
+        load_job(job(migrate={"max_rows_per_run": 0}))
+
+
+def test_a_migrate_job_on_its_own_table_is_an_incremental_night(job):
+    resolved = check_job(load_job(job()))
+    _make_table(resolved)
+    again = check_job(load_job(job(output={"mode": "migrate"})))
+    assert again.migration is None and again.mode == "incremental"
+
+
 def test_validate_command(job):
     runner = CliRunner()
     ok = runner.invoke(app, ["validate", str(job())])
@@ -203,7 +226,7 @@ def test_the_spec_allows_the_vocabularys_names(job, section, key, names):
     assert info.value.problems == [f"{section}.{key} = 'nope': Input should be {allowed}"]
 
 
-@pytest.mark.parametrize("mode", [None, "create", "overwrite", "append", "incremental"])
+@pytest.mark.parametrize("mode", [None, "create", "overwrite", "append", "incremental", "migrate"])
 def test_the_resolved_mode_on_a_new_table(job, mode):
     resolved = check_job(load_job(job(output={"mode": mode} if mode else {})))
     assert resolved.mode == resolve_mode(mode, table_exists=False)
