@@ -306,7 +306,7 @@ class CompatStats:
             source=source,
             seed=seed,
             fits=tuple(fits),
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
         )
         return CompatMaps(to_old=to_old, to_new=to_new, info=info)
 
