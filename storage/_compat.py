@@ -35,7 +35,7 @@ from ._files import list_dir, read_bytes, save_addressed, table_stem
 from ._lance_io import dataset_at
 from ._migration import MigrationError, MigrationState, next_column, read_migration
 from ._provenance import METADATA_KEY, Provenance
-from ._schema import DOC_ID, ID, vector_column
+from ._schema import ID, vector_column
 
 __all__ = [
     "DEFAULT_COMPAT_SAMPLE",
@@ -47,6 +47,7 @@ __all__ = [
     "fit_compat_maps",
     "list_compat_maps",
     "load_compat_maps",
+    "richest",
     "save_compat_maps",
 ]
 
@@ -178,13 +179,12 @@ def fit_compat_maps(
             f"table {table_uri!r} has {migrated:,} migrated rows (with old and new vectors); a compatibility map "
             f"needs at least 12: migrate more rows first"
         )
-    key = DOC_ID if DOC_ID in ds.schema.names and ID not in ds.schema.names else ID
     reader = _SampleReader(old_g, new_g, columns, heldout_fraction, seed)
     rate = min(1.0, sample / migrated)
     for fragment in ds.get_fragments():
         rows = fragment.count_rows(where)
         if rows:
-            reader.read(ds, fragment, [key, *columns.values()], where, math.ceil(rows * rate))
+            reader.read(ds, fragment, [ID, *columns.values()], where, math.ceil(rows * rate))
     maps = reader.stats.solve(
         old_space=compat_space(prov),
         new_space=compat_space(state.to),
@@ -224,7 +224,14 @@ class _SampleReader:
     """Sums a fragment's sampled rows into the stats (one shard per fragment) and keeps the first held-out
     rows' vectors for the checks."""
 
-    def __init__(self, old: tuple[Granularity, ...], new: tuple[Granularity, ...], columns: dict, fraction, seed):
+    def __init__(
+        self,
+        old: tuple[Granularity, ...],
+        new: tuple[Granularity, ...],
+        columns: dict[tuple[str, Granularity], str],
+        fraction: float,
+        seed: int,
+    ) -> None:
         self.old, self.new, self.columns = old, new, columns
         self.fraction, self.seed = fraction, seed
         self.stats = CompatStats.empty(old=old, new=new)

@@ -58,9 +58,10 @@ class Provenance:
 
     @property
     def settings_fingerprint(self) -> str:
-        """sha256 (first 16 hex digits) of every setting whose change makes vectors not comparable: two
-        provenances with one fingerprint made vectors of one space (what a compatibility map is fitted for)."""
-        values = {name: getattr(self, name) for name in _CONFIG_FIELDS}
+        """sha256 (first 16 hex digits) of every setting whose change makes vectors not comparable, but which
+        granularities are kept: two provenances with one fingerprint made vectors of one space, column for column
+        (what a compatibility map is fitted for; a column added later does not change it)."""
+        values = {name: getattr(self, name) for name in _CONFIG_FIELDS if name != "granularities"}
         return hashlib.sha256(json.dumps(values, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     def differences(self, other: Provenance) -> list[str]:

@@ -95,3 +95,55 @@ def test_quality_of_the_map_on_real_text(lee_migration):
     assert report["merged"] >= 0.9 * min(report["new->new"], report["new->map->old"])
     assert report["merged_migrated"] >= 0.9 * report["new->new"]
     assert check.to_old_cosine > 0.8 and check.to_new_cosine > 0.9 and check.to_old_top1 > 0.8
+
+
+@pytest.mark.slow
+def test_map_quality_on_lee_halves(tmp_path, minilm_path):
+    """The figures of docs/compatible.md: every Lee passage split in halves (the first half the query, the second
+    the document to find), the map fitted on the table's migrated half, new granularities at 64, 128 (full depth)
+    and 256 dims (layer 4) against the old full vectors; recall@1 and @10 of the four ways to search and the merged
+    new-model search. ``pytest -m slow -s -k lee_halves tests/storage/test_migration_search.py``"""
+    from bench.corpora import lee_passages, wiki_passages
+    from jobs.quality import halves
+
+    queries, docs, relevant = halves(list(dict.fromkeys(lee_passages(60))))
+    calibration_texts = list(dict.fromkeys(wiki_passages(60)))[:1000]
+    cal = fit_calibration(ElasticEncoder.for_calibration(minilm_path, layers=[4], max_length=128), calibration_texts)
+    news = [Granularity(4, 256), Granularity(6, 128), Granularity(6, 64)]
+    old = ElasticEncoder.from_pretrained(minilm_path, [OLD], max_length=128)
+    new = ElasticEncoder.from_pretrained(minilm_path, news, max_length=128, calibration=cal)
+    old_docs, new_docs = old.encode(docs), new.encode(docs)
+    old_queries, new_queries = old.encode(queries)[OLD], new.encode(queries)
+    migrated = np.arange(len(docs)) < len(docs) // 2
+    uri = str(tmp_path / "db" / "lee.lance")
+    ids = [f"p{i}" for i in range(len(docs))]
+    write_migrating_table(uri, ids, docs, provenance_of(old), old_docs, provenance_of(new), new_docs, migrated)
+    maps = fit_compat_maps(uri)
+    print(
+        f"\n{len(queries)} queries / documents, map fitted on {maps.info.rows} migrated rows "
+        f"({maps.info.heldout_rows} held out)"
+    )
+    print("new     k   old->old new->new new->map->old old->map->new merged  held-out: R2 cos top-1")
+    for g in news:
+        check = maps.check(OLD, g)
+        for k in (1, 10):
+            r = compat_recall(
+                maps,
+                old_queries=old_queries,
+                new_queries=new_queries[g],
+                old_docs=old_docs[OLD],
+                new_docs=new_docs[g],
+                relevant=relevant,
+                old=OLD,
+                new=g,
+                k=k,
+                migrated=migrated,
+            )
+            print(
+                f"{g!s:8}{k:>2}   {r['old->old']:.3f}    {r['new->new']:.3f}    {r['new->map->old']:.3f}         "
+                f"{r['old->map->new']:.3f}         {r['merged']:.3f}   {maps.fit('to_old', g, OLD).heldout_r2:.3f} "
+                f"{check.to_old_cosine:.3f} {check.to_old_top1:.3f}"
+            )
+            assert r["new->map->old"] > 0.5 * r["new->new"] and r["old->map->new"] > 0.5 * r["old->old"]
+            assert r["merged"] > 0.5 * max(r["new->new"], r["new->map->old"])
+        assert check.to_old_cosine > 0.7 and check.to_old_top1 > 0.9
