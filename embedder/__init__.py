@@ -10,6 +10,7 @@ from ._calibrate import fit_calibration
 from ._calibration import Calibration, CalibrationInfo, LayerFit
 from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, heldout_mask
 from ._chunking import Chunking, chunk_spans
+from ._compat import COMPAT_FORMAT, CompatInfo, CompatMaps, CompatSpace, CompatStats, MapFit, PairCheck
 from ._config import (
     MODEL_DTYPES,
     POOLINGS,
@@ -23,6 +24,7 @@ from ._config import (
 from ._encoder import ElasticEncoder, EncodeResult, EncodeStats
 from ._errors import (
     CalibrationError,
+    CompatMapError,
     EmbedderError,
     EncoderConfigError,
     GranularityError,
@@ -33,7 +35,16 @@ from ._errors import (
 from ._granularity import STARBUCKS, Granularity, parse_granularities, resolve_granularities
 from ._hub import BUNDLED_MODELS, LocalModel, hub_cache_dir, local_models, resolve_model
 from ._loading import find_blocks, read_model_dir, weight_files, weights_fingerprint
-from ._quality import agreement, neighbours, pair_correlation, recall_at_k, recommend, spearman
+from ._quality import (
+    agreement,
+    compat_recall,
+    neighbours,
+    pair_correlation,
+    recall_at_k,
+    recommend,
+    retrieval_recall,
+    spearman,
+)
 from ._text import (
     EMPTY_TEXT,
     NOT_A_STRING,
@@ -50,6 +61,7 @@ from ._tokenizer import TextTokenizer, cached_tokenizer, tokenized_from_flat
 
 __all__ = [
     "BUNDLED_MODELS",
+    "COMPAT_FORMAT",
     "DEFAULT_ALPHAS",
     "EMPTY_TEXT",
     "MODEL_DTYPES",
@@ -64,6 +76,11 @@ __all__ = [
     "CalibrationInfo",
     "CalibrationStats",
     "Chunking",
+    "CompatInfo",
+    "CompatMapError",
+    "CompatMaps",
+    "CompatSpace",
+    "CompatStats",
     "ElasticEncoder",
     "EmbedderError",
     "EncodeResult",
@@ -75,8 +92,10 @@ __all__ = [
     "InvalidTextError",
     "LayerFit",
     "LocalModel",
+    "MapFit",
     "ModelDtype",
     "ModelError",
+    "PairCheck",
     "Pooling",
     "PoolingName",
     "TextTokenizer",
@@ -86,6 +105,7 @@ __all__ = [
     "cached_tokenizer",
     "check_texts",
     "chunk_spans",
+    "compat_recall",
     "decode_text",
     "embeddable_text",
     "find_blocks",
@@ -105,6 +125,7 @@ __all__ = [
     "resolve_dtype",
     "resolve_granularities",
     "resolve_model",
+    "retrieval_recall",
     "spearman",
     "text_problem",
     "tokenize",

@@ -285,18 +285,26 @@ class Calibration:
         return cls.from_bytes(data, source=str(path))
 
 
-def _header_metadata(data: bytes, source: str, key: str = _META_KEY) -> dict[str, Any]:
-    """The JSON stored under ``key`` in a safetensors header's metadata (8-byte little-endian length, then JSON)."""
+def _header_metadata(
+    data: bytes,
+    source: str,
+    key: str = _META_KEY,
+    *,
+    what: str = "calibration",
+    error: type[Exception] = CalibrationError,
+) -> dict[str, Any]:
+    """The JSON stored under ``key`` in a safetensors header's metadata (8-byte little-endian length, then JSON);
+    ``error`` naming ``source`` when the bytes are no embedjob ``what``."""
     if len(data) < 8:
-        raise CalibrationError(f"{source}: not a safetensors file ({len(data)} bytes)")
+        raise error(f"{source}: not a safetensors file ({len(data)} bytes)")
     (size,) = struct.unpack("<Q", data[:8])
     if size > len(data) - 8:
-        raise CalibrationError(f"{source}: not a safetensors file (header length {size} exceeds the file)")
+        raise error(f"{source}: not a safetensors file (header length {size} exceeds the file)")
     try:
         header = json.loads(data[8 : 8 + size])
         return json.loads(header["__metadata__"][key])
     except (ValueError, KeyError, TypeError):
-        raise CalibrationError(f"{source}: a safetensors file, but not an embedjob calibration") from None
+        raise error(f"{source}: a safetensors file, but not an embedjob {what}") from None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

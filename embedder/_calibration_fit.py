@@ -9,32 +9,26 @@ one :meth:`CalibrationStats.solve` on the driver turns the sum into a
 
 The solve: the rotation is the eigenvectors of the target covariance (largest
 first). Each exit layer's map is a ridge regression ``[x, 1] @ W ~ y @ R``,
-solved from ``X'X`` and ``X'Y R``. The ridge strength is picked per layer from a
+solved from ``X'X`` and ``X'Y R`` by :mod:`._ridge` (the one ridge solve, shared
+with the compatibility maps): the ridge strength is picked per layer from a
 grid by the squared error on the held-out part (computable from its Gram
 matrices alone), then the map is refitted on all rows with that strength.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from ._calibration import Calibration, CalibrationInfo, LayerFit, _header_metadata
 from ._errors import CalibrationError
+from ._ridge import DEFAULT_ALPHAS, MIN_FIT_ROWS, MIN_HELDOUT_ROWS, Penalty, RidgeMoments, alphas_problem
 
 __all__ = ["DEFAULT_ALPHAS", "CalibrationStats", "heldout_mask"]
-
-#: Relative ridge strengths tried on the held-out part: lambda = alpha x rows, on standardized features.
-DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-8.0, 2.01, 0.5))
-#: Fewest rows a solve accepts in each part of the sample.
-MIN_FIT_ROWS, MIN_HELDOUT_ROWS = 8, 4
-
-Penalty = Literal["standardized", "identity"]
 
 
 @dataclass(eq=False)
@@ -205,8 +199,9 @@ class CalibrationStats:
                 f"a calibration needs at least {MIN_FIT_ROWS} fitting rows and {MIN_HELDOUT_ROWS} held-out rows; "
                 f"the sample has {self.fit_rows} and {self.heldout_rows}: sample more rows"
             )
-        if not alphas or any(not (a > 0 and math.isfinite(a)) for a in alphas):
-            raise CalibrationError(f"ridge alphas must be finite and > 0, got {list(alphas)}")
+        problem = alphas_problem(alphas)
+        if problem:
+            raise CalibrationError(problem)
         rotation, variance = self._rotation(center)
         maps: dict[int, np.ndarray] = {}
         fits: list[LayerFit] = []
@@ -248,56 +243,25 @@ class CalibrationStats:
     def _fit_layer(
         self, k: int, rot: np.ndarray, alphas: Sequence[float], penalty: Penalty
     ) -> tuple[np.ndarray, LayerFit]:
-        h = self.hidden_size
-        a_fit, a_held = self.input_gram[k]
-        b_fit, b_held = self.cross[k] @ rot
-        a_all, b_all = a_fit + a_held, b_fit + b_held
-        n_fit, n_held = self.fit_rows, self.heldout_rows
-        n = n_fit + n_held
-        # penalty on standardized features (each weight scaled by its feature's spread); the bias is free
-        mean_x = a_all[:h, h] / n
-        var_x = np.clip(np.diag(a_all)[:h] / n - mean_x**2, 1e-12, None)
-        scale = var_x if penalty == "standardized" else np.full(h, var_x.mean())
-        pen = np.diag(np.append(scale, 0.0))
-        gram_held = rot.T @ self.target_gram[1] @ rot
-        t_held = self.target_sum[1] @ rot
-        m_fit = (self.target_sum[0] @ rot) / n_fit
-        d64 = min(64, h)
-
-        def heldout_error(w: np.ndarray, cols: slice) -> float:
-            wc = w[:, cols]
-            return float(
-                np.sum(wc * (a_held @ wc)) - 2 * np.sum(wc * b_held[:, cols]) + np.trace(gram_held[cols, cols])
-            )
-
-        def baseline(cols: slice) -> float:  # predicting the fitting rows' mean
-            m = m_fit[cols]
-            return float(np.trace(gram_held[cols, cols]) - 2 * m @ t_held[cols] + n_held * m @ m)
-
-        best: tuple[float, float] | None = None
-        for alpha in alphas:
-            try:
-                w = np.linalg.solve(a_fit + alpha * n_fit * pen, b_fit)
-            except np.linalg.LinAlgError:
-                continue
-            err = heldout_error(w, slice(None))
-            if math.isfinite(err) and (best is None or err < best[1]):
-                best = (float(alpha), err)
-        if best is None:
-            raise CalibrationError(f"layer {k}: every ridge strength gave a singular system; sample more rows")
-        alpha = best[0]
-        w_fit = np.linalg.solve(a_fit + alpha * n_fit * pen, b_fit)
-        r2 = 1.0 - heldout_error(w_fit, slice(None)) / max(baseline(slice(None)), 1e-30)
-        r2_64 = 1.0 - heldout_error(w_fit, slice(0, d64)) / max(baseline(slice(0, d64)), 1e-30)
-        w = np.linalg.solve(a_all + alpha * n * pen, b_all)
-        fit = LayerFit(
-            layer=k,
-            alpha=alpha,
-            ridge=float(alpha * n),
-            heldout_r2=round(float(r2), 6),
-            heldout_r2_d64=round(float(r2_64), 6),
+        moments = RidgeMoments(
+            xx=self.input_gram[k],
+            xy=self.cross[k] @ rot,
+            y_sum=self.target_sum @ rot,
+            yy_held=rot.T @ self.target_gram[1] @ rot,
+            count=(self.fit_rows, self.heldout_rows),
         )
-        return w, fit
+        fit = moments.fit(alphas, penalty)
+        if fit is None:
+            raise CalibrationError(f"layer {k}: every ridge strength gave a singular system; sample more rows")
+        d64 = slice(0, min(64, self.hidden_size))
+        layer_fit = LayerFit(
+            layer=k,
+            alpha=fit.alpha,
+            ridge=fit.ridge,
+            heldout_r2=round(moments.r2(fit.fit_weights), 6),
+            heldout_r2_d64=round(moments.r2(fit.fit_weights, d64), 6),
+        )
+        return fit.weights, layer_fit
 
 
 def heldout_mask(keys: Sequence[Any], fraction: float, seed: int = 0) -> np.ndarray:

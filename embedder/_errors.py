@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "CalibrationError",
+    "CompatMapError",
     "EmbedderError",
     "EncoderConfigError",
     "GranularityError",
@@ -35,6 +36,10 @@ class EncoderConfigError(EmbedderError, ValueError):
 
 class CalibrationError(EmbedderError, ValueError):
     """A calibration that is malformed, too small to fit, or made for another model or layers."""
+
+
+class CompatMapError(EmbedderError, ValueError):
+    """A compatibility map that is malformed, too small to fit, or made for other settings or granularities."""
 
 
 class ModelError(EmbedderError, ValueError):

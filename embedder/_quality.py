@@ -10,6 +10,10 @@ How good is a cheap granularity? Two questions, each a number per (layer, dim):
 - **Correlation with people**: :func:`pair_correlation` is the Spearman rank
   correlation between the cosines of scored text pairs and human ratings.
 
+And how well a compatibility map serves a migration: :func:`compat_recall` is
+recall@k of queries for their relevant documents, old model against old vectors,
+new against new, and across the map both ways.
+
 :func:`recommend` turns a grid of such numbers and the measured cost of each
 exit layer into the cheapest granularity within a quality budget.
 """
@@ -17,13 +21,24 @@ exit layer into the cheapest granularity within a quality budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from ._compat import CompatMaps
 from ._granularity import Granularity
 
-__all__ = ["agreement", "neighbours", "pair_correlation", "recall_at_k", "recommend", "spearman"]
+__all__ = [
+    "agreement",
+    "compat_recall",
+    "neighbours",
+    "pair_correlation",
+    "recall_at_k",
+    "recommend",
+    "retrieval_recall",
+    "spearman",
+]
 
 _BLOCK = 2048  # rows of the similarity matrix held at once
 
@@ -166,3 +181,80 @@ def recommend(
     threshold = budget * full
     fits = [g for g, q in quality.items() if q is not None and math.isfinite(q) and q >= threshold]
     return min(fits, key=lambda g: (layer_cost[g.layer], g.dim, g.layer))
+
+
+def _relevant_sets(relevant: Sequence[Any], queries: int, docs: int) -> list[set[int]]:
+    if len(relevant) != queries:
+        raise ValueError(
+            f"relevant must name the relevant documents of each of the {queries} queries; got {len(relevant)}"
+        )
+    out = []
+    for i, r in enumerate(relevant):
+        ids = {int(r)} if isinstance(r, (int, np.integer)) else {int(x) for x in r}
+        if not ids or any(not 0 <= x < docs for x in ids):
+            raise ValueError(f"query {i}: relevant documents {sorted(ids)} must be row numbers in 0..{docs - 1}")
+        out.append(ids)
+    return out
+
+
+def _recall(scores: np.ndarray, relevant: list[set[int]], k: int) -> float:
+    """Mean over queries of the share of their relevant documents among their ``k`` best-scored."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(
+        np.mean([len(rel & set(row.tolist())) / min(len(rel), k) for rel, row in zip(relevant, top, strict=True)])
+    )
+
+
+def retrieval_recall(queries: np.ndarray, docs: np.ndarray, relevant: Sequence[Any], k: int = 10) -> float:
+    """Recall@k by cosine: the mean share of each query's relevant documents (a row number of ``docs``, or a
+    list of them) among its ``k`` nearest (of at most ``k``)."""
+    rel = _relevant_sets(relevant, len(queries), len(docs))
+    return _recall(_unit_rows(queries) @ _unit_rows(docs).T, rel, k)
+
+
+def compat_recall(
+    maps: CompatMaps,
+    *,
+    old_queries: np.ndarray,
+    new_queries: np.ndarray,
+    old_docs: np.ndarray,
+    new_docs: np.ndarray,
+    relevant: Sequence[Any],
+    old: Granularity | str,
+    new: Granularity | str,
+    k: int = 10,
+    migrated: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Recall@k of a migration's four ways to search, from the queries' and documents' vectors in both spaces
+    (``old`` / ``new``: the granularities; ``relevant``: each query's relevant document rows).
+
+    ``old->old`` (the old model on the old vectors: before the migration), ``new->new`` (after it),
+    ``new->map->old`` (new-model queries mapped into the old column: how a new-model search reaches rows not
+    migrated yet), ``old->map->new`` (old-model queries mapped into the new column). With ``migrated`` (a bool
+    per document), ``merged``: a new-model search over a table with only those documents migrated, scored as
+    ``EmbeddingTable.search(..., model="new")`` does (the other documents through the map, their cosines on the
+    new scale), and ``merged_migrated`` / ``merged_unmigrated``: that recall for the queries whose relevant
+    documents are migrated / not.
+    """
+    old, new = Granularity.parse(old), Granularity.parse(new)
+    rel = _relevant_sets(relevant, len(new_queries), len(new_docs))
+    od, nd = _unit_rows(old_docs), _unit_rows(new_docs)
+    mapped_old = maps.to_old_space(new_queries, new=new, old=old)
+    mapped_new = maps.to_new_space(old_queries, old=old, new=new)
+    out: dict[str, Any] = {"k": k, "queries": len(rel), "docs": len(nd), "old": str(old), "new": str(new)}
+    out["old->old"] = _recall(_unit_rows(old_queries) @ od.T, rel, k)
+    new_scores = _unit_rows(new_queries) @ nd.T
+    out["new->new"] = _recall(new_scores, rel, k)
+    mapped_scores = _unit_rows(mapped_old) @ od.T
+    out["new->map->old"] = _recall(mapped_scores, rel, k)
+    out["old->map->new"] = _recall(_unit_rows(mapped_new) @ nd.T, rel, k)
+    if migrated is not None:
+        mask = np.asarray(migrated, dtype=bool)
+        if mask.shape != (len(nd),):
+            raise ValueError(f"migrated must be one bool per document ({len(nd)}); got shape {mask.shape}")
+        merged = np.where(mask[None, :], new_scores, maps.scores_to_new(mapped_scores, old=old, new=new))
+        out["merged"] = _recall(merged, rel, k)
+        for name, side in (("merged_migrated", True), ("merged_unmigrated", False)):
+            picked = [i for i, r in enumerate(rel) if all(mask[d] == side for d in r)]
+            out[name] = _recall(merged[picked], [rel[i] for i in picked], k) if picked else None
+    return out

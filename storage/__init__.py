@@ -13,6 +13,18 @@ from ._calibrations import (
     save_calibration,
 )
 from ._changes import commit_changes, read_hashes
+from ._compat import (
+    DEFAULT_COMPAT_SAMPLE,
+    FIT_MAP_COMMAND,
+    compat_dir,
+    compat_space,
+    compat_uri,
+    find_compat_maps,
+    fit_compat_maps,
+    list_compat_maps,
+    load_compat_maps,
+    save_compat_maps,
+)
 from ._funnel import FunnelStage, parse_stages
 from ._gc import GcReport, collect_garbage
 from ._index import MIN_INDEX_ROWS, IndexParams, IndexReport, VectorIndexError, build_index, index_params
@@ -48,6 +60,7 @@ from ._migration import (
     unmigrated_keys,
     unmigrated_rows,
 )
+from ._migration_search import MIGRATED, NewModelSearch
 from ._names import has_control_characters, split_table_uri, table_name_problem
 from ._process import process_alive, process_start_ticks
 from ._provenance import METADATA_KEY, Provenance
@@ -118,11 +131,14 @@ __all__ = [
     "CHUNK",
     "CHUNK_COLUMNS",
     "CONTENT_HASH",
+    "DEFAULT_COMPAT_SAMPLE",
     "DOC_ID",
     "EMBEDDED_AT",
+    "FIT_MAP_COMMAND",
     "ID",
     "LATEST_GOOD",
     "METADATA_KEY",
+    "MIGRATED",
     "MIGRATION_KEY",
     "MIN_INDEX_ROWS",
     "NEXT_PREFIX",
@@ -145,6 +161,7 @@ __all__ = [
     "LockStoreWarning",
     "MigrationError",
     "MigrationState",
+    "NewModelSearch",
     "NoStoredTextError",
     "ObjectStore",
     "Provenance",
@@ -179,12 +196,17 @@ __all__ = [
     "commit_message",
     "commit_new_columns",
     "committed_by",
+    "compat_dir",
+    "compat_space",
+    "compat_uri",
     "content_hash",
     "count_rows",
     "dataset_schema",
     "dataset_version",
     "drop_source_locations",
     "error_line",
+    "find_compat_maps",
+    "fit_compat_maps",
     "fragment_ids",
     "has_control_characters",
     "holds_vectors",
@@ -193,7 +215,9 @@ __all__ = [
     "is_run_id",
     "is_vector_column",
     "list_calibrations",
+    "list_compat_maps",
     "load_calibration",
+    "load_compat_maps",
     "migrated_rows",
     "move_latest_good",
     "new_run_id",
@@ -215,6 +239,7 @@ __all__ = [
     "run_tag",
     "sample_texts",
     "save_calibration",
+    "save_compat_maps",
     "sibling_uri",
     "split_table_uri",
     "staged_runs",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from embedder import Calibration, CalibrationError
 
-from ._files import filesystem, list_dir, read_bytes, table_stem, write_bytes
+from ._files import list_dir, read_bytes, save_addressed, table_stem
 
 __all__ = ["calibration_dir", "calibration_uri", "list_calibrations", "load_calibration", "save_calibration"]
 
@@ -33,13 +33,8 @@ def save_calibration(
 ) -> str:
     """Write the calibration (and its readable ``.json``) next to the table; returns its URI. Idempotent."""
     uri = calibration_uri(table_uri, calibration.fingerprint)
-    fs, path = filesystem(uri, storage_options)
-    if fs.get_file_info(path).size:  # already there: same fingerprint, same content
-        return uri
     meta = (json.dumps(calibration.describe(), indent=2) + "\n").encode()
-    write_bytes(uri[: -len(_SUFFIX)] + ".json", meta, storage_options)
-    write_bytes(uri, calibration.to_bytes(), storage_options)  # last: a file with this name is complete
-    return uri
+    return save_addressed(uri, calibration.to_bytes(), meta, storage_options)
 
 
 def load_calibration(uri: str, *, storage_options: Mapping[str, str] | None = None) -> Calibration:

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["delete_tree", "filesystem", "list_dir", "read_bytes", "table_stem", "write_bytes"]
+__all__ = [
+    "delete_tree",
+    "filesystem",
+    "list_dir",
+    "read_bytes",
+    "save_addressed",
+    "table_stem",
+    "write_bytes",
+]
 
 
 def table_stem(table_uri: str) -> str:
@@ -84,3 +92,15 @@ def delete_tree(uri: str, storage_options: Mapping[str, str] | None = None) -> N
     fs, path = filesystem(uri, storage_options)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
+
+
+def save_addressed(uri: str, data: bytes, readable: bytes, storage_options: Mapping[str, str] | None = None) -> str:
+    """Write a content-addressed side file (``<folder>/<fingerprint>.safetensors``, the name its content's hash)
+    and its readable ``.json`` beside it; returns ``uri``. Idempotent: a file already there has this content.
+    The data goes last, so a file with this name is complete."""
+    fs, path = filesystem(uri, storage_options)
+    if fs.get_file_info(path).size:
+        return uri
+    write_bytes(uri.rsplit(".", 1)[0] + ".json", readable, storage_options)
+    write_bytes(uri, data, storage_options)
+    return uri

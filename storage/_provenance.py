@@ -6,6 +6,7 @@ provenance with the table's before it writes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -54,6 +55,14 @@ class Provenance:
         data: dict[str, Any] = json.loads(text)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def settings_fingerprint(self) -> str:
+        """sha256 (first 16 hex digits) of every setting whose change makes vectors not comparable, but which
+        granularities are kept: two provenances with one fingerprint made vectors of one space, column for column
+        (what a compatibility map is fitted for; a column added later does not change it)."""
+        values = {name: getattr(self, name) for name in _CONFIG_FIELDS if name != "granularities"}
+        return hashlib.sha256(json.dumps(values, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     def differences(self, other: Provenance) -> list[str]:
         """Human-readable list of config fields that differ, e.g. ``"pooling: mean -> cls"``."""

@@ -14,13 +14,14 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from embedder import Calibration, CalibrationError, ElasticEncoder, Granularity, GranularityError, ModelError
+from embedder import Calibration, ElasticEncoder, Granularity, GranularityError
 
-from ._calibrations import calibration_uri, load_calibration
 from ._funnel import FunnelStage, StageSpec, funnel_search_vectors, parse_stages
 from ._index import IndexReport, build_index, describe_indexes
 from ._lance_io import sibling_uri, table_exists
 from ._lock import TableLock
+from ._migration import MIGRATION_KEY, MigrationState
+from ._migration_search import NewModelSearch, encoder_for, table_calibration
 from ._names import split_table_uri
 from ._provenance import METADATA_KEY, Provenance
 from ._schema import (
@@ -32,6 +33,7 @@ from ._schema import (
     vector_column,
 )
 from ._tags import RollbackReport, rollback_table, tags_of
+from .vocab import QUERY_MODELS, QueryModel
 
 __all__ = ["EmbeddingTable", "TableNotFoundError", "open_table"]
 
@@ -66,6 +68,7 @@ class EmbeddingTable:
         self.provenance = provenance
         self.storage_options = storage_options
         self._encoder: ElasticEncoder | None = None
+        self._new_encoder: ElasticEncoder | None = None
 
     def __repr__(self) -> str:
         return (
@@ -145,17 +148,20 @@ class EmbeddingTable:
     @cached_property
     def calibration(self) -> Calibration | None:
         """The calibration this table's vectors (and its queries) go through; None when it has none."""
-        fp = self.provenance.calibration
-        if not fp:
-            return None
-        uri = calibration_uri(self.uri, fp)
-        try:
-            return load_calibration(uri, storage_options=self.storage_options)
-        except CalibrationError as exc:
-            raise CalibrationError(
-                f"table {self.uri!r} was embedded with calibration {fp}, which cannot be loaded ({exc}); "
-                f"queries would not go through the same maps as its vectors"
-            ) from None
+        return table_calibration(self.uri, self.provenance.calibration, self.storage_options, "the vectors")
+
+    @property
+    def migration(self) -> MigrationState | None:
+        """The migration in progress at this version (new settings in ``next_vec_*``); None when there is none."""
+        raw = (self.dataset.schema.metadata or {}).get(MIGRATION_KEY)
+        return MigrationState.from_json(raw) if raw else None
+
+    @cached_property
+    def new_model_search(self) -> NewModelSearch:
+        """What ``search(..., model="new")`` goes through: the migration and its compatibility maps (the newest
+        fitted between this table's settings and the migration's). Refused with :class:`storage.MigrationError`
+        when the table is not migrating or no map is fitted yet (``embedjob migrate fit-map TABLE``)."""
+        return NewModelSearch.of(self.uri, self.provenance, self.migration, self.storage_options)
 
     # ----------------------------------------------------------------- search
     @property
@@ -165,23 +171,19 @@ class EmbeddingTable:
         Loaded once; each query runs only the layers its granularities need.
         """
         if self._encoder is None:
-            prov = self.provenance
-            enc = ElasticEncoder.from_pretrained(
-                prov.model_path,
-                list(self.granularities),
-                pooling=prov.pooling,
-                normalize=prov.normalize,
-                max_length=prov.max_length,
-                calibration=self.calibration,
-            )
-            if enc.fingerprint != prov.weights_fingerprint:
-                raise ModelError(
-                    prov.model_path,
-                    f"its weights are now {enc.fingerprint}, but this table was embedded with "
-                    f"{prov.weights_fingerprint}; query vectors would not be comparable",
-                )
-            self._encoder = enc
+            self._encoder = encoder_for(self.provenance, self.calibration)
         return self._encoder
+
+    @property
+    def new_encoder(self) -> ElasticEncoder:
+        """The migration's model (its ``to`` settings: pooling, max_length, calibration from next to the table),
+        serving every new granularity: what embeds a ``model="new"`` query. Loaded once."""
+        if self._new_encoder is None:
+            to = self.new_model_search.state.to
+            self._new_encoder = encoder_for(
+                to, table_calibration(self.uri, to.calibration, self.storage_options, "the migration")
+            )
+        return self._new_encoder
 
     def resolve_granularity(self, granularity: str | Granularity | None) -> Granularity:
         """``granularity`` as one of this table's (default: the richest); GranularityError names the ones it has."""
@@ -215,6 +217,8 @@ class EmbeddingTable:
         where: str | None = None,
         nprobes: int | None = None,
         per_document: bool = False,
+        model: QueryModel = "old",
+        old_granularity: str | Granularity | None = None,
     ) -> pa.Table:
         """Top ``k`` rows at ``granularity`` (default: the richest), best first, for a query given as
         ``text`` (embedded as the table's rows were: same model, pooling, calibration) or as a ``vector``.
@@ -224,35 +228,63 @@ class EmbeddingTable:
         (cosine similarity), ``_distance`` and the table's text/passthrough columns (or ``columns``). Only the
         layers the granularity needs are run for a text query. ``per_document`` (a chunked table): the best
         chunk of each of the top ``k`` documents.
+
+        ``model="new"`` (a migrating table): the query is embedded with the migration's model alone (a
+        ``vector`` is one of its vectors) at ``granularity``, one of the migration's (default: the richest).
+        Migrated rows are scored on their new vectors; the others on their old ``old_granularity`` column
+        (default: the richest the compatibility map reaches) with the query mapped into it, those cosines put on
+        the new vectors' scale by the map's equating; one list, best first, with a ``migrated`` column saying
+        which vectors scored each hit. Needs a fitted map (``embedjob migrate fit-map TABLE``).
+
+        >>> table.search("rates rise", model="new")   # doctest: +SKIP
         """
-        g = self.resolve_granularity(granularity)
+        target = self._target(granularity, model, old_granularity)
+        g = target[0]
         options = {"columns": columns, "where": where, "nprobes": nprobes, "per_document": per_document}
         if (text is None) == (vector is None):
             raise ValueError("search needs a query: text (a string or a list of strings) or vector=, not both")
         if vector is not None:
             vectors = np.asarray(vector, dtype=np.float32)
             if vectors.ndim == 1:
-                return self.search_vector(vectors, g, k, **options)
+                return self._search(vectors, target, k, **options)
             if vectors.ndim != 2 or vectors.shape[1] != g.dim:
                 raise ValueError(f"vector must have shape ({g.dim},) or (n, {g.dim}) for {g}, got {vectors.shape}")
-            return self._search_batch(vectors, g, k, options)
+            return self._search_batch(vectors, target, k, options)
+        encoder = self.encoder if target[1] is None else self.new_encoder
         if isinstance(text, str):
-            return self.search_vector(self.embed_query(text, g), g, k, **options)
+            return self._search(encoder.encode([text], [g])[g][0], target, k, **options)
         texts = list(text)
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise ValueError(f"queries must be strings; query {bad[0]} is {type(texts[bad[0]]).__name__}")
-        return self._search_batch(self.encoder.encode(texts, [g])[g] if texts else np.zeros((0, g.dim)), g, k, options)
+        vectors = encoder.encode(texts, [g])[g] if texts else np.zeros((0, g.dim))
+        return self._search_batch(vectors, target, k, options)
 
-    def _search_batch(self, vectors: np.ndarray, g: Granularity, k: int, options: dict[str, Any]) -> pa.Table:
+    def _target(
+        self, granularity: str | Granularity | None, model: str, old_granularity: str | Granularity | None
+    ) -> tuple[Granularity, Granularity | None]:
+        """(the granularity searched, None) for the table's model; (the migration's granularity, the old one its
+        query is mapped into) for ``model="new"``."""
+        if model not in QUERY_MODELS:
+            raise ValueError(f"model must be one of {', '.join(QUERY_MODELS)}, got {model!r}")
+        if model == "new":
+            return self.new_model_search.resolve(granularity, old_granularity)
+        if old_granularity is not None:
+            raise ValueError("old_granularity is for model='new' (the column a mapped new-model query searches)")
+        return self.resolve_granularity(granularity), None
+
+    def _search_batch(
+        self, vectors: np.ndarray, target: tuple[Granularity, Granularity | None], k: int, options: dict[str, Any]
+    ) -> pa.Table:
         """One search per row of ``vectors``; the hits in one table, each with its query's position first."""
         parts = []
         for i, vec in enumerate(vectors):
-            hits = self.search_vector(vec, g, k, **options)
+            hits = self._search(vec, target, k, **options)
             parts.append(hits.add_column(0, "query", pa.array([i] * hits.num_rows, pa.int32())))
         if not parts:
-            unit = np.full(g.dim, 1 / np.sqrt(g.dim), dtype=np.float32)  # any query: only the columns are kept
-            empty = self.search_vector(unit, g, 1, **options).slice(0, 0)
+            dim = target[0].dim
+            unit = np.full(dim, 1 / np.sqrt(dim), dtype=np.float32)  # any query: only the columns are kept
+            empty = self._search(unit, target, 1, **options).slice(0, 0)
             return empty.add_column(0, "query", pa.array([], pa.int32()))
         return pa.concat_tables(parts)
 
@@ -266,19 +298,43 @@ class EmbeddingTable:
         where: str | None = None,
         nprobes: int | None = None,
         per_document: bool = False,
+        model: QueryModel = "old",
+        old_granularity: str | Granularity | None = None,
     ) -> pa.Table:
         """Top ``k`` rows for a query vector at ``granularity``; through the column's index when it has one
         (``nprobes`` IVF partitions probed), rows added since the index was built are scanned exactly.
 
-        ``per_document`` (a chunked table): the best chunk of each of the top ``k`` documents.
+        ``per_document`` (a chunked table): the best chunk of each of the top ``k`` documents. ``model="new"``:
+        ``vector`` is the migration's model's, searched as :meth:`search` does.
         """
-        g = self.resolve_granularity(granularity)
+        target = self._target(granularity, model, old_granularity)
+        return self._search(vector, target, k, columns=columns, where=where, nprobes=nprobes, per_document=per_document)
+
+    def _search(
+        self,
+        vector: np.ndarray,
+        target: tuple[Granularity, Granularity | None],
+        k: int,
+        *,
+        columns: Sequence[str] | None,
+        where: str | None,
+        nprobes: int | None,
+        per_document: bool,
+    ) -> pa.Table:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if columns is None:
             columns = self._result_columns()
+        g, old = target
+
+        def fetch(limit: int, cols: Sequence[str]) -> pa.Table:
+            if old is None:
+                return self._nearest(vector, vector_column(str(g)), limit, cols, where, nprobes)
+            nearest = lambda v, col, n, c, w: self._nearest(v, col, n, c, w, nprobes)  # noqa: E731
+            return self.new_model_search.hits(nearest, np.asarray(vector, dtype=np.float32), g, old, limit, cols, where)
+
         if not per_document:
-            return self._nearest(vector, g, k, columns, where, nprobes)
+            return fetch(k, columns)
         if not self.chunked:
             raise ValueError(
                 f"per_document needs a chunked table ([chunking] in the job); {self.uri!r} has a row per text"
@@ -286,7 +342,7 @@ class EmbeddingTable:
         columns = list(columns) if DOC_ID in columns else [*columns, DOC_ID]
         limit, total = 4 * k, self.count_rows()
         while True:  # fetch more chunks until k documents are found or every row was seen
-            hits = self._nearest(vector, g, limit, columns, where, nprobes)
+            hits = fetch(limit, columns)
             best = _first_per_document(hits)
             if best.num_rows >= k or hits.num_rows < limit or limit >= total:
                 return best.slice(0, k)
@@ -298,10 +354,10 @@ class EmbeddingTable:
         return bool(self.provenance.chunking)
 
     def _nearest(
-        self, vector: Any, g: Granularity, limit: int, columns: Sequence[str], where: str | None, nprobes: int | None
+        self, vector: Any, column: str, limit: int, columns: Sequence[str], where: str | None, nprobes: int | None
     ) -> pa.Table:
         query = (
-            self.lancedb_table.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_column(str(g)))
+            self.lancedb_table.search(np.asarray(vector, dtype=np.float32), vector_column_name=column)
             .distance_type("cosine")
             .limit(limit)
             .select([*columns, "_distance"])
@@ -363,6 +419,7 @@ class EmbeddingTable:
         return plan
 
     def _result_columns(self) -> list[str]:
+        """Every column but the vectors (a migration's ``next_vec_*``, kept ``prev_vec_*`` too) and bookkeeping."""
         return [f.name for f in self.dataset.schema if not holds_vectors(f.name) and f.name not in BOOKKEEPING_COLUMNS]
 
     # ---------------------------------------------------------------- indexes
@@ -426,7 +483,9 @@ class EmbeddingTable:
     def refresh(self) -> EmbeddingTable:
         """Read the table's latest version from now on (a table object otherwise keeps the version it opened)."""
         self.dataset = lance.dataset(self.uri, storage_options=self.storage_options)
-        self.__dict__.pop("lancedb_table", None)
+        for cached in ("lancedb_table", "new_model_search"):
+            self.__dict__.pop(cached, None)
+        self._new_encoder = None
         return self
 
 

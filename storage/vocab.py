@@ -30,6 +30,7 @@ __all__ = [
     "MODEL_DTYPES",
     "OUTPUT_MODES",
     "POOLINGS",
+    "QUERY_MODELS",
     "TOKENIZE_CHOICES",
     "VECTOR_DTYPE_NAMES",
     "CalibrateLayerChoice",
@@ -39,6 +40,7 @@ __all__ = [
     "ModelDtype",
     "OutputMode",
     "PoolingName",
+    "QueryModel",
     "TokenizeChoice",
     "VectorDtype",
     "keeps_existing_rows",
@@ -80,6 +82,11 @@ CALIBRATE_LAYER_CHOICES: tuple[str, ...] = get_args(CalibrateLayerChoice)
 #: (a probe file); "overlap", the share of a sampled row's top k that the previous good version had too
 GateMetric = Literal["recall", "overlap"]
 GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
+
+#: which settings embed a search's query: the table's own ("old"), or, while the table migrates, the
+#: migration's ("new": rows not migrated yet are searched through the compatibility map)
+QueryModel = Literal["old", "new"]
+QUERY_MODELS: tuple[str, ...] = get_args(QueryModel)
 
 
 def resolve_mode(requested: OutputMode | None, table_exists: bool) -> OutputMode:

@@ -326,6 +326,11 @@ def _check_calibration(ns: dict, outputs: list[tuple[str, str]]) -> None:
     assert Path("minilm.safetensors").is_file() and Path("quality_map/quality_map.json").is_file()
 
 
+def _check_compatible(ns: dict, outputs: list[tuple[str, str]]) -> None:
+    maps = ns["maps"]
+    assert maps.info.rows == 2000 and maps.fit("to_old", "l4_d32", "l6_d48").heldout_r2 > 0.5
+
+
 def _check_nights(ns: dict, outputs: list[tuple[str, str]]) -> None:
     from storage import LATEST_GOOD, open_table
 
@@ -346,6 +351,7 @@ CHECKS: dict[str, Callable[[dict, list[tuple[str, str]]], None]] = {
     "docs/python.md": _check_python,
     "docs/calibration.md": _check_calibration,
     "docs/nights.md": _check_nights,
+    "docs/compatible.md": _check_compatible,
 }
 RUN_PAGES = [p for p in ALL if p.runnable("python", "bash", "sh")]
 

@@ -4,7 +4,7 @@
 - ``_console``: the consoles and the one way to fail (``error: <one line>``, exit code 2);
 - ``_jobs``: validate, run, resume; ``_tables``: inspect, index, query, gc;
   ``_models``: calibrate, model-info; ``_cluster``: submit, status, logs, stop;
-  ``_quality``: evaluate; ``_schedules``: the ``schedule`` group.
+  ``_quality``: evaluate; ``_schedules``: the ``schedule`` group; ``_migrate``: the ``migrate`` group.
 
 Each command module registers its commands on the one app when imported; the
 order of the imports below is the order of the commands in ``embedjob --help``.

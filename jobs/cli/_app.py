@@ -1,6 +1,6 @@
 """The one ``embedjob`` app, its one error path and ``--debug``, and what several command modules share.
 
-Each command module (``_jobs``, ``_tables``, ``_models``, ``_cluster``, ``_quality``, ``_schedules``)
+Each command module (``_jobs``, ``_tables``, ``_models``, ``_cluster``, ``_quality``, ``_schedules``, ``_migrate``)
 registers its commands on :data:`app` when it is imported.
 """
 

@@ -3,11 +3,13 @@
 ``evaluate_job`` / ``evaluate_table`` measure every (layer, dim) on a sample:
 agreement with the full vector, encode cost per layer, and correlation with
 human ratings (the built-in Lee set, a user's own pairs file); ``embedjob
-evaluate`` and bench/ use the same names.
+evaluate`` and bench/ use the same names. ``migration_quality`` measures a
+migration's compatibility map by retrieval on real text.
 """
 
 from __future__ import annotations
 
+from ._compat import halves, migration_quality
 from ._human import (
     LEE_INSTALL_HINT,
     PairsFileError,
@@ -51,8 +53,10 @@ __all__ = [
     "evaluate_job",
     "evaluate_table",
     "gensim_data_dir",
+    "halves",
     "lee_scored",
     "lee_set",
+    "migration_quality",
     "quality_grid",
     "read_pairs",
     "read_text_lines",
