@@ -13,6 +13,7 @@ from ._calibrations import calibration_uri, list_calibrations
 from ._files import filesystem
 from ._lance_io import read_provenance, sibling_uri, table_exists
 from ._lock import TableLock
+from ._migration import MIGRATION_KEY, MigrationState
 from ._provenance import METADATA_KEY, Provenance
 from ._staging import StagingRecord, staged_runs
 from ._table import TableNotFoundError
@@ -133,15 +134,16 @@ def _clean_versions(table_uri: str, opts: dict[str, str] | None, older_than: tim
 
 
 def _calibrations_in_use(table_uri: str, opts: dict[str, str] | None) -> set[str | None]:
-    """The calibration fingerprints the table's remaining versions name in their provenance."""
+    """The calibration fingerprints the table's remaining versions name: in their provenance, and as the new
+    settings of a migration in progress (``storage._migration``)."""
     used: set[str | None] = set()
     ds = lance.dataset(table_uri, storage_options=opts)
     for v in ds.versions():
-        raw = (lance.dataset(table_uri, version=v["version"], storage_options=opts).schema.metadata or {}).get(
-            METADATA_KEY
-        )
-        if raw:
-            used.add(Provenance.from_json(raw).calibration)
+        metadata = lance.dataset(table_uri, version=v["version"], storage_options=opts).schema.metadata or {}
+        if metadata.get(METADATA_KEY):
+            used.add(Provenance.from_json(metadata[METADATA_KEY]).calibration)
+        if metadata.get(MIGRATION_KEY):
+            used.add(MigrationState.from_json(metadata[MIGRATION_KEY]).to.calibration)
     return used
 
 

@@ -167,3 +167,14 @@ def test_a_backfill_is_refused_while_the_table_migrates(tmp_path, tiny_bert_dir)
     )
     with pytest.raises(JobSpecError, match="is migrating to other settings"):
         backfill_job(job, ["l3_d32"], progress=False)
+
+
+def test_gc_keeps_the_calibration_a_migration_moves_to(tmp_path, tiny_bert_dir):
+    from storage._gc import _calibrations_in_use
+
+    uri = _table(tmp_path, tiny_bert_dir, n=4)
+    state = _state(uri)
+    state = dataclasses.replace(state, to=dataclasses.replace(state.to, calibration="c0ffee"))
+    assert "c0ffee" not in _calibrations_in_use(uri, None)
+    begin_migration(uri, state, read_version=lance.dataset(uri).version)
+    assert "c0ffee" in _calibrations_in_use(uri, None)
