@@ -233,9 +233,9 @@ class GateSpec(_Strict):
         return self
 
 
-def parse_duration(text: str) -> timedelta:
+def parse_duration(text: str, example: str = "2h") -> timedelta:
     """``"90s"``, ``"30m"``, ``"2h"``, ``"7d"``, ``"1w"``: a number and a unit; ValueError naming the value
-    and the allowed forms otherwise."""
+    and the allowed forms (with ``example``) otherwise."""
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     value, unit = text.strip()[:-1], text.strip()[-1:]
     try:

@@ -422,7 +422,7 @@ def _duration(text: str):
     from .._spec import parse_duration
 
     try:
-        return parse_duration(text)
+        return parse_duration(text, example="7d")
     except ValueError as exc:
         fail(ValueError(f"--older-than {exc}"))
 

@@ -197,3 +197,62 @@ def test_a_step_killed_mid_slice_resumes_without_losing_or_doubling_a_row(
     assert resumed.rows_migrated == 50 and resumed.rows_embedded == 50
     audit = audit_migration(uri, rows, tiny_bert_dir, second_bert)
     assert audit["migrated"] == 50 and staged <= audit["ids"]
+
+
+@pytest.mark.slow  # ~3 min: the real model, three runs per pair of settings
+@pytest.mark.parametrize("to", ["finetuned", "calibrated"])
+def test_the_real_model_migrates_to_other_weights_or_a_calibration(
+    ray_local, tmp_path, minilm_path, finetuned_minilm, lee_articles, to
+):
+    """Raw all-MiniLM-L6-v2 to a second set of weights (fine-tuned offline) or to itself with a calibration
+    (``calibration = "auto"``, fitted by the first step): 2 steps and the switch, audited after each on real
+    text, every row's vectors equal to a fresh embedding with the settings they claim."""
+    grans, new_grans = ["l3_d64", "l6_d384"], ["l6_d128"]
+    rows = {f"lee-{i:03d}": a for i, a in enumerate(lee_articles[:60])}
+    corpus = tmp_path / "docs.parquet"
+    _corpus(corpus, rows)
+    uri = run_job(_job(tmp_path, corpus, minilm_path, grans, "old.toml"), progress=False).table_uri
+    new_model = finetuned_minilm if to == "finetuned" else minilm_path
+    extra = {} if to == "finetuned" else {"calibrate": {"sample": 60, "heldout": 0.2}}
+    new_job = _job(tmp_path, corpus, new_model, new_grans, "new.toml", migrate={"max_rows_per_run": 30}, **extra)
+    if to == "calibrated":
+        new_job.write_text('calibration = "auto"\n' + new_job.read_text())
+    step = {"output.mode": "migrate"}
+    for night in (1, 2):
+        summary = run_job(new_job, progress=False, overrides=step)
+        assert summary.rows_migrated == 30 and summary.status == "committed"
+        table = open_table(uri).dataset.to_table()
+        ids = table.column("id").to_pylist()
+        assert sorted(ids) == sorted(rows)
+        texts = [rows[i] for i in ids]
+        old = ElasticEncoder.from_pretrained(minilm_path, grans, device="cpu").encode(texts)
+        for g, fresh in old.items():
+            stored = np.asarray(table.column(f"vec_{g}").to_pylist(), dtype=np.float32)
+            assert np.min(np.sum(stored * fresh, axis=1)) > 0.999
+        if night == 1:
+            state = read_migration(uri)
+            cal = _table_calibration(uri, state.to.calibration) if to == "calibrated" else None
+            assert (cal is not None) == (to == "calibrated")
+            new = ElasticEncoder.from_pretrained(new_model, new_grans, device="cpu", calibration=cal)
+        if night == 2:
+            assert summary.migration["switched"]
+            column = f"vec_{new_grans[0]}"
+        else:
+            column = f"next_vec_{new_grans[0]}"
+        values = table.column(column).to_pylist() if column in table.column_names else None
+        if values is None:  # switched: read the new table
+            table = open_table(uri).dataset.to_table()
+            ids, values = table.column("id").to_pylist(), table.column(column).to_pylist()
+            texts = [rows[i] for i in ids]
+        done = [k for k, v in enumerate(values) if v is not None]
+        assert len(done) == 30 * night
+        fresh = new.encode([texts[k] for k in done])[Granularity.parse(new_grans[0])]
+        stored = np.asarray([values[k] for k in done], dtype=np.float32)
+        assert np.min(np.sum(stored * fresh, axis=1)) > 0.999
+    assert read_provenance(uri).granularities == tuple(new_grans)
+
+
+def _table_calibration(uri: str, fingerprint: str):
+    from storage import calibration_uri, load_calibration
+
+    return load_calibration(calibration_uri(uri, fingerprint))
