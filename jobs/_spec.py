@@ -243,7 +243,9 @@ def parse_duration(text: str, example: str = "2h") -> timedelta:
             raise ValueError
         duration = timedelta(**{units[unit]: float(value)})
     except (ValueError, OverflowError):
-        raise ValueError(f"{text!r} is not a duration: expected a number and a unit (s, m, h, d, w), e.g. 2h") from None
+        raise ValueError(
+            f"{text!r} is not a duration: expected a number and a unit (s, m, h, d, w), e.g. {example}"
+        ) from None
     if duration.total_seconds() <= 0:
         raise ValueError(f"{text!r}: a duration must be above zero")
     return duration
