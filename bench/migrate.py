@@ -11,9 +11,12 @@ each a whole ``embedjob run`` process timed from the outside:
 
 Figures: one migration night's wall time against the overwrite's; the nights the budget needs; the marginal
 cost per row (a night less the fixed cost, per old row taken) against the overwrite's; the whole migration's
-time against the overwrite's; and that the table answered a search with the old model after every night.
+time against the overwrite's; that the table answered a search with the old model after every night; and,
+after the first night, the compatibility map fitted on the rows migrated so far (``fit_compat_maps``): recall
+on Lee passages split in halves (first half a query for the second), old->old, new->new, new queries through
+the map against old vectors, and a new-model search over a half-migrated corpus.
 
-    python -m bench.migrate [--n 3000] [--per-night 750] [--to finetuned] [--json out/bench/migrate.json]
+    python -m bench.migrate [--n 3000] [--per-night 1000] [--to finetuned] [--json out/bench/migrate.json]
 """
 
 from __future__ import annotations
@@ -76,9 +79,10 @@ def _searchable(uri: str, rows: dict[str, str], probe: str) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=3000, help="passages in the corpus (default 3000)")
-    parser.add_argument("--per-night", type=int, default=750, help="old rows per migration night (default 750)")
+    parser.add_argument("--per-night", type=int, default=1000, help="old rows per migration night (default 1000)")
     parser.add_argument("--to", choices=("finetuned", "calibrated"), default="finetuned", help="the new settings")
     parser.add_argument("--steps", type=int, default=300, help="--to finetuned: fine-tuning steps (default 300)")
+    parser.add_argument("--k", type=int, default=10, help="recall@k of the map's quality (default 10)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -118,6 +122,7 @@ def main() -> int:
     nights: list[float] = []
     taken: list[int] = []
     searchable: list[bool] = []
+    quality: dict | None = None
     probe = sorted(rows)[len(rows) // 2]
     while True:
         seconds = run_embedjob(mig_job, log)
@@ -126,6 +131,8 @@ def main() -> int:
         taken.append(int(record.get("rows_migrated") or 0))
         searchable.append(_searchable(str(mig_uri), rows, probe))
         print(f"migration night {len(nights)}:       {seconds:8.1f} s  ({taken[-1]:,} old rows)")
+        if quality is None and read_migration(str(mig_uri)) is not None:
+            quality = _map_quality(str(mig_uri), args.k)  # mid-migration: the map from the rows migrated so far
         if read_migration(str(mig_uri)) is None or len(nights) > math.ceil(args.n / args.per_night) + 1:
             break
     fixed = run_embedjob(mig_job, log)  # after the switch: an incremental night with nothing to do
@@ -175,18 +182,46 @@ def main() -> int:
         Check("searchable after every night (old model, then new)", str(all(searchable)), "True", all(searchable)),
         Check("switched to the new settings", str(same), "True", same),
     ]
-    quality = _map_quality(args, new_model, calibration)
     if quality is not None:
-        figures["map_quality"] = quality
         checks += quality.pop("checks")
+        figures["map_quality"] = quality
     write_report(args.json, "migrate", checks, **figures)
     print(f"(work folder: {folder})")
     return 0 if all(c.holds is not False for c in checks) else 1
 
 
-def _map_quality(args, new_model: str, calibration: str | None) -> dict | None:
-    """The compatibility map's retrieval quality (filled in with the map's report)."""
-    return None
+def _map_quality(uri: str, k: int) -> dict:
+    """The compatibility map fitted on the rows a migrating table has migrated (``embedjob migrate fit-map``),
+    measured on text it never saw: the Lee passages split in halves, the first half a query for the second.
+    Recall@k of old->old, new->new, new queries through the map against old vectors (and back), and a new-model
+    search over a half-migrated corpus (``merged``), per new granularity against the old richest."""
+    from bench.corpora import lee_passages
+    from embedder import ElasticEncoder
+    from jobs.quality import halves, migration_quality
+    from storage import calibration_uri, fit_compat_maps, load_calibration, read_migration, read_provenance
+
+    old_prov, to = read_provenance(uri), read_migration(uri).to
+    maps = fit_compat_maps(uri)
+    cal = load_calibration(calibration_uri(uri, to.calibration)) if to.calibration else None
+    old = ElasticEncoder.from_pretrained(old_prov.model_path, list(old_prov.granularities), device="cpu")
+    new = ElasticEncoder.from_pretrained(to.model_path, list(to.granularities), device="cpu", calibration=cal)
+    queries, docs, relevant = halves(lee_passages())
+    out: dict = {"fitted_on": maps.source, "k": k, "pairs": []}
+    checks = []
+    for o, n in sorted(maps.pairs, key=lambda p: (p[1].layer, p[1].dim)):
+        q = migration_quality(
+            maps, docs, queries, relevant, old=old, new=new, old_granularity=o, new_granularity=n, k=k
+        )
+        out["pairs"].append(q)
+        line = ", ".join(
+            f"{key} {q[key]:.3f}" for key in ("old->old", "new->new", "new->map->old", "old->map->new", "merged")
+        )
+        print(f"map old {o} <- new {n}, recall@{k} on {len(queries):,} Lee halves: {line}")
+        checks.append(Check(f"recall@{k} new->map->old (old {o}, new {n})", q["new->map->old"], "context", None))
+        ratio = q["new->map->old"] / q["new->new"] if q["new->new"] else 0.0
+        checks.append(Check(f"new->map->old / new->new (old {o}, new {n})", ratio, ">= 0.8", ratio >= 0.8))
+    out["checks"] = checks
+    return out
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "incremental": (["--n", "20000"], ["--n", "800"]),
     "funnel": (["--n", "20000"], ["--n", "2000", "--queries", "50", "--folder", "out/bench/funnel-quick"]),
     "scale": (["--n", "100000"], ["--n", "2000", "--folder", "out/bench/scale-quick"]),
+    "migrate": ([], ["--n", "300", "--per-night", "100", "--to", "calibrated"]),
 }
 
 
