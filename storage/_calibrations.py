@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from embedder import Calibration, CalibrationError
 
-from ._files import list_dir, read_bytes, save_addressed, table_stem
+from ._files import list_addressed, read_addressed, save_addressed, table_stem
 
 __all__ = ["calibration_dir", "calibration_uri", "list_calibrations", "load_calibration", "save_calibration"]
 
@@ -39,24 +39,14 @@ def save_calibration(
 
 def load_calibration(uri: str, *, storage_options: Mapping[str, str] | None = None) -> Calibration:
     """Read a calibration file (local or ``s3://``)."""
-    try:
-        data = read_bytes(uri, storage_options)
-    except FileNotFoundError:
-        raise CalibrationError(f"calibration file {uri!r} does not exist") from None
-    except OSError as exc:
-        raise CalibrationError(f"cannot read calibration file {uri!r}: {exc}") from None
+    data = read_addressed(uri, "calibration", CalibrationError, storage_options)
     return Calibration.from_bytes(data, source=uri)
 
 
 def list_calibrations(table_uri: str, *, storage_options: Mapping[str, str] | None = None) -> list[Calibration]:
     """Every calibration stored next to the table, newest first; unreadable files are skipped."""
-    folder = calibration_dir(table_uri)
-    found = []
-    for name in list_dir(folder, storage_options):
-        if name.endswith(_SUFFIX):
-            uri = f"{folder}/{name}"
-            try:
-                found.append(load_calibration(uri, storage_options=storage_options))
-            except CalibrationError:
-                continue
-    return sorted(found, key=lambda c: c.info.created_at, reverse=True)
+
+    def load(uri: str) -> Calibration:
+        return load_calibration(uri, storage_options=storage_options)
+
+    return list_addressed(calibration_dir(table_uri), _SUFFIX, load, CalibrationError, storage_options)

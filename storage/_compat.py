@@ -31,7 +31,7 @@ from embedder import (
     heldout_mask,
 )
 
-from ._files import list_dir, read_bytes, save_addressed, table_stem
+from ._files import list_addressed, read_addressed, save_addressed, table_stem
 from ._lance_io import dataset_at
 from ._migration import MigrationError, MigrationState, next_column, read_migration
 from ._provenance import METADATA_KEY, Provenance
@@ -89,26 +89,17 @@ def save_compat_maps(table_uri: str, maps: CompatMaps, *, storage_options: Mappi
 
 def load_compat_maps(uri: str, *, storage_options: Mapping[str, str] | None = None) -> CompatMaps:
     """Read a compatibility map file (local or ``s3://``)."""
-    try:
-        data = read_bytes(uri, storage_options)
-    except FileNotFoundError:
-        raise CompatMapError(f"compatibility map file {uri!r} does not exist") from None
-    except OSError as exc:
-        raise CompatMapError(f"cannot read compatibility map file {uri!r}: {exc}") from None
+    data = read_addressed(uri, "compatibility map", CompatMapError, storage_options)
     return CompatMaps.from_bytes(data, source=uri)
 
 
 def list_compat_maps(table_uri: str, *, storage_options: Mapping[str, str] | None = None) -> list[CompatMaps]:
     """Every compatibility map file next to the table, newest first; unreadable files are skipped."""
-    folder = compat_dir(table_uri)
-    found = []
-    for name in list_dir(folder, storage_options):
-        if name.endswith(_SUFFIX):
-            try:
-                found.append(load_compat_maps(f"{folder}/{name}", storage_options=storage_options))
-            except CompatMapError:
-                continue
-    return sorted(found, key=lambda m: m.info.created_at, reverse=True)
+
+    def load(uri: str) -> CompatMaps:
+        return load_compat_maps(uri, storage_options=storage_options)
+
+    return list_addressed(compat_dir(table_uri), _SUFFIX, load, CompatMapError, storage_options)
 
 
 def find_compat_maps(

@@ -104,3 +104,27 @@ def save_addressed(uri: str, data: bytes, readable: bytes, storage_options: Mapp
     write_bytes(uri.rsplit(".", 1)[0] + ".json", readable, storage_options)
     write_bytes(uri, data, storage_options)
     return uri
+
+
+def read_addressed(uri: str, what: str, error: type[Exception], storage_options: Mapping[str, str] | None = None):
+    """The bytes of a content-addressed side file (local or ``s3://``); ``error`` naming ``what`` and ``uri``
+    when it is missing or cannot be read."""
+    try:
+        return read_bytes(uri, storage_options)
+    except FileNotFoundError:
+        raise error(f"{what} file {uri!r} does not exist") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} file {uri!r}: {exc}") from None
+
+
+def list_addressed(folder: str, suffix: str, load, error: type[Exception], storage_options=None) -> list:
+    """``load(uri)`` of every side file in ``folder`` whose name ends with ``suffix``, newest first (by their
+    ``info.created_at``); a file ``load`` refuses with ``error`` is skipped."""
+    found = []
+    for name in list_dir(folder, storage_options):
+        if name.endswith(suffix):
+            try:
+                found.append(load(f"{folder}/{name}"))
+            except error:
+                continue
+    return sorted(found, key=lambda f: f.info.created_at, reverse=True)
