@@ -26,13 +26,21 @@ import numpy as np
 
 from ._calibration import Calibration, CalibrationInfo, LayerFit, _header_metadata
 from ._errors import CalibrationError
-from ._ridge import DEFAULT_ALPHAS, MIN_FIT_ROWS, MIN_HELDOUT_ROWS, Penalty, RidgeMoments, alphas_problem
+from ._ridge import (
+    DEFAULT_ALPHAS,
+    MIN_FIT_ROWS,
+    MIN_HELDOUT_ROWS,
+    Penalty,
+    RidgeMoments,
+    SplitCounts,
+    alphas_problem,
+)
 
 __all__ = ["DEFAULT_ALPHAS", "CalibrationStats", "heldout_mask"]
 
 
 @dataclass(eq=False)
-class CalibrationStats:
+class CalibrationStats(SplitCounts):
     """Summed second-order statistics of a calibration sample, split [fit, held-out].
 
     ``input_gram[k]`` is ``[x, 1]' [x, 1]`` of layer ``k``'s pooled states,
@@ -70,18 +78,6 @@ class CalibrationStats:
             input_gram={k: np.zeros((2, h + 1, h + 1)) for k in chosen},
             cross={k: np.zeros((2, h + 1, h)) for k in chosen},
         )
-
-    @property
-    def fit_rows(self) -> int:
-        return int(self.count[0])
-
-    @property
-    def heldout_rows(self) -> int:
-        return int(self.count[1])
-
-    @property
-    def rows(self) -> int:
-        return int(self.count.sum())
 
     def add(
         self,

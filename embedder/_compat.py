@@ -34,7 +34,15 @@ import numpy as np
 from ._calibration import _atomic_write, _header_metadata
 from ._errors import CompatMapError
 from ._granularity import Granularity
-from ._ridge import DEFAULT_ALPHAS, MIN_FIT_ROWS, MIN_HELDOUT_ROWS, Penalty, RidgeMoments, alphas_problem
+from ._ridge import (
+    DEFAULT_ALPHAS,
+    MIN_FIT_ROWS,
+    MIN_HELDOUT_ROWS,
+    Penalty,
+    RidgeMoments,
+    SplitCounts,
+    alphas_problem,
+)
 
 __all__ = ["COMPAT_FORMAT", "CompatInfo", "CompatMaps", "CompatSpace", "CompatStats", "MapFit", "PairCheck"]
 
@@ -147,7 +155,7 @@ class CompatInfo:
 
 
 @dataclass(eq=False)
-class CompatStats:
+class CompatStats(SplitCounts):
     """Summed second moments of rows that have both an old and a new vector, split [fit, held-out].
 
     ``gram[part]`` is ``z' z`` for ``z = [old vectors (in ``old`` order), new vectors (in ``new`` order), 1]``;
@@ -166,18 +174,6 @@ class CompatStats:
             raise CompatMapError(f"a compatibility map needs old and new granularities; got old {o}, new {n}")
         size = sum(g.dim for g in (*o, *n)) + 1
         return cls(old=o, new=n, count=np.zeros(2, dtype=np.int64), gram=np.zeros((2, size, size)))
-
-    @property
-    def fit_rows(self) -> int:
-        return int(self.count[0])
-
-    @property
-    def heldout_rows(self) -> int:
-        return int(self.count[1])
-
-    @property
-    def rows(self) -> int:
-        return int(self.count.sum())
 
     def _blocks(self) -> dict[tuple[str, Granularity], np.ndarray]:
         out, start = {}, 0

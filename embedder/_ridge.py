@@ -27,6 +27,7 @@ __all__ = [
     "Penalty",
     "RidgeFit",
     "RidgeMoments",
+    "SplitCounts",
     "alphas_problem",
 ]
 
@@ -43,6 +44,25 @@ def alphas_problem(alphas: Sequence[float]) -> str | None:
     if not alphas or any(not (a > 0 and math.isfinite(a)) for a in alphas):
         return f"ridge alphas must be finite and > 0, got {list(alphas)}"
     return None
+
+
+class SplitCounts:
+    """Sufficient statistics kept in two parts, the fitting rows (``count[0]``) and the held-out rows
+    (``count[1]``): what calibration and compatibility-map statistics both count."""
+
+    count: np.ndarray
+
+    @property
+    def fit_rows(self) -> int:
+        return int(self.count[0])
+
+    @property
+    def heldout_rows(self) -> int:
+        return int(self.count[1])
+
+    @property
+    def rows(self) -> int:
+        return int(self.count.sum())
 
 
 @dataclass(frozen=True, eq=False)
