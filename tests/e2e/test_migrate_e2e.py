@@ -144,9 +144,6 @@ def test_a_migration_over_several_runs_then_the_switch(ray_local, tmp_path, tiny
     hits = open_table(uri).search(rows["d020"], k=1)  # the new model now
     assert hits.column("id").to_pylist() == ["d020"]
 
-    # the job keeps mode = "migrate": with nothing left to migrate it is an incremental night
-    after = run_job(new_job, progress=False, overrides=step)
-    assert (after.mode, after.rows_embedded, after.table_version) == ("incremental", 0, step3.migration["switched"])
 
 
 @pytest.mark.slow  # ~60 s: a driver killed mid-slice, then the step resumed
