@@ -145,7 +145,6 @@ def test_a_migration_over_several_runs_then_the_switch(ray_local, tmp_path, tiny
     assert hits.column("id").to_pylist() == ["d020"]
 
 
-
 @pytest.mark.slow  # ~60 s: a driver killed mid-slice, then the step resumed
 def test_a_step_killed_mid_slice_resumes_without_losing_or_doubling_a_row(
     ray_local, tmp_path, tiny_bert_dir, second_bert
