@@ -13,6 +13,7 @@ from ._checks import ResolvedJob, check_job
 from ._guards import DeletionRefused, RejectLimitExceeded
 from ._init import init_job
 from ._lifecycle import finish_committed_runs
+from ._migrate import AbortReport, MigrationStatus, abort_migration_of, migration_status
 from ._plan import JobPlan, plan_job
 from ._run import RunNotResumable, resume_run, run_job
 from ._spec import JobSpec, JobSpecError, load_job, parse_job
@@ -20,11 +21,13 @@ from ._summary import RunSummary
 from .quality import QualityMap, QualityRow, evaluate, evaluate_job, evaluate_table
 
 __all__ = [
+    "AbortReport",
     "CalibrationReport",
     "DeletionRefused",
     "JobPlan",
     "JobSpec",
     "JobSpecError",
+    "MigrationStatus",
     "QualityMap",
     "QualityRow",
     "RejectLimitExceeded",
@@ -32,6 +35,7 @@ __all__ = [
     "RunNotResumable",
     "RunSummary",
     "__version__",
+    "abort_migration_of",
     "backfill_job",
     "calibrate_job",
     "check_job",
@@ -41,6 +45,7 @@ __all__ = [
     "finish_committed_runs",
     "init_job",
     "load_job",
+    "migration_status",
     "parse_job",
     "plan_job",
     "resume_run",

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.corpora import passages
-from jobs._migrate import abort_migration_of, migration_status
+from jobs import abort_migration_of, migration_status
 from jobs.cli import app
 from storage import (
     MigrationError,
