@@ -245,3 +245,49 @@ def _table_calibration(uri: str, fingerprint: str):
     from storage import calibration_uri, load_calibration
 
     return load_calibration(calibration_uri(uri, fingerprint))
+
+
+def test_a_step_reads_the_old_rows_vectors_back_instead_of_embedding_them(
+    ray_local, tmp_path, tiny_bert_dir, second_bert
+):
+    """Every stored old vector is made a marker the model would never produce: after a step that takes every old
+    row, the markers are still there (read back by row address), and the new vectors are the new model's."""
+    import lance
+
+    from storage import commit_changes, vector_array, write_fragments
+
+    from ..jobfiles import write_embedded_table
+
+    texts = passages(20, words=30)
+    rows = {f"t{i}": t for i, t in enumerate(texts)}
+    corpus = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"id": list(rows), "text": list(rows.values())}), corpus)
+    uri = str(tmp_path / "out" / "docs.lance")
+    write_embedded_table(uri, tiny_bert_dir, texts, granularities=OLD_GRANS)
+    ds = lance.dataset(uri)
+    marked = ds.to_table()
+    for g in OLD_GRANS:
+        dim = Granularity.parse(g).dim
+        col = f"vec_{g}"
+        marked = marked.set_column(
+            marked.schema.get_field_index(col), col, vector_array(np.full((20, dim), 0.125), "float32")
+        )
+    commit_changes(
+        uri, new_fragments=write_fragments(marked, uri, ds.schema), delete_ids=list(rows), read_version=ds.version
+    )
+    job = write_job(
+        tmp_path / "new.toml",
+        granularities=NEW_GRANS,
+        input={"uri": str(corpus)},
+        model={"path": str(second_bert)},
+        output={"uri": uri, "mode": "migrate"},
+        cluster={"rows_per_block": 8},
+    )
+    step = run_job(job, progress=False)
+    assert step.rows_migrated == 20 and step.migration["switched"]
+    table = lance.dataset(uri, version=step.table_version).to_table()  # the step's version, before the switch
+    for g in OLD_GRANS:
+        assert np.all(np.asarray(table.column(f"vec_{g}").to_pylist()) == 0.125), g
+    audit = {r["id"]: r[f"next_vec_{NEW_GRANS[0]}"] for r in table.to_pylist()}
+    fresh = _fresh(second_bert, NEW_GRANS, [rows[i] for i in audit])[Granularity.parse(NEW_GRANS[0])]
+    assert np.min(np.sum(np.asarray(list(audit.values()), dtype=np.float32) * fresh, axis=1)) > 0.999
