@@ -206,7 +206,7 @@ def _map_quality(uri: str, k: int) -> dict:
     old = ElasticEncoder.from_pretrained(old_prov.model_path, list(old_prov.granularities), device="cpu")
     new = ElasticEncoder.from_pretrained(to.model_path, list(to.granularities), device="cpu", calibration=cal)
     queries, docs, relevant = halves(lee_passages())
-    out: dict = {"fitted_on": maps.source, "k": k, "pairs": []}
+    out: dict = {"fitted_on": maps.info.source, "k": k, "pairs": []}
     checks = []
     for o, n in sorted(maps.pairs, key=lambda p: (p[1].layer, p[1].dim)):
         q = migration_quality(
