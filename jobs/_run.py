@@ -56,7 +56,9 @@ def run_job(
     Everything checkable is checked before Ray starts. The run holds the
     table's lock (waiting up to ``wait_s`` for another run), stages every batch
     in its staging folder, and makes exactly one commit: the table gets one new
-    version, or none when an incremental run finds nothing changed. A run that
+    version, or none when an incremental run finds nothing changed (such a
+    night is found before Ray starts, by comparing the input's ids and content
+    hashes with the table's in this process: no Ray, no model). A run that
     fails or is killed leaves the table at its previous version; running the
     job again (or ``resume=RUN_ID``) finishes it without embedding the rows it
     already staged. A run that would delete more of the table than
