@@ -202,7 +202,11 @@ PIPELINE_COUNTS = {
 }
 
 
-@pytest.mark.parametrize("case", list(PIPELINE_COUNTS))
+@pytest.mark.parametrize(
+    "case",
+    # one night through the pipeline in the default suite; each difference's decision is test_what_the_check_decides
+    [c if c == "changed" else pytest.param(c, marks=pytest.mark.slow) for c in PIPELINE_COUNTS],
+)
 def test_a_night_with_a_difference_runs_the_pipeline_as_before(base, tmp_path, caplog, case):
     job = _night(base, tmp_path, _variant(base["rows"], case))
     with caplog.at_level(logging.INFO, logger="embedjob"):
@@ -272,6 +276,7 @@ def test_the_check_leaves_other_runs_to_the_pipeline(base, tmp_path):
     assert unchanged_since(resolved, "incremental", 1, None) is None  # with delete_missing the id goes
 
 
+@pytest.mark.slow  # ~20 s: a chunked table made through the pipeline; the check's chunked rule is unit-sized
 def test_a_chunked_table_with_nothing_changed_is_compared_by_document(ray_local, tmp_path, tiny_bert_dir, caplog):
     from jobs._lifecycle import checked_job
     from jobs._nochange import unchanged_since
