@@ -99,5 +99,5 @@ def test_search_refuses_a_model_whose_weights_changed(tmp_path, tiny_bert_dir):
     uri = str(tmp_path / "t.lance")
     prov = _prov(model_path=str(tiny_bert_dir), granularities=("l1_d8",), hidden_size=64, num_layers=4)
     commit(uri, [], schema=output_schema(prov, id_type=pa.string()), mode="create", read_version=None)
-    with pytest.raises(ModelError, match="this table was embedded with ffffffffffffffff; query vectors would not"):
+    with pytest.raises(ModelError, match="the vectors were embedded with ffffffffffffffff; query vectors would not"):
         open_table(uri).search("anything", "l1_d8")
