@@ -225,9 +225,12 @@ class _Embed:
         )
 
     def after(self, run: TableRun, summary: RunSummary) -> None:
-        refresh_indexes_after(run, summary, changed=summary.table_version != run.read_version)
-        if self.resolved.migration is not None and finish_step(run, self.resolved, summary):
-            refresh_indexes_after(run, summary, changed=True)  # the new vectors are the table's now
+        if self.resolved.migration is None:
+            refresh_indexes_after(run, summary, changed=summary.table_version != run.read_version)
+        elif finish_step(run, self.resolved, summary):
+            # the job's [index] names the new settings' columns: they are the table's from the switch on (until
+            # then the old columns keep the indexes they had; rows a step adds are scanned exactly)
+            refresh_indexes_after(run, summary, changed=True)
 
 
 def _check_exactly_once(parts: list[StagedPart], run_id: str) -> None:
