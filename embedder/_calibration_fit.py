@@ -28,12 +28,9 @@ from ._calibration import Calibration, CalibrationInfo, LayerFit, _header_metada
 from ._errors import CalibrationError
 from ._ridge import (
     DEFAULT_ALPHAS,
-    MIN_FIT_ROWS,
-    MIN_HELDOUT_ROWS,
     Penalty,
     RidgeMoments,
     SplitCounts,
-    alphas_problem,
 )
 
 __all__ = ["DEFAULT_ALPHAS", "CalibrationStats", "heldout_mask"]
@@ -190,12 +187,7 @@ class CalibrationStats(SplitCounts):
     ) -> Calibration:
         """Rotation from the covariance of all rows; per layer, the ridge strength with the least
         held-out error, then the map refitted on all rows."""
-        if self.fit_rows < MIN_FIT_ROWS or self.heldout_rows < MIN_HELDOUT_ROWS:
-            raise CalibrationError(
-                f"a calibration needs at least {MIN_FIT_ROWS} fitting rows and {MIN_HELDOUT_ROWS} held-out rows; "
-                f"the sample has {self.fit_rows} and {self.heldout_rows}: sample more rows"
-            )
-        problem = alphas_problem(alphas)
+        problem = self.solve_problem("a calibration", "sample more rows", alphas)
         if problem:
             raise CalibrationError(problem)
         rotation, variance = self._rotation(center)

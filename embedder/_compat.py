@@ -36,12 +36,9 @@ from ._errors import CompatMapError
 from ._granularity import Granularity
 from ._ridge import (
     DEFAULT_ALPHAS,
-    MIN_FIT_ROWS,
-    MIN_HELDOUT_ROWS,
     Penalty,
     RidgeMoments,
     SplitCounts,
-    alphas_problem,
 )
 
 __all__ = ["COMPAT_FORMAT", "CompatInfo", "CompatMaps", "CompatSpace", "CompatStats", "MapFit", "PairCheck"]
@@ -277,12 +274,7 @@ class CompatStats(SplitCounts):
     ) -> CompatMaps:
         """Every (old, new) pair's two maps, each with the ridge strength of least held-out error, refitted on
         all rows."""
-        if self.fit_rows < MIN_FIT_ROWS or self.heldout_rows < MIN_HELDOUT_ROWS:
-            raise CompatMapError(
-                f"a compatibility map needs at least {MIN_FIT_ROWS} fitting rows and {MIN_HELDOUT_ROWS} held-out "
-                f"rows; the sample has {self.fit_rows} and {self.heldout_rows}: migrate or sample more rows"
-            )
-        problem = alphas_problem(alphas)
+        problem = self.solve_problem("a compatibility map", "migrate or sample more rows", alphas)
         if problem:
             raise CompatMapError(problem)
         to_old: dict[tuple[Granularity, Granularity], np.ndarray] = {}

@@ -64,6 +64,16 @@ class SplitCounts:
     def rows(self) -> int:
         return int(self.count.sum())
 
+    def solve_problem(self, what: str, more: str, alphas: Sequence[float]) -> str | None:
+        """Why these statistics cannot be solved with ``alphas`` (too few rows in a part, bad strengths): a
+        message naming ``what`` is fitted and how to get ``more`` rows; None when they can."""
+        if self.fit_rows < MIN_FIT_ROWS or self.heldout_rows < MIN_HELDOUT_ROWS:
+            return (
+                f"{what} needs at least {MIN_FIT_ROWS} fitting rows and {MIN_HELDOUT_ROWS} held-out rows; "
+                f"the sample has {self.fit_rows} and {self.heldout_rows}: {more}"
+            )
+        return alphas_problem(alphas)
+
 
 @dataclass(frozen=True, eq=False)
 class RidgeFit:
