@@ -32,12 +32,14 @@ from ._submit import (
     build_runtime_env,
     jobs_api_address,
 )
+from ._timing import TIMING_LOGGER, log_timing, timed
 
 __all__ = [
     "METRIC_ROWS_EMBEDDED",
     "METRIC_ROWS_REJECTED",
     "METRIC_TOKENS",
     "TERMINAL_STATUSES",
+    "TIMING_LOGGER",
     "BackfillPlan",
     "BackfillResult",
     "CalibrationPlan",
@@ -65,6 +67,7 @@ __all__ = [
     "check_rows",
     "jobs_api_address",
     "load_encoder",
+    "log_timing",
     "plan_pool",
     "probe_address",
     "ray_session",
@@ -73,5 +76,6 @@ __all__ = [
     "run_calibration",
     "run_pipeline",
     "start_pool",
+    "timed",
     "verbose_output",
 ]

@@ -25,6 +25,7 @@ from ._pool import PoolPlan, PoolRequest, plan_pool
 from ._progress import ProgressDisplay, Stage, display_or_own, start_counter, verbose_output
 from ._registry import IdRegistry
 from ._stages import EncodeActor, prepare
+from ._timing import log_actor_timings, log_timing
 
 __all__ = ["EmbedPlan", "PipelineResult", "actor_placement", "map_with_actors", "run_pipeline", "start_pool"]
 
@@ -243,6 +244,22 @@ def map_with_actors(
     )
 
 
+def _log_actor_timings(counter: Any, started_at: float, actors: int) -> None:
+    """The encoder actors' timings, from the run's counter (DEBUG only: nothing is asked of the counter else)."""
+    import ray
+
+    from ._timing import TIMING_LOGGER
+
+    if not logging.getLogger(TIMING_LOGGER).isEnabledFor(logging.DEBUG):
+        return
+    try:
+        notes = ray.get(counter.notes.remote(), timeout=10)
+    except Exception as exc:  # timings are never a reason for the run to fail
+        logger.debug("no actor timings: %s", exc)
+        return
+    log_actor_timings(notes, started_at=started_at, actors=actors)
+
+
 def run_pipeline(
     plan: EmbedPlan, *, delete_missing: bool = True, display: ProgressDisplay | None = None
 ) -> PipelineResult:
@@ -326,6 +343,8 @@ def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDispla
             overwrite=replaces_table(plan.mode),
             rows_per_part=plan.rows_per_part,
         )
+        log_timing("pool and plan", time.perf_counter() - t0)
+        started_at, t_exec = time.time(), time.perf_counter()
         try:
             ds.write_datasink(sink)
         except Exception as exc:
@@ -334,6 +353,8 @@ def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDispla
                 raise
             raise explained from None
         display.end_phase()
+        log_timing("pipeline (Ray Data execution)", time.perf_counter() - t_exec)
+        _log_actor_timings(counter, started_at, pool.actors)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Ray Data stats of run %s:\n%s", plan.run_id, ds.stats())
     replaced, missing = ray.get(registry.deletions.remote(delete_missing))

@@ -130,12 +130,24 @@ class ProgressCounter:
 
     def __init__(self) -> None:
         self._counts = ProgressCounts()
+        self._notes: dict[str, float] = {}
 
     def add(self, counts: Mapping[str, int]) -> None:
         self._counts = self._counts + ProgressCounts.of(counts)
 
     def counts(self) -> ProgressCounts:
         return self._counts
+
+    def note(self, phase: str, value: float) -> None:
+        """A timing from a worker (``cluster._timing.note_timing``): seconds add up; an ``... at`` wall-clock
+        time keeps the earliest."""
+        if phase.endswith(" at"):
+            self._notes[phase] = min(value, self._notes.get(phase, value))
+        else:
+            self._notes[phase] = self._notes.get(phase, 0.0) + value
+
+    def notes(self) -> dict[str, float]:
+        return dict(self._notes)
 
 
 def start_counter() -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,7 @@ from ._plans import NextEncoder
 from ._pool import PoolPlan
 from ._progress import record_embedded, record_rejected, report
 from ._registry import DUPLICATE, EXISTS, SKIP
+from ._timing import ACTOR_BUSY, ACTOR_INIT_AT, ACTOR_LOAD, ACTOR_READY_AT, note_timing
 
 REASON = "_reason"
 TOKENS = "_tokens"
@@ -284,6 +286,8 @@ class EncodeActor:
         progress: Any = None,
         next_encoder: NextEncoder | None = None,
     ) -> None:
+        note_timing(progress, ACTOR_INIT_AT, time.time())
+        t0 = time.perf_counter()
         self.encoder = load_encoder(
             model_path,
             config,
@@ -306,8 +310,16 @@ class EncodeActor:
         self.run_id = run_id
         self.node_id = node_id()
         self.progress = progress
+        note_timing(progress, ACTOR_LOAD, time.perf_counter() - t0)
+        note_timing(progress, ACTOR_READY_AT, time.time())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        out = self._encode(batch)
+        note_timing(self.progress, ACTOR_BUSY, time.perf_counter() - t0)
+        return out
+
+    def _encode(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
         embedded = np.flatnonzero(ok)

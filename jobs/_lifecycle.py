@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from cluster import PoolRequest, ProgressDisplay, Stage, ray_session
+from cluster import PoolRequest, ProgressDisplay, Stage, ray_session, timed
 from storage import (
     AFTER_COMMIT,
     LATEST_GOOD,
@@ -94,8 +94,12 @@ def checked_job(
         raise RunIdError(resume)
     if source_name is None:
         source_name = str(job) if not isinstance(job, JobSpec) else (job.name or "job")
-    spec = with_overrides(job, overrides, source=source_name) if isinstance(job, JobSpec) else load_job(job, overrides)
-    return check_job(spec, source_name=source_name, **purpose), source_name
+    with timed("job checks"):
+        if isinstance(job, JobSpec):
+            spec = with_overrides(job, overrides, source=source_name)
+        else:
+            spec = load_job(job, overrides)
+        return check_job(spec, source_name=source_name, **purpose), source_name
 
 
 def in_ray_session(resolved: ResolvedJob, step: Callable[[], T]) -> T:
@@ -196,7 +200,8 @@ def run_on_table(
     )
     run.display = ProgressDisplay.for_command("run", show=progress)
     with run.display:
-        run.lock.acquire(wait_s=wait_s)
+        with timed("lock"):
+            run.lock.acquire(wait_s=wait_s)
         return _run_locked(run, work, resume)
 
 
@@ -211,10 +216,12 @@ def _run_locked(run: TableRun, work: Callable[[int | None], Work], resume: str |
         uri, opts = resolved.output_uri, resolved.storage_options
         run.read_version = dataset_version(uri, opts) if resolved.output_exists else None
         todo = work(run.read_version)
-        unchanged = unchanged_since(resolved, todo.mode, run.read_version, resume)
+        with timed("no-change check"):
+            unchanged = unchanged_since(resolved, todo.mode, run.read_version, resume)
         if unchanged is not None:
             return _record_unchanged(run, todo, unchanged)
-        _stage(run, todo.mode, resume)
+        with timed("staging"):
+            _stage(run, todo.mode, resume)
         display.what = f"run {run.run_id}"
         logger.info("run %s (%s): %s -> %s", run.run_id, todo.mode, resolved.source.uri, uri)
         result = in_ray_session(resolved, lambda: todo.execute(run))
@@ -230,16 +237,18 @@ def _run_locked(run: TableRun, work: Callable[[int | None], Work], resume: str |
         )
         run.lock.check()  # renewed now, conditionally: still ours, with a whole lease ahead for the commit
         display.stage(Stage.COMMITTING)
-        version = todo.commit(run, result, commit_message(run.run_id))
+        with timed("commit"):
+            version = todo.commit(run, result, commit_message(run.run_id))
         # ---- committed: from here on nothing can make this run a failed one
         summary.table_version = version
         summary.seconds = time.perf_counter() - run.t0
         summary.finished_at = datetime.now(UTC)
         run.committed = summary
-        check_gate(resolved, summary)  # before the run's record is written: it holds the gate's figure
-        _finish_bookkeeping(resolved, run.staging, summary)
-        todo.after(run, summary)
-        mark_good(resolved, summary)
+        with timed("after the commit (gate, records, indexes, tags)"):
+            check_gate(resolved, summary)  # before the run's record is written: it holds the gate's figure
+            _finish_bookkeeping(resolved, run.staging, summary)
+            todo.after(run, summary)
+            mark_good(resolved, summary)
         return summary
     except BaseException as exc:
         if run.staging is not None and run.committed is None:

@@ -142,3 +142,44 @@ def test_the_embedded_local_ray_listens_on_loopback_only():
             proc.wait()
         subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)  # anything of that Ray still left
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+_PRELOADED = """
+import os, sys
+import ray
+from cluster import ray_session
+
+@ray.remote(num_cpus=0)
+def preloaded():
+    return sorted(m for m in ("cluster._stages", "torch", "transformers", "ray.data") if m in sys.modules)
+
+with ray_session() as started:
+    print(started, ray.get(preloaded.remote()), os.environ.get("RAY_preload_python_modules"), flush=True)
+"""
+
+
+def test_the_embedded_local_rays_workers_come_with_the_encoders_imports():
+    """A worker of the embedded Ray has imported what an encoder actor needs before it takes work, and the
+    setting that asked for it is not left in the driver's environment."""
+    ray_tmp = tempfile.mkdtemp(prefix="rp", dir="/tmp")  # Ray's unix sockets need a short path
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    for name in ("RAY_ADDRESS", "RAY_preload_python_modules"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PRELOADED],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child and the Ray it started (its own process group)
+        out, err = proc.communicate()
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.strip().splitlines()[-1] == "True ['cluster._stages', 'ray.data', 'torch', 'transformers'] None"

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench.corpora import passages
-from cluster import METRIC_ROWS_EMBEDDED, METRIC_ROWS_REJECTED, METRIC_TOKENS
+from cluster import METRIC_ROWS_EMBEDDED, METRIC_ROWS_REJECTED, METRIC_TOKENS, TIMING_LOGGER
 from jobs import backfill_job, run_job
 
 from ..jobfiles import write_job
@@ -32,9 +32,12 @@ class _Lines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.lines: list[str] = []
+        self.timings: list[tuple[str, float]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
+        if hasattr(record, "phase"):
+            self.timings.append((record.phase, record.seconds))
 
     def take(self) -> list[str]:
         lines, self.lines = self.lines, []
@@ -72,17 +75,28 @@ def progressed(ray_local, _tiny_models, tmp_path_factory):
     saved = progress_logger.level
     progress_logger.addHandler(lines)
     progress_logger.setLevel(logging.INFO)
+    timings = _Lines()
+    timing_logger = logging.getLogger(TIMING_LOGGER)
+    saved_timing = timing_logger.level
+    timing_logger.addHandler(timings)
+    timing_logger.setLevel(logging.DEBUG)
+    timings.setLevel(logging.DEBUG)
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("EMBEDJOB_PROGRESS_EVERY_S", "0.05")
             run = run_job(job, progress=False)
             run_lines = lines.take()
+            run_timings = list(timings.timings)  # the run's alone (the backfill logs its own after)
             backfill = backfill_job(grown, ["l4_d64"], progress=False)
             backfill_lines = lines.take()
     finally:
         progress_logger.removeHandler(lines)
         progress_logger.setLevel(saved)
-    return SimpleNamespace(run=run, run_lines=run_lines, backfill=backfill, backfill_lines=backfill_lines)
+        timing_logger.removeHandler(timings)
+        timing_logger.setLevel(saved_timing)
+    return SimpleNamespace(
+        run=run, run_lines=run_lines, run_timings=run_timings, backfill=backfill, backfill_lines=backfill_lines
+    )
 
 
 def _done(lines: list[str], prefix: str, total: int) -> list[int]:
@@ -103,6 +117,24 @@ def test_a_run_without_a_terminal_logs_growing_progress_lines_ending_at_its_summ
     last = lines[-1]
     assert f"embedded {run.rows_embedded:,}, rejected {run.rows_rejected:,})" in last, last
     assert f", {run.tokens:,} tokens, " in last and run.rows_rejected == 1 and run.rows_embedded == ROWS - 1
+
+
+def test_a_run_logs_where_its_time_went_phase_by_phase(progressed):
+    """The run's timing log (DEBUG, ``embedjob.timing``): each phase the driver times, and what the encoder actors
+    noted (their start, model load and busy time), within the pipeline's own time."""
+    got = dict(progressed.run_timings)
+    assert len(got) == len(progressed.run_timings), progressed.run_timings  # each phase once
+    driver = ["job checks", "lock", "no-change check", "staging", "pool and plan", "pipeline (Ray Data execution)"]
+    driver += ["commit", "after the commit (gate, records, indexes, tags)"]
+    actors = ["actor start (worker process, imports)", "actor model load (per actor)", "first actor ready"]
+    actors += ["actor busy (encode, per actor)"]
+    assert set(driver + actors) <= set(got), got
+    assert "Ray start" not in got  # the test session's Ray was up already: the run started none
+    assert all(sec >= 0 for sec in got.values()), got
+    pipeline = got["pipeline (Ray Data execution)"]
+    assert 0 < got["actor model load (per actor)"] <= got["first actor ready"] <= pipeline, got
+    assert 0 < got["actor busy (encode, per actor)"] <= pipeline, got
+    assert pipeline <= progressed.run.seconds_pipeline <= progressed.run.seconds, got
 
 
 def test_a_backfill_without_a_terminal_logs_growing_progress_lines_ending_at_its_summary(progressed):
