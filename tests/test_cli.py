@@ -59,3 +59,25 @@ def test_a_rate_is_printed_only_where_it_means_something(capsys):
     assert "500.0 rows/s" in capsys.readouterr().out
     print_summary(summary(3))  # a small night: its time is start-up, not throughput
     assert "rows/s" not in capsys.readouterr().out
+
+
+def test_the_embedjob_process_exits_with_the_commands_code_and_all_its_output(tmp_path):
+    """``python -m jobs.cli`` (the console script's ``main``) ends without Python's module teardown: the exit
+    code is the command's and everything it printed is there, on stdout and on stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    ok = subprocess.run([sys.executable, "-m", "jobs.cli", "version"], capture_output=True, text=True, env=env)
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"embedjob {__version__}"), ok.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "validate", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode == 2, (bad.stdout, bad.stderr)
+    assert "error:" in bad.stderr + bad.stdout and "nope.toml" in bad.stderr + bad.stdout, (bad.stdout, bad.stderr)

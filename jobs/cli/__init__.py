@@ -12,7 +12,10 @@ order of the imports below is the order of the commands in ``embedjob --help``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
+import threading
 
 # isort: off
 from ._app import app
@@ -27,4 +30,30 @@ __all__ = ["app", "main", "print_summary"]
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        _exit_now(exc.code)
+    _exit_now(0)
+
+
+def _exit_now(code: int | str | None) -> None:
+    """End the process once the command is done, without Python's finalisation.
+
+    Tearing down the modules a run imports (torch, transformers, Lance, Ray) took 1.4 s on this 2-core machine
+    when quiet and 5 s under load, after the command's work and output were done. The exit handlers still run
+    (Ray's shutdown, logging's flush) and stdout and stderr are flushed; only the module teardown is skipped. A
+    command that left a thread of its own running exits the usual way, which waits for it.
+    """
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code or 0)
