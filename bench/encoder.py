@@ -9,6 +9,15 @@ Prints tokens/s, padding overhead and the ratios the encoder issue targets:
 * exit at layer k of 6 costs <= k/6 + 0.05 of full depth
 * 4 granularities cost <= 1.03x one granularity
 
+On CPU, with the int8 backend's runtime installed (``--no-int8`` leaves it out), the same texts also run
+through ``backend="int8"`` (:mod:`embedder._int8`), interleaved with the rest:
+
+* int8 at full depth >= 1.5x the torch float32 path at full depth
+* int8: 4 granularities cost <= 1.03x one
+* quality against the float32 vectors, at each of the 4 granularities: mean cosine >= 0.995, min >= 0.98
+* retrieval through the encoder, on the Lee passages split in halves (the first half a query for the second):
+  recall@10 of int8 within 0.01 of float32 at each granularity
+
 On a CUDA device it also runs a sustained phase: the corpus tokenized once, then
 ``encode_tokenized`` (what a GPU actor gets from the pipeline's CPU tasks) for
 ``--gpu-seconds``, with GPU busy sampled from NVML; it prints tokens/s, the
@@ -53,6 +62,7 @@ def main() -> int:
     parser.add_argument("--st-batch", type=int, default=None, help="sentence-transformers batch (32; CUDA 256)")
     parser.add_argument("--gpu-seconds", type=float, default=20.0, help="length of the sustained CUDA phase")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--no-int8", action="store_true", help="leave the int8 backend out (CPU only)")
     args = parser.parse_args()
 
     import torch
@@ -61,7 +71,7 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     from bench.corpora import passages
-    from embedder import ElasticEncoder, Granularity, read_model_dir
+    from embedder import ElasticEncoder, Granularity, int8_missing, read_model_dir
 
     console = Console(width=150)
     model = args.model or default_model()
@@ -92,6 +102,14 @@ def main() -> int:
         f"[bold]bench/encoder[/bold]: {len(texts)} passages, model {enc.model_dir.name} ({depth} layers, "
         f"hidden {width}), torch {torch.__version__}, {where}"
     )
+    enc8 = None
+    if not cuda and not args.no_int8:
+        if int8_missing():
+            console.print(f"  int8 left out: {int8_missing()}")
+        else:
+            t0 = time.perf_counter()
+            enc8 = ElasticEncoder.from_pretrained(model, four, batch_tokens=args.batch_tokens, backend="int8")
+            console.print(f"  int8 encoder ready in {time.perf_counter() - t0:.1f} s (export or cache)")
     chunks = [texts[i : i + args.chunk] for i in range(0, len(texts), args.chunk)]
     # On a GPU the pipeline tokenizes in CPU tasks, and tokenizing would swamp the per-layer differences:
     # the exit and multi-granularity figures run on ids tokenized beforehand (encode_tokenized) there.
@@ -107,10 +125,20 @@ def main() -> int:
         "elastic 4 granularities": lambda c: enc.encode_with_stats(chunks[c], four),
         **({"elastic 4 granularities, ids": elastic(four)} if cuda else {}),
         **{f"elastic exit l{k}": elastic([Granularity(k, width)]) for k in range(1, depth + 1)},
+        **(
+            {
+                "int8 4 granularities": lambda c: enc8.encode_with_stats(chunks[c], four),
+                f"int8 exit l{depth}": lambda c: enc8.encode_with_stats(chunks[c], [four[-1]]),
+            }
+            if enc8 is not None
+            else {}
+        ),
     }
     # warm-up: first calls allocate and pick kernels
     st.encode(texts[:64])
     enc.encode(texts[:64], four)
+    if enc8 is not None:
+        enc8.encode(texts[:64], four)
     # Fine-grained interleaving: every config runs on each chunk before the next chunk, in a rotating
     # order, so a slow spell on this shared machine hits all configs alike. Figures are sums over
     # all chunks and rounds; the ratios are what the targets are about.
@@ -178,6 +206,11 @@ def main() -> int:
         cost = best[f"elastic exit l{k}"] / full
         limit = k / depth + 0.05
         row(f"elastic exit l{k}", "cost / full depth", cost, f"<= {limit:.3f}", cost <= limit)
+    if enc8 is not None:
+        gain = full / best[f"int8 exit l{depth}"]
+        row(f"int8 exit l{depth}", "x torch float32 full depth", gain, ">= 1.5", gain >= 1.5)
+        multi8 = best["int8 4 granularities"] / best[f"int8 exit l{depth}"]
+        row("int8 4 granularities", "4 granularities / 1", multi8, "<= 1.03", multi8 <= 1.03)
     console.print(table)
     checks = [
         Check(f"{r['run']}: {r['figure']}", r["value"], r["target"], r["holds"])
@@ -185,6 +218,8 @@ def main() -> int:
         if r["value"] is not None
     ]
     extra: dict = {}
+    if enc8 is not None:
+        extra["int8"] = _int8_quality(console, enc, enc8, four, texts, checks)
     if cuda:
         extra["gpu"] = _sustained(console, enc, texts, args.gpu_seconds)
         gpu = extra["gpu"]
@@ -195,6 +230,39 @@ def main() -> int:
     write_report(args.json, "encoder", checks, passages=len(texts), tokens=tokens, results=results, **extra)
     scratch.cleanup()
     return 0
+
+
+def _int8_quality(console, enc, enc8, grans: list[str], texts: list[str], checks: list) -> dict:
+    """int8 against float32 at each granularity: cosine of the vectors of ``texts``, and recall@10 on the Lee
+    passages split in halves (the first half a query for the second)."""
+    from bench.corpora import lee_passages
+    from embedder import Granularity, retrieval_recall
+    from jobs.quality import halves
+
+    queries, docs, relevant = halves(lee_passages())
+    ref, got = enc.encode(texts, grans), enc8.encode(texts, grans)
+    refq, gotq = enc.encode(queries, grans), enc8.encode(queries, grans)
+    refd, gotd = enc.encode(docs, grans), enc8.encode(docs, grans)
+    out = {}
+    for name in grans:
+        g = Granularity.parse(name)
+        cos = (ref[g] * got[g]).sum(axis=1)
+        r32 = retrieval_recall(refq[g], refd[g], relevant, k=10)
+        r8 = retrieval_recall(gotq[g], gotd[g], relevant, k=10)
+        out[name] = {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "recall_fp32": r32, "recall_int8": r8}
+        console.print(
+            f"  int8 {name}: cosine to float32 mean {cos.mean():.4f} min {cos.min():.4f} ({len(texts)} passages); "
+            f"recall@10 on {len(queries)} Lee halves {r8:.3f} vs float32 {r32:.3f}",
+            highlight=False,
+        )
+        checks.append(
+            Check(f"int8 {name}: mean cosine to float32", float(cos.mean()), ">= 0.995", bool(cos.mean() >= 0.995))
+        )
+        checks.append(
+            Check(f"int8 {name}: min cosine to float32", float(cos.min()), ">= 0.98", bool(cos.min() >= 0.98))
+        )
+        checks.append(Check(f"int8 {name}: recall@10 - float32", r8 - r32, ">= -0.01", r8 - r32 >= -0.01))
+    return out
 
 
 def _sustained(console, enc, texts: list[str], seconds: float) -> dict:

@@ -12,8 +12,10 @@ from ._calibration_fit import DEFAULT_ALPHAS, CalibrationStats, heldout_mask
 from ._chunking import Chunking, chunk_spans
 from ._compat import COMPAT_FORMAT, CompatInfo, CompatMaps, CompatSpace, CompatStats, MapFit, PairCheck
 from ._config import (
+    BACKENDS,
     MODEL_DTYPES,
     POOLINGS,
+    Backend,
     EncoderConfig,
     ModelDtype,
     Pooling,
@@ -34,6 +36,7 @@ from ._errors import (
 )
 from ._granularity import STARBUCKS, Granularity, parse_granularities, resolve_granularities
 from ._hub import BUNDLED_MODELS, LocalModel, hub_cache_dir, local_models, resolve_model
+from ._int8 import int8_missing
 from ._loading import find_blocks, read_model_dir, weight_files, weights_fingerprint
 from ._quality import (
     agreement,
@@ -60,6 +63,7 @@ from ._text import (
 from ._tokenizer import TextTokenizer, cached_tokenizer, tokenized_from_flat
 
 __all__ = [
+    "BACKENDS",
     "BUNDLED_MODELS",
     "COMPAT_FORMAT",
     "DEFAULT_ALPHAS",
@@ -71,6 +75,7 @@ __all__ = [
     "STARBUCKS",
     "UNDECODABLE_TEXT",
     "WHITESPACE_ONLY_TEXT",
+    "Backend",
     "Calibration",
     "CalibrationError",
     "CalibrationInfo",
@@ -113,6 +118,7 @@ __all__ = [
     "fit_calibration",
     "heldout_mask",
     "hub_cache_dir",
+    "int8_missing",
     "local_models",
     "neighbours",
     "pair_correlation",

@@ -19,8 +19,10 @@ from ._errors import EncoderConfigError
 from ._granularity import Granularity, parse_granularities
 
 __all__ = [
+    "BACKENDS",
     "MODEL_DTYPES",
     "POOLINGS",
+    "Backend",
     "EncoderConfig",
     "ModelDtype",
     "Pooling",
@@ -60,6 +62,11 @@ PoolingName = Literal[POOLINGS]  # type: ignore[valid-type]  # built from the en
 ModelDtype = Literal["auto", "float32", "float16", "bfloat16"]
 MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
 
+#: how the forward pass runs: "torch" (any device, the model's dtype) or "int8" (CPU only: ONNX Runtime with
+#: int8 linear layers, ``embedder._int8``)
+Backend = Literal["torch", "int8"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -98,6 +105,8 @@ class EncoderConfig:
     #: run batches packed (no padding) instead of padded: None = on CUDA for BERT-architecture models
     #: (model_type bert, roberta, xlm-roberta: ``embedder._packed.PACKED_MODEL_TYPES``)
     packed: bool | None = None
+    #: "torch", or "int8" on CPU (``BACKENDS``)
+    backend: Backend = "torch"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "granularities", parse_granularities(self.granularities))
@@ -130,6 +139,23 @@ class EncoderConfig:
                         f"device {self.device!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N, mps"
                     ) from None
                 object.__setattr__(self, "device", key)
+        self._check_backend()
+
+    def _check_backend(self) -> None:
+        """``backend`` is one of :data:`BACKENDS`; "int8" runs on CPU, from float32 weights, padded."""
+        if self.backend not in BACKENDS:
+            raise EncoderConfigError(f"backend {self.backend!r} is not supported; allowed: {', '.join(BACKENDS)}")
+        if self.backend != "int8":
+            return
+        if self.device is not None and torch.device(self.device).type != "cpu":
+            raise EncoderConfigError(f"backend 'int8' runs on CPU; device {self.device!r} is not allowed with it")
+        if self.dtype not in (None, "float32", "fp32"):
+            raise EncoderConfigError(
+                f"backend 'int8' quantizes the float32 weights; dtype {self.dtype!r} is not allowed with it "
+                "(leave dtype unset or 'float32')"
+            )
+        if self.packed:
+            raise EncoderConfigError("backend 'int8' runs padded batches; packed = true is not allowed with it")
 
 
 def _check_positive_int(name: str, value: Any, *, minimum: int) -> None:

@@ -29,6 +29,7 @@ from ._config import EncoderConfig, Pooling, resolve_device, resolve_dtype, reso
 from ._errors import EncoderConfigError, GranularityError
 from ._forward import ForwardPass, packed_runner
 from ._granularity import Granularity, GranularitySpec, parse_granularities, resolve_granularities
+from ._int8 import Int8Graphs, int8_cache_dir
 from ._loading import ModelDir, read_model_dir, torch_dtype_name, weights_fingerprint
 from ._model import ExitModel, default_batch_tokens, load_model
 from ._post import HostSink, PostProcess
@@ -125,6 +126,7 @@ class ElasticEncoder:
             packed_runner(self._exits, model_dir, pooling, device, config.packed),
             device=device,
             batch_tokens=config.batch_tokens or default_batch_tokens(device, model_dir, dtype),
+            graphs=self._int8_graphs() if config.backend == "int8" else None,
         )
         self._post = PostProcess(
             num_layers=model_dir.num_layers,
@@ -135,6 +137,19 @@ class ElasticEncoder:
         self.calibration: Calibration | None = None
         if calibration is not None:
             self._set_calibration(calibration)
+
+    def _int8_graphs(self) -> Int8Graphs:
+        """The int8 graphs (:mod:`embedder._int8`), the one to the deepest exit layer exported (or read from
+        the cache) now, so a missing runtime or a failed export shows when the encoder is built."""
+        graphs = Int8Graphs(
+            self._exits,
+            layers=sorted({g.layer for g in self.granularities}),
+            fingerprint=self.fingerprint,
+            cache_dir=int8_cache_dir(self.model_dir.root),
+            threads=torch.get_num_threads(),
+        )
+        graphs.prepare(self.depth)
+        return graphs
 
     def _set_calibration(self, calibration: Calibration) -> None:
         """Check the calibration fits this model and keep each exit layer's projection on the device."""
@@ -173,6 +188,7 @@ class ElasticEncoder:
         num_threads: int | None = None,
         calibration: Calibration | str | Path | None = None,
         packed: bool | None = None,
+        backend: str = "torch",
     ) -> ElasticEncoder:
         """Load a local Hugging Face or sentence-transformers model dir, offline.
 
@@ -186,6 +202,10 @@ class ElasticEncoder:
 
         ``packed``: run batches without padding (``None``: on CUDA for BERT-architecture models,
         RoBERTa and XLM-R included; :mod:`embedder._packed`).
+
+        ``backend``: ``"torch"`` (default), or ``"int8"``: on CPU, the cut model exported to ONNX with int8
+        linear layers and run by ONNX Runtime (:mod:`embedder._int8`; ``pip install 'embedjob[int8]'``); the
+        graph is exported on first use and cached next to the model.
 
         ``calibration``: a :class:`Calibration` or the path of a saved one; it
         is applied inside :meth:`encode` to every granularity except full depth
@@ -202,6 +222,7 @@ class ElasticEncoder:
             max_batch_size=max_batch_size,
             num_threads=num_threads,
             packed=packed,
+            backend=backend,  # type: ignore[arg-type]  # checked by EncoderConfig
         )
         return cls.from_config(path, config, granularity_spec=granularities, calibration=calibration)
 
@@ -241,7 +262,7 @@ class ElasticEncoder:
             model_name=mdir.name,
         )
         pooling, max_length = mdir.resolve(config.pooling, config.max_length)
-        device = resolve_device(config.device)
+        device = resolve_device("cpu" if config.backend == "int8" else config.device)
         dtype = resolve_dtype(config.dtype, device)
         if device.type == "cpu":
             threads = resolve_num_threads(config.num_threads)
@@ -292,12 +313,14 @@ class ElasticEncoder:
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
             "dtype": torch_dtype_name(self.dtype),
+            "backend": self.config.backend,
             "calibration": self.calibration.fingerprint if self.calibration else None,
         }
 
     def __repr__(self) -> str:
         grans = ", ".join(str(g) for g in self.granularities)
         cal = f", calibration={self.calibration.fingerprint}" if self.calibration else ""
+        cal += ", backend=int8" if self.config.backend == "int8" else ""
         return (
             f"ElasticEncoder({self.model_dir.name!r}, [{grans}], pooling={self.pooling.value}, "
             f"depth={self.depth}/{self.num_layers}, device={self.device}, dtype={torch_dtype_name(self.dtype)}{cal})"

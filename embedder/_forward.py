@@ -16,6 +16,7 @@ import torch
 from ._batching import Batch, PackedBatch
 from ._config import Pooling
 from ._errors import EncoderConfigError
+from ._int8 import Int8Graphs
 from ._loading import ModelDir
 from ._model import ExitModel
 from ._packed import PACKED_MODEL_TYPES, PackedBert, host_to_device
@@ -45,15 +46,25 @@ def packed_runner(
 
 
 class ForwardPass:
-    """Runs batches on ``device``: packed through ``packed`` when given, else padded through ``exits``.
+    """Runs batches on ``device``: packed through ``packed`` when given, padded through the int8 ``graphs``
+    when given (:mod:`embedder._int8`), else padded through ``exits``.
 
     ``batch_tokens`` is the token budget batches are planned with; :meth:`fitting` lowers it when a
     batch runs out of device memory.
     """
 
-    def __init__(self, exits: ExitModel, packed: PackedBert | None, *, device: torch.device, batch_tokens: int) -> None:
+    def __init__(
+        self,
+        exits: ExitModel,
+        packed: PackedBert | None,
+        *,
+        device: torch.device,
+        batch_tokens: int,
+        graphs: Int8Graphs | None = None,
+    ) -> None:
         self.exits = exits
         self.packed = packed
+        self.graphs = graphs
         self.device = device
         self.batch_tokens = batch_tokens
 
@@ -62,6 +73,8 @@ class ForwardPass:
         if isinstance(batch, PackedBatch):
             assert self.packed is not None
             return self.packed.forward(batch, layers, depth, self.device)
+        if self.graphs is not None:
+            return self.graphs.run(batch, layers, depth)
         exits = self.exits
         ids = _to_device(batch.input_ids, self.device)
         mask = _to_device(batch.attention_mask, self.device)

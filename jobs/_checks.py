@@ -29,6 +29,7 @@ from embedder import (
     Granularity,
     GranularityError,
     cached_tokenizer,
+    int8_missing,
     read_model_dir,
     resolve_granularities,
     resolve_model,
@@ -209,6 +210,7 @@ def _validate(
     problems += _read_input(spec.input, found)
     problems += _input_problems(spec.input, found.source, found.input_schema)
     # --- model and granularities: validated without loading weights
+    problems += _backend_problems(spec)
     problems += _read_model(spec, found)
     problems += _read_chunking(spec, found)
     problems += _calibrate_layers_problems(spec.calibrate, found.provenance)
@@ -404,6 +406,21 @@ def _id_type(inp: InputSpec, schema: pa.Schema | None) -> pa.DataType:
     return id_type
 
 
+def _backend_problems(spec: JobSpec) -> list[str]:
+    """``[model] backend = "int8"``: its runtime is installed here, and the job asks no GPU of its actors."""
+    if spec.model.backend != "int8":
+        return []
+    problems = []
+    if missing := int8_missing():
+        problems.append(f"model: {missing}")
+    if spec.cluster.gpus_per_actor:
+        problems.append(
+            f"cluster: gpus_per_actor = {spec.cluster.gpus_per_actor:g}, but backend 'int8' runs on CPU; "
+            f"leave gpus_per_actor unset (or 0) with it, or use backend 'torch' on GPUs"
+        )
+    return problems
+
+
 def _read_model(spec: JobSpec, found: _Found) -> list[str]:
     """Reads the model dir's configs (not its tensors) and checks the granularities against its depth and
     width; the granularities, the encoder config and the provenance go into ``found``."""
@@ -422,6 +439,7 @@ def _read_model(spec: JobSpec, found: _Found) -> list[str]:
             max_length=spec.model.max_length,
             dtype=spec.model.dtype,
             batch_tokens=spec.cluster.batch_tokens,
+            backend=spec.model.backend,
         )
         pooling, max_length = mdir.resolve(found.encoder.pooling, found.encoder.max_length)
         found.provenance = Provenance(
@@ -434,6 +452,7 @@ def _read_model(spec: JobSpec, found: _Found) -> list[str]:
             num_layers=mdir.num_layers,
             hidden_size=mdir.hidden_size,
             vector_dtype=spec.output.vector_dtype,
+            backend=spec.model.backend,
             embedjob_version=__version__,
         )
     except EmbedderError as exc:

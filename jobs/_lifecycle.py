@@ -74,9 +74,9 @@ class RunNotResumable(ValueError):
 def pool_request(resolved: ResolvedJob, progress: bool) -> PoolRequest:
     """What the job's ``[cluster]`` asks of the actor pool."""
     c = resolved.spec.cluster
-    return PoolRequest(
-        actors=c.actors, gpus_per_actor=c.gpus_per_actor, cpus_per_actor=c.cpus_per_actor, progress=progress
-    )
+    # backend "int8" runs on CPU: its actors hold no GPU (``_backend_problems`` refuses gpus_per_actor > 0)
+    gpus = 0 if resolved.spec.model.backend == "int8" else c.gpus_per_actor
+    return PoolRequest(actors=c.actors, gpus_per_actor=gpus, cpus_per_actor=c.cpus_per_actor, progress=progress)
 
 
 def checked_job(

@@ -54,8 +54,9 @@ def old_encoder(old: Provenance, spec: JobSpec) -> EncoderConfig:
         pooling=old.pooling,
         normalize=old.normalize,
         max_length=old.max_length,
-        dtype=spec.model.dtype,
+        dtype=spec.model.dtype if old.backend == "torch" else None,
         batch_tokens=spec.cluster.batch_tokens,
+        backend=old.backend,  # type: ignore[arg-type]  # one of BACKENDS: the table's provenance recorded it
     )
 
 

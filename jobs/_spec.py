@@ -13,6 +13,7 @@ columns = ["title"]                # passed through to the output
 [model]
 path = "all-MiniLM-L6-v2"           # a directory, a bundled name, or a Hugging Face id in the cache
 # pooling = "mean"; max_length = 256; dtype = "auto"
+# backend = "torch"                 # or "int8": CPU inference with int8 linear layers (ONNX Runtime)
 
 [output]
 uri = "out/articles.lance"
@@ -76,6 +77,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from storage import has_control_characters, table_name_problem
 from storage.vocab import (
+    Backend,
     CalibrateLayerChoice,
     GateMetric,
     IndexType,
@@ -137,6 +139,8 @@ class ModelSpec(_Strict):
     max_length: int | None = Field(default=None, ge=2, le=1 << 17)
     dtype: ModelDtype = "auto"
     normalize: bool = True
+    #: "torch", or "int8": CPU inference through ONNX Runtime with int8 linear layers (``embedder._int8``)
+    backend: Backend = "torch"
 
 
 class OutputSpec(_Strict):

@@ -72,6 +72,7 @@ def encoder_for(provenance: Provenance, calibration: Calibration | None) -> Elas
         normalize=provenance.normalize,
         max_length=provenance.max_length,
         calibration=calibration,
+        backend=provenance.backend,
     )
     if enc.fingerprint != provenance.weights_fingerprint:
         raise ModelError(

@@ -25,7 +25,11 @@ _CONFIG_FIELDS = (
     "calibration",
     "vector_dtype",
     "chunking",
+    "backend",
 )
+
+#: the backend of tables written before there was a choice (and the default)
+DEFAULT_BACKEND = "torch"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +46,9 @@ class Provenance:
     calibration: str | None = None
     #: how long texts were cut into chunks (``embedder.Chunking.describe()``); None: one row per text
     chunking: str | None = None
+    #: how the forward pass ran: "torch", or "int8" (``embedder.BACKENDS``); int8 vectors are close to torch's,
+    #: not equal, so a change of backend is a change of settings
+    backend: str = DEFAULT_BACKEND
     embedjob_version: str = ""
 
     def __post_init__(self) -> None:
@@ -62,6 +69,8 @@ class Provenance:
         granularities are kept: two provenances with one fingerprint made vectors of one space, column for column
         (what a compatibility map is fitted for; a column added later does not change it)."""
         values = {name: getattr(self, name) for name in _CONFIG_FIELDS if name != "granularities"}
+        if values["backend"] == DEFAULT_BACKEND:
+            del values["backend"]  # the fingerprints of tables from before the backend was recorded stay as they were
         return hashlib.sha256(json.dumps(values, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     def differences(self, other: Provenance) -> list[str]:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from embedder import MODEL_DTYPES, POOLINGS, ModelDtype, PoolingName
+from embedder import BACKENDS, MODEL_DTYPES, POOLINGS, Backend, ModelDtype, PoolingName
 
 __all__ = [
+    "BACKENDS",
     "CALIBRATE_LAYER_CHOICES",
     "GATE_METRICS",
     "INDEX_TYPES",
@@ -33,6 +34,7 @@ __all__ = [
     "QUERY_MODELS",
     "TOKENIZE_CHOICES",
     "VECTOR_DTYPE_NAMES",
+    "Backend",
     "CalibrateLayerChoice",
     "GateMetric",
     "IndexType",

@@ -32,6 +32,7 @@ def inspect(
     if prov.chunking:
         head.add_row("chunking", f"{prov.chunking.replace(',', ', ')} (a row per chunk of a document)")
     head.add_row("vector dtype", prov.vector_dtype)
+    head.add_row("backend", "int8 (ONNX Runtime, int8 linear layers)" if prov.backend == "int8" else prov.backend)
     head.add_row("calibration", _describe_calibration(tbl))
     head.add_row("embedjob", prov.embedjob_version)
     head.add_row(

@@ -255,7 +255,9 @@ def evaluate(
     grans = quality_grid(prov.num_layers, prov.hidden_size, job, grid=grid, dims=dims)
     reference = Granularity(prov.num_layers, prov.hidden_size)
     dtype_bytes = _DTYPE_BYTES.get(prov.vector_dtype, 4)
-    options = dict(pooling=prov.pooling, normalize=prov.normalize, max_length=prov.max_length, device=device)
+    options = dict(
+        pooling=prov.pooling, normalize=prov.normalize, max_length=prov.max_length, device=device, backend=prov.backend
+    )
 
     raw_enc = ElasticEncoder.from_pretrained(prov.model_path, grans, **options)
     if raw_enc.fingerprint != prov.weights_fingerprint:

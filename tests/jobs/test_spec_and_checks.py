@@ -127,6 +127,20 @@ def test_model_and_granularity_errors_name_value_and_range(job, tmp_path):
     ]
 
 
+def test_the_int8_backend_is_checked_against_the_job(job):
+    resolved = check_job(load_job(job(model={"backend": "int8"})))
+    assert resolved.provenance.backend == "int8" and resolved.encoder.backend == "int8"
+    assert check_job(load_job(job())).provenance.backend == "torch"
+    assert _problems(job(model={"backend": "int8"}, cluster={"gpus_per_actor": 1})) == [
+        "cluster: gpus_per_actor = 1, but backend 'int8' runs on CPU; leave gpus_per_actor unset (or 0) with it, "
+        "or use backend 'torch' on GPUs"
+    ]
+    assert _problems(job(model={"backend": "int8", "dtype": "bfloat16"})) == [
+        "model: backend 'int8' quantizes the float32 weights; dtype 'bfloat16' is not allowed with it "
+        "(leave dtype unset or 'float32')"
+    ]
+
+
 def _make_table(resolved_job, granularities=None, fingerprint=None):
     prov = resolved_job.provenance
     if granularities or fingerprint:
@@ -210,6 +224,7 @@ def test_a_union_type_error_is_reported_once(tmp_path):
         ("input", "format", vocab.INPUT_FORMATS),
         ("model", "pooling", vocab.POOLINGS),
         ("model", "dtype", vocab.MODEL_DTYPES),
+        ("model", "backend", vocab.BACKENDS),
         ("output", "vector_dtype", vocab.VECTOR_DTYPE_NAMES),
         ("output", "mode", vocab.OUTPUT_MODES),
         ("cluster", "tokenize", vocab.TOKENIZE_CHOICES),

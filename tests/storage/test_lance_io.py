@@ -81,6 +81,20 @@ def test_provenance_round_trip_and_differences(tmp_path):
     assert prov.differences(other) == ["granularities: l1_d2,l2_d4 -> l1_d2", "pooling: mean -> cls"]
 
 
+def test_the_backend_is_a_setting_and_older_provenances_read_as_torch():
+    import json
+
+    prov = _prov()
+    older = json.loads(prov.to_json())
+    del older["backend"]  # a table written before the backend was recorded
+    assert Provenance.from_json(json.dumps(older)) == prov and prov.backend == "torch"
+    int8 = _prov(backend="int8")
+    assert prov.differences(int8) == ["backend: torch -> int8"]
+    assert int8.settings_fingerprint != prov.settings_fingerprint
+    # the fingerprint of a torch table is what it was before the backend was recorded (compat maps keep theirs)
+    assert prov.settings_fingerprint == "f9c1a3c541571075"
+
+
 def test_vector_columns_are_fixed_size_lists_in_the_chosen_dtype():
     arr = vector_array(np.ones((3, 8)), "float16")
     assert arr.type == pa.list_(pa.float16(), 8)
