@@ -9,6 +9,7 @@ from ._backfill import BackfillPlan, BackfillResult, run_backfill
 from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import probe_address, ray_session
 from ._errors import ClusterError, SourceError
+from ._inprocess import process_pool, run_in_process
 from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
 from ._plans import CorpusPlan, EncoderPlan, NextEncoder
 from ._pool import NodeShare, PoolPlan, PoolRequest, plan_pool
@@ -67,10 +68,12 @@ __all__ = [
     "load_encoder",
     "plan_pool",
     "probe_address",
+    "process_pool",
     "ray_session",
     "resolve_source",
     "run_backfill",
     "run_calibration",
+    "run_in_process",
     "run_pipeline",
     "start_pool",
     "verbose_output",

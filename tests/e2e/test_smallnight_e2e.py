@@ -1,0 +1,140 @@
+"""A night with little changed: below ``[cluster] in_process_below`` rows to embed, and with no cluster named, it runs
+in the driver's process without Ray, giving exactly the rows, vectors, rejects and record the actor pool gives.
+Real Lance tables, real Ray for the pool's side (the session's), tiny random BERT."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench.corpora import passages
+from jobs import run_job
+from storage import open_table
+
+from ..jobfiles import write_job
+
+GRANS = ["l2_d32", "l4_d64"]
+N = 40
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write_corpus(path: Path, rows: list[tuple[object, object]]) -> None:
+    ids, texts = zip(*rows, strict=True)
+    langs = ["en" if i % 3 else "de" for i in range(len(rows))]  # a passthrough column
+    pq.write_table(pa.table({"doc_id": pa.array(ids, pa.string()), "body": texts, "lang": langs}), path)
+
+
+def _job(folder: Path, model: Path, out: Path, **cluster: object) -> Path:
+    return write_job(
+        folder / "job.toml",
+        granularities=GRANS,
+        input={"uri": str(folder / "docs.parquet"), "id_column": "doc_id", "text_column": "body", "columns": ["lang"]},
+        model={"path": str(model)},
+        output={"uri": str(out), "max_reject_fraction": 0.2},
+        cluster={"rows_per_block": 16, **cluster},
+    )
+
+
+@pytest.fixture(scope="module")
+def base(ray_local, _tiny_models, tmp_path_factory):
+    """A table made by a real pool run (version 1) from N passages; each night copies it."""
+    folder = tmp_path_factory.mktemp("smallnight-base")
+    rows = [(f"d{i:03d}", t) for i, t in enumerate(passages(N, words=20))]
+    _write_corpus(folder / "docs.parquet", rows)
+    first = run_job(_job(folder, _tiny_models["bert"], folder / "out" / "docs.lance"), progress=False)
+    assert (first.table_version, first.rows_new) == (1, N)
+    return {"folder": folder, "rows": rows, "model": _tiny_models["bert"]}
+
+
+def _small_night(rows: list[tuple[object, object]]) -> list[tuple[object, object]]:
+    """3 changed, 2 new, 1 removed, an empty text and a duplicate id (both rejected)."""
+    rows = list(rows)
+    for k in (2, 11, 30):
+        rows[k] = (rows[k][0], rows[k][1] + " (revised)")
+    del rows[7]
+    rows[20] = (rows[20][0], "")
+    return [*rows, ("n001", "A new passage about river boats."), ("n002", "Another new one on tides."), rows[4]]
+
+
+def _night(base: dict, folder: Path, rows: list[tuple[object, object]], **cluster: object) -> Path:
+    folder.mkdir()
+    shutil.copytree(base["folder"] / "out", folder / "out")
+    _write_corpus(folder / "docs.parquet", rows)
+    return _job(folder, base["model"], folder / "out" / "docs.lance", **cluster)
+
+
+def _embedjob_run(job: Path, ray_tmp: Path) -> subprocess.CompletedProcess:
+    """``embedjob run`` as its own process with no RAY_ADDRESS: any Ray it started would write its session under
+    RAY_TMPDIR (test_nochange_e2e's probe)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(ray_tmp), PYTHONPATH=str(ROOT), COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "run", str(job), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=job.parent,
+        timeout=600,
+    )
+
+
+def _rows(uri: str) -> dict[str, dict]:
+    table = lance.dataset(uri).to_table()
+    return {r["id"]: r for r in table.to_pylist()}
+
+
+def test_a_small_night_in_process_gives_exactly_the_pools_rows_and_vectors(base, tmp_path):
+    """The same night twice from the same table: through the session's Ray pool (in_process_below = 0), and as
+    `embedjob run` in its own process, below the threshold: no Ray session appears, and the table, its rejects
+    and the run's record are the pool's (vectors within float tolerance)."""
+    rows = _small_night(base["rows"])
+    pooled = run_job(_night(base, tmp_path / "pool", rows, in_process_below=0), progress=False)
+    assert "CPU actor" in pooled.pool
+
+    job = _night(base, tmp_path / "here", rows, in_process_below=100)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        proc = _embedjob_run(job, ray_tmp)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert list(ray_tmp.iterdir()) == [], "Ray was started"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert "5 row(s) to embed, below [cluster] in_process_below = 100" in proc.stderr
+
+    here_tbl, pool_tbl = open_table(str(tmp_path / "here" / "out" / "docs.lance")), open_table(pooled.table_uri)
+    here = here_tbl.runs()[-1]
+    assert here["pool"].startswith("in-process: 5 row(s) to embed (below the break-even, [cluster] in_process_below")
+    varies = {"run_id", "started_at", "finished_at", "seconds", "seconds_pipeline", "table_uri", "pool", "tags"}
+    pool_row = pool_tbl.runs()[-1]
+    assert {k: v for k, v in here.items() if k not in varies} == {k: v for k, v in pool_row.items() if k not in varies}
+    assert (here["rows_new"], here["rows_changed"], here["rows_deleted"], here["rows_rejected"]) == (2, 3, 1, 2)
+    assert (here_tbl.version, pool_tbl.version) == (2, 2)
+
+    got, want = _rows(here_tbl.uri), _rows(pooled.table_uri)
+    assert sorted(got) == sorted(want) and len(got) == N + 1  # 40 - 1 removed + 2 new
+    new_ids = {"d002", "d011", "d030", "n001", "n002"}
+    for id_value, row in got.items():
+        other = want[id_value]
+        for column in ("content_hash", "text", "lang"):
+            assert row[column] == other[column], (id_value, column)
+        for g in GRANS:
+            assert np.allclose(row[f"vec_{g}"], other[f"vec_{g}"], atol=1e-5), (id_value, g)
+        assert (row["run_id"] == here["run_id"]) == (id_value in new_ids)  # the rest kept the first run's
+    rejected = {
+        side: sorted(
+            (r["id"], r["reason"], r["text"])
+            for r in lance.dataset(str(tmp_path / side / "out" / "docs_rejects.lance")).to_table().to_pylist()
+        )
+        for side in ("here", "pool")
+    }
+    assert rejected["here"] == rejected["pool"] and len(rejected["here"]) == 2
