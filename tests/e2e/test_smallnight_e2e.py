@@ -138,3 +138,102 @@ def test_a_small_night_in_process_gives_exactly_the_pools_rows_and_vectors(base,
         for side in ("here", "pool")
     }
     assert rejected["here"] == rejected["pool"] and len(rejected["here"]) == 2
+
+
+# ----------------------------------------------------------------- the decision, without Ray
+
+
+@pytest.fixture
+def quiet_table(_tiny_models, tmp_path):
+    """A table of N passages written in this process (no Ray), and its job; ``night(rows, **overrides)`` writes the
+    input and answers what the night needs (``jobs._nochange.before_ray``)."""
+    from jobs._lifecycle import checked_job
+    from jobs._nochange import before_ray
+
+    from ..jobfiles import write_embedded_table
+
+    rows = [(f"d{i:03d}", t) for i, t in enumerate(passages(N, words=20))]
+    out = tmp_path / "out" / "docs.lance"
+    write_embedded_table(str(out), _tiny_models["bert"], [t for _, t in rows], [i for i, _ in rows], GRANS)
+    job = _job(tmp_path, _tiny_models["bert"], out)
+
+    def night(night_rows, resume=None, mode="incremental", **overrides):
+        _write_corpus(tmp_path / "docs.parquet", night_rows)
+        resolved, _ = checked_job(job, overrides or None)
+        return before_ray(resolved, mode, 1, resume), resolved
+
+    return {"rows": rows, "night": night}
+
+
+def _changed(rows: list[tuple[object, object]], k: int) -> list[tuple[object, object]]:
+    return [(i, t + " (revised)") if n < k else (i, t) for n, (i, t) in enumerate(rows)]
+
+
+@pytest.mark.parametrize(("k", "below", "in_process"), [(5, 6, True), (5, 5, False), (0, 1, None), (3, 0, False)])
+def test_the_threshold_decides(quiet_table, k, below, in_process):
+    """Fewer rows to embed than in_process_below: in this process; as many or more: the pool; 0 turns it off; a
+    night with nothing changed stays the no-change check's (None here: Unchanged)."""
+    from jobs._nochange import InProcess, Unchanged
+
+    night, _ = quiet_table["night"](_changed(quiet_table["rows"], k), **{"cluster.in_process_below": below})
+    if in_process is None:
+        assert isinstance(night, Unchanged)
+    elif in_process:
+        assert isinstance(night, InProcess) and (night.rows, night.below) == (k, below)
+        assert night.describe().startswith(f"in-process: {k} row(s) to embed (below the break-even")
+    else:
+        assert night is None
+
+
+def test_new_rows_count_and_rejects_or_deletions_alone_run_in_process(quiet_table):
+    from jobs._nochange import InProcess
+
+    rows = quiet_table["rows"]
+    grown = [*rows[:-1], ("n1", "a new passage"), ("n2", "another new passage"), (rows[0][0], "")]
+    night, _ = quiet_table["night"](grown, **{"cluster.in_process_below": 3})
+    assert isinstance(night, InProcess) and night.rows == 2  # 2 new; the rejected row and the removed id cost none
+    assert quiet_table["night"](grown, **{"cluster.in_process_below": 2})[0] is None
+
+
+def test_a_job_given_a_cluster_never_runs_in_process(quiet_table, monkeypatch):
+    """`[cluster] address` or RAY_ADDRESS (a job submitted to a cluster has it): always the cluster's pool."""
+    from jobs._nochange import InProcess
+
+    few = _changed(quiet_table["rows"], 2)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert isinstance(quiet_table["night"](few)[0], InProcess)  # the default threshold
+    assert quiet_table["night"](few, **{"cluster.address": "127.0.0.1:6379"})[0] is None
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert quiet_table["night"](few)[0] is None
+
+
+def test_a_run_to_finish_runs_in_process_and_other_modes_use_the_pool(quiet_table):
+    """A resume (or a staged run of the table to finish) is never a night with nothing to do, but can be small; a
+    migration step, an append and a create are the pool's."""
+    from jobs._nochange import InProcess
+    from storage import RunStaging, RunStatus, StagingRecord, new_run_id
+
+    rows = quiet_table["rows"]
+    night, resolved = quiet_table["night"](rows, resume=new_run_id())
+    assert isinstance(night, InProcess) and night.rows == 0
+    staging = RunStaging(resolved.output_uri, new_run_id())
+    staging.write_record(StagingRecord(run_id=staging.run_id, status=RunStatus.FAILED, mode="incremental"))
+    assert isinstance(quiet_table["night"](rows)[0], InProcess)
+    staging.remove()
+    for mode in ("append", "migrate", "overwrite"):
+        assert quiet_table["night"](_changed(rows, 1), mode=mode)[0] is None, mode
+
+
+@pytest.mark.slow  # ~40 s: a pool run in its own process
+def test_above_the_threshold_the_night_starts_ray(base, tmp_path):
+    """The control of the equality test: the same process, as many rows to embed as the threshold: Ray starts."""
+    job = _night(base, tmp_path / "night", _changed(base["rows"], 3), in_process_below=3)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    try:
+        proc = _embedjob_run(job, ray_tmp)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert list((ray_tmp / "ray").glob("session_*")), "no Ray session under RAY_TMPDIR"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    record = open_table(str(tmp_path / "night" / "out" / "docs.lance")).runs()[-1]
+    assert record["rows_changed"] == 3 and "CPU actor" in record["pool"]
