@@ -9,6 +9,7 @@ from ._backfill import BackfillPlan, BackfillResult, run_backfill
 from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import probe_address, ray_session
 from ._errors import ClusterError, SourceError
+from ._handles import in_ray as ray_running
 from ._inprocess import process_pool, run_in_process
 from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
 from ._plans import CorpusPlan, EncoderPlan, NextEncoder
@@ -69,6 +70,7 @@ __all__ = [
     "plan_pool",
     "probe_address",
     "process_pool",
+    "ray_running",
     "ray_session",
     "resolve_source",
     "run_backfill",

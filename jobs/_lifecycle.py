@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from cluster import PoolRequest, ProgressDisplay, Stage, ray_session
+from cluster import PoolRequest, ProgressDisplay, Stage, ray_running, ray_session
 from storage import (
     AFTER_COMMIT,
     LATEST_GOOD,
@@ -215,7 +215,8 @@ def _run_locked(run: TableRun, work: Callable[[int | None], Work], resume: str |
         uri, opts = resolved.output_uri, resolved.storage_options
         run.read_version = dataset_version(uri, opts) if resolved.output_exists else None
         todo = work(run.read_version)
-        night = before_ray(resolved, todo.mode, run.read_version, resume)
+        # a process that holds a Ray session already (a notebook's, a test's) uses it: never a night without Ray
+        night = before_ray(resolved, todo.mode, run.read_version, resume, without_ray=not ray_running())
         if isinstance(night, Unchanged):
             return _record_unchanged(run, todo, night)
         run.in_process = night

@@ -63,13 +63,14 @@ class InProcess:
 
 
 def unchanged_since(resolved: ResolvedJob, mode: str, read_version: int | None, resume: str | None) -> Unchanged | None:
-    """Whether the run has nothing to do at all, decided without Ray; None: the run goes on (:func:`before_ray`)."""
-    night = before_ray(resolved, mode, read_version, resume)
+    """Whether the run has nothing to do at all, decided without Ray; None: the run goes on (:func:`before_ray`,
+    asked only that: it stops at the first difference)."""
+    night = before_ray(resolved, mode, read_version, resume, without_ray=False)
     return night if isinstance(night, Unchanged) else None
 
 
 def before_ray(
-    resolved: ResolvedJob, mode: str, read_version: int | None, resume: str | None
+    resolved: ResolvedJob, mode: str, read_version: int | None, resume: str | None, *, without_ray: bool
 ) -> Unchanged | InProcess | None:
     """What the night needs, decided without Ray: nothing (:class:`Unchanged`), few rows embedded in this process
     (:class:`InProcess`), or None: the Ray pipeline, as before.
@@ -77,14 +78,15 @@ def before_ray(
     Asked only of an incremental run (not a migration step) on an existing table with no calibration to fit.
     Nothing to do means: a new run (not a resume, and no staged run of the table to finish or resume), every
     input row would be embedded (no reject), no id twice, every id in the table with the same content hash, and
-    with ``delete_missing`` every table id in the input. In this process means: no cluster given (no
-    ``[cluster] address``, no RAY_ADDRESS: a job on a cluster always uses its pool), and fewer new and changed
-    rows than ``[cluster] in_process_below`` (counted as if nothing was staged: a resume embeds fewer). An input
-    that cannot be read here leaves the decision to the pipeline (which names the bad file).
+    with ``delete_missing`` every table id in the input. In this process means: ``without_ray`` (the caller says
+    whether this process holds no Ray session of its own: one a notebook or a test opened is used as is), no
+    cluster given (no ``[cluster] address``, no RAY_ADDRESS: a job on a cluster always uses its pool), and fewer
+    new and changed rows than ``[cluster] in_process_below`` (counted as if nothing was staged: a resume embeds
+    fewer). An input that cannot be read here leaves the decision to the pipeline (which names the bad file).
     """
     why_not = _not_asked(resolved, mode, read_version)
     quiet_ok = _why_not_quiet(resolved, resume) is None
-    below = _in_process_below(resolved)
+    below = _in_process_below(resolved) if without_ray else 0
     if why_not is None and not quiet_ok and not below:
         why_not = f"{_why_not_quiet(resolved, resume)}, and no night runs in this process"
     if why_not is not None:

@@ -94,11 +94,12 @@ def _rows(uri: str) -> dict[str, dict]:
 
 
 def test_a_small_night_in_process_gives_exactly_the_pools_rows_and_vectors(base, tmp_path):
-    """The same night twice from the same table: through the session's Ray pool (in_process_below = 0), and as
-    `embedjob run` in its own process, below the threshold: no Ray session appears, and the table, its rejects
-    and the run's record are the pool's (vectors within float tolerance)."""
+    """The same night twice from the same table, the same job (5 rows to embed, below 100): through the Ray pool
+    (this test process holds the session's Ray, which a run uses as is), and as `embedjob run` in its own
+    process, which starts no Ray (no session appears): the table, its rejects and the run's record are the
+    pool's (vectors within float tolerance)."""
     rows = _small_night(base["rows"])
-    pooled = run_job(_night(base, tmp_path / "pool", rows, in_process_below=0), progress=False)
+    pooled = run_job(_night(base, tmp_path / "pool", rows, in_process_below=100), progress=False)
     assert "CPU actor" in pooled.pool
 
     job = _night(base, tmp_path / "here", rows, in_process_below=100)
@@ -157,10 +158,10 @@ def quiet_table(_tiny_models, tmp_path):
     write_embedded_table(str(out), _tiny_models["bert"], [t for _, t in rows], [i for i, _ in rows], GRANS)
     job = _job(tmp_path, _tiny_models["bert"], out)
 
-    def night(night_rows, resume=None, mode="incremental", **overrides):
+    def night(night_rows, resume=None, mode="incremental", without_ray=True, **overrides):
         _write_corpus(tmp_path / "docs.parquet", night_rows)
         resolved, _ = checked_job(job, overrides or None)
-        return before_ray(resolved, mode, 1, resume), resolved
+        return before_ray(resolved, mode, 1, resume, without_ray=without_ray), resolved
 
     return {"rows": rows, "night": night}
 
@@ -205,6 +206,16 @@ def test_a_job_given_a_cluster_never_runs_in_process(quiet_table, monkeypatch):
     assert quiet_table["night"](few, **{"cluster.address": "127.0.0.1:6379"})[0] is None
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert quiet_table["night"](few)[0] is None
+
+
+def test_a_process_holding_a_ray_session_uses_it(quiet_table):
+    """A notebook's or a test's ray.init() (maybe to a cluster): the lifecycle says so, and the pool runs; a
+    night with nothing changed is still found."""
+    from jobs._nochange import Unchanged
+
+    rows = quiet_table["rows"]
+    assert quiet_table["night"](_changed(rows, 2), without_ray=False)[0] is None
+    assert isinstance(quiet_table["night"](rows, without_ray=False)[0], Unchanged)
 
 
 def test_a_run_to_finish_runs_in_process_and_other_modes_use_the_pool(quiet_table):
