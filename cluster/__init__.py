@@ -10,7 +10,7 @@ from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import probe_address, ray_session
 from ._errors import ClusterError, SourceError
 from ._handles import in_ray as ray_running
-from ._inprocess import process_pool, run_in_process
+from ._inprocess import describe_process, process_pool, run_in_process
 from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
 from ._plans import CorpusPlan, EncoderPlan, NextEncoder
 from ._pool import NodeShare, PoolPlan, PoolRequest, plan_pool
@@ -65,6 +65,7 @@ __all__ = [
     "actor_placement",
     "build_runtime_env",
     "check_rows",
+    "describe_process",
     "jobs_api_address",
     "load_encoder",
     "plan_pool",

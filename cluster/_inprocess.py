@@ -25,7 +25,7 @@ from ._registry import IdRegistry
 from ._stager import RunStager, StagedWrite
 from ._stages import EncodeActor, prepare
 
-__all__ = ["process_pool", "run_in_process"]
+__all__ = ["describe_process", "process_pool", "run_in_process"]
 
 logger = logging.getLogger("cluster")
 
@@ -47,6 +47,11 @@ def process_pool(request: PoolRequest) -> PoolPlan:
     )
 
 
+def describe_process(pool: PoolPlan) -> str:
+    """What :func:`process_pool` gives, in words."""
+    return "1 encoder on the GPU" if pool.uses_gpu else f"1 encoder x {pool.torch_threads} torch threads"
+
+
 def run_in_process(
     plan: EmbedPlan, *, delete_missing: bool = True, display: ProgressDisplay | None = None
 ) -> PipelineResult:
@@ -60,7 +65,7 @@ def _run(plan: EmbedPlan, delete_missing: bool, display: ProgressDisplay) -> Pip
     t0 = time.perf_counter()
     pool = process_pool(plan.pool)
     tokenize = resolve_tokenize(plan.tokenize, pool)
-    logger.info("in this process: %s; tokenizing in the %s", pool.describe(), tokenize)
+    logger.info("in this process: %s; tokenizing in the %s", describe_process(pool), tokenize)
     registry = IdRegistry(**plan.registry_args())
     counter = ProgressCounter()
     display.begin(Stage.ENCODING, total=plan.source.row_count(), counter=counter)

@@ -27,6 +27,7 @@ from cluster import check_rows
 from storage import CONTENT_HASH, DOC_ID, ID, error_line, read_hashes, staged_runs
 
 from ._checks import ResolvedJob
+from ._spec import IN_PROCESS_BELOW
 
 __all__ = ["InProcess", "Unchanged", "before_ray", "unchanged_since"]
 
@@ -55,11 +56,10 @@ class InProcess:
     seconds: float
 
     def describe(self) -> str:
-        """The run record's ``pool``."""
-        return (
-            f"in-process: {self.rows:,} row(s) to embed (below the break-even, [cluster] in_process_below = "
-            f"{self.below:,}); no Ray"
-        )
+        """The run record's ``pool`` (no square brackets: the CLI's table would take them for markup)."""
+        what = "the break-even, " if self.below == IN_PROCESS_BELOW else ""
+        below = f"{what}cluster.in_process_below = {self.below:,}"
+        return f"in-process: {self.rows:,} row(s) to embed (below {below}); no Ray"
 
 
 def unchanged_since(resolved: ResolvedJob, mode: str, read_version: int | None, resume: str | None) -> Unchanged | None:
@@ -112,7 +112,7 @@ def before_ray(
         logger.info("the input differs from version %d (%s): embedding what changed", read_version, diff.difference)
     if diff.to_embed < below:
         logger.info(
-            "%d row(s) to embed, below [cluster] in_process_below = %d: embedding in this process, without Ray",
+            "%d row(s) to embed, below cluster.in_process_below = %d: embedding in this process, without Ray",
             diff.to_embed,
             below,
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster import EmbedPlan, PipelineResult, run_in_process, run_pipeline
+from cluster import EmbedPlan, PipelineResult, describe_process, run_in_process, run_pipeline
 from storage import (
     ObjectStore,
     RunIdError,
@@ -237,11 +237,9 @@ class _Embed:
 
 def _pool_line(run: TableRun, result: PipelineResult) -> str:
     """The run record's ``pool``: the actor pool, or a small night's one encoder in this process."""
-    pool = result.pool
     if run.in_process is None:
-        return f"{pool.describe()}; tokenizing in the {result.tokenize}"
-    where = "on the GPU" if pool.uses_gpu else f"x {pool.torch_threads} torch threads"
-    return f"{run.in_process.describe()}; 1 encoder {where}"
+        return f"{result.pool.describe()}; tokenizing in the {result.tokenize}"
+    return f"{run.in_process.describe()}; {describe_process(result.pool)}"
 
 
 def _check_exactly_once(parts: list[StagedPart], run_id: str) -> None:

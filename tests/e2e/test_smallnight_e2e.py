@@ -110,11 +110,12 @@ def test_a_small_night_in_process_gives_exactly_the_pools_rows_and_vectors(base,
         assert list(ray_tmp.iterdir()) == [], "Ray was started"
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert "5 row(s) to embed, below [cluster] in_process_below = 100" in proc.stderr
+    assert "5 row(s) to embed, below cluster.in_process_below = 100" in proc.stderr
+    assert "(below cluster.in_process_below = 100); no Ray; 1 encoder x" in proc.stdout  # the printed summary
 
     here_tbl, pool_tbl = open_table(str(tmp_path / "here" / "out" / "docs.lance")), open_table(pooled.table_uri)
     here = here_tbl.runs()[-1]
-    assert here["pool"].startswith("in-process: 5 row(s) to embed (below the break-even, [cluster] in_process_below")
+    assert here["pool"].startswith("in-process: 5 row(s) to embed (below cluster.in_process_below = 100); no Ray")
     varies = {"run_id", "started_at", "finished_at", "seconds", "seconds_pipeline", "table_uri", "pool", "tags"}
     pool_row = pool_tbl.runs()[-1]
     assert {k: v for k, v in here.items() if k not in varies} == {k: v for k, v in pool_row.items() if k not in varies}
@@ -181,7 +182,7 @@ def test_the_threshold_decides(quiet_table, k, below, in_process):
         assert isinstance(night, Unchanged)
     elif in_process:
         assert isinstance(night, InProcess) and (night.rows, night.below) == (k, below)
-        assert night.describe().startswith(f"in-process: {k} row(s) to embed (below the break-even")
+        assert night.describe() == f"in-process: {k} row(s) to embed (below cluster.in_process_below = {below}); no Ray"
     else:
         assert night is None
 
