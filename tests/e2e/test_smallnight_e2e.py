@@ -249,3 +249,28 @@ def test_above_the_threshold_the_night_starts_ray(base, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     record = open_table(str(tmp_path / "night" / "out" / "docs.lance")).runs()[-1]
     assert record["rows_changed"] == 3 and "CPU actor" in record["pool"]
+
+
+@pytest.mark.slow  # ~40 s: two `embedjob run` processes
+def test_a_small_night_that_failed_is_resumed_in_process_without_embedding_again(base, tmp_path):
+    """Exactly once without Ray: a night refused after staging (too many rejects) keeps its staged parts; the next
+    night, in process too, resumes that run and commits its rows without embedding them again."""
+    job = _night(base, tmp_path / "night", _small_night(base["rows"]), in_process_below=100)
+    job.write_text(job.read_text().replace("max_reject_fraction = 0.2", "max_reject_fraction = 0.01"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    try:
+        failed = _embedjob_run(job, ray_tmp)
+        assert failed.returncode != 0 and "rejected" in failed.stdout + failed.stderr
+        job.write_text(job.read_text().replace("max_reject_fraction = 0.01", "max_reject_fraction = 0.2"))
+        resumed = _embedjob_run(job, ray_tmp)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert list(ray_tmp.iterdir()) == [], "Ray was started"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert "resuming run" in resumed.stderr
+    table = open_table(str(tmp_path / "night" / "out" / "docs.lance"))
+    first, last = table.runs()[-2:]
+    assert (first["status"], last["status"], last["run_id"]) == ("failed", "committed", first["run_id"])
+    assert (last["rows_resumed"], last["rows_embedded"], last["rows_changed"], last["rows_new"]) == (5, 5, 0, 0)
+    assert "in-process" in last["pool"] and table.version == 2 and table.count_rows() == N + 1
+    assert sorted(_rows(table.uri)) == sorted({i for i, _ in _small_night(base["rows"])})  # each id once
