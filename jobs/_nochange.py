@@ -85,10 +85,11 @@ def before_ray(
     fewer). An input that cannot be read here leaves the decision to the pipeline (which names the bad file).
     """
     why_not = _not_asked(resolved, mode, read_version)
-    quiet_ok = _why_not_quiet(resolved, resume) is None
+    not_quiet = _why_not_quiet(resolved, resume) if why_not is None else None
+    quiet_ok = not_quiet is None
     below = _in_process_below(resolved) if without_ray else 0
     if why_not is None and not quiet_ok and not below:
-        why_not = f"{_why_not_quiet(resolved, resume)}, and no night runs in this process"
+        why_not = f"{not_quiet}, and no night runs in this process"
     if why_not is not None:
         logger.debug("no-change check skipped: %s", why_not)
         return None
