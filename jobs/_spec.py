@@ -165,7 +165,7 @@ class OutputSpec(_Strict):
 
 
 #: ``[cluster] in_process_below``'s default: below this many rows to embed, a night without Ray was faster
-IN_PROCESS_BELOW = 300
+IN_PROCESS_BELOW = 1000
 
 
 class ClusterSpec(_Strict):
