@@ -9,6 +9,8 @@ from ._backfill import BackfillPlan, BackfillResult, run_backfill
 from ._calibrate import CalibrationPlan, CalibrationSample, run_calibration
 from ._connect import probe_address, ray_session
 from ._errors import ClusterError, SourceError
+from ._handles import in_ray as ray_running
+from ._inprocess import describe_process, process_pool, run_in_process
 from ._pipeline import EmbedPlan, PipelineResult, actor_placement, run_pipeline, start_pool
 from ._plans import CorpusPlan, EncoderPlan, NextEncoder
 from ._pool import NodeShare, PoolPlan, PoolRequest, plan_pool
@@ -65,15 +67,19 @@ __all__ = [
     "actor_placement",
     "build_runtime_env",
     "check_rows",
+    "describe_process",
     "jobs_api_address",
     "load_encoder",
     "log_timing",
     "plan_pool",
     "probe_address",
+    "process_pool",
+    "ray_running",
     "ray_session",
     "resolve_source",
     "run_backfill",
     "run_calibration",
+    "run_in_process",
     "run_pipeline",
     "start_pool",
     "timed",

@@ -61,6 +61,58 @@ class EmbedPlan(CorpusPlan):
     slice_rows: int | None = None
     slice_s: float | None = None
 
+    # What the stages are built with: the same for the Ray pipeline and a small night in this process (_inprocess)
+
+    def registry_args(self) -> dict[str, Any]:
+        """The run's :class:`IdRegistry`."""
+        return dict(
+            mode=self.mode,
+            table_uri=self.output_uri,
+            read_version=self.read_version,
+            staging_uri=(self.output_uri, self.run_id) if self.resume else None,
+            storage_options=self.storage_options,
+            slice_rows=self.slice_rows,
+            slice_s=self.slice_s,
+        )
+
+    def prepare_args(self, registry: Any, progress: Any, tokenize: str) -> dict[str, Any]:
+        """``prepare``'s keyword arguments: the registry and progress counter, tokenized in the tasks or not."""
+        return {
+            "id_column": self.id_column,
+            "text_column": self.text_column,
+            "passthrough": list(self.passthrough),
+            "registry": registry,
+            "progress": progress,
+            "tokenizer": (self.model_path, self.encoder.max_length) if tokenize == "tasks" else None,
+            "chunking": (self.model_path, self.encoder.max_length, self.chunking) if self.chunking else None,
+            "copy_old": self.next_encoder is not None and self.next_encoder.table_uri is not None,
+        }
+
+    def encoder_args(self, progress: Any) -> dict[str, Any]:
+        """``EncodeActor``'s constructor arguments, less the pool."""
+        return dict(
+            model_path=self.model_path,
+            config=self.encoder,
+            vector_dtype=self.vector_dtype,
+            run_id=self.run_id,
+            calibration_uri=self.calibration_uri,
+            storage_options=self.storage_options,
+            progress=progress,
+            next_encoder=self.next_encoder,
+        )
+
+    def stager_args(self) -> dict[str, Any]:
+        """The staging sink's (``RunStager``'s) arguments."""
+        return dict(
+            uri=self.output_uri,
+            rejects_uri=self.rejects_uri,
+            schema=self.schema,
+            run_id=self.run_id,
+            storage_options=self.storage_options,
+            overwrite=replaces_table(self.mode),
+            rows_per_part=self.rows_per_part,
+        )
+
 
 @dataclass
 class PipelineResult:
@@ -284,19 +336,7 @@ def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDispla
     rows = _rows_per_block(plan, pool)
     tokenize = resolve_tokenize(plan.tokenize, pool)
     logger.info("actor pool: %s; %d rows per block; tokenizing in the %s", pool.describe(), rows, tokenize)
-    registry = (
-        ray.remote(num_cpus=0)(IdRegistry)
-        .options(max_restarts=0)
-        .remote(
-            mode=plan.mode,
-            table_uri=plan.output_uri,
-            read_version=plan.read_version,
-            staging_uri=(plan.output_uri, plan.run_id) if plan.resume else None,
-            storage_options=plan.storage_options,
-            slice_rows=plan.slice_rows,
-            slice_s=plan.slice_s,
-        )
-    )
+    registry = ray.remote(num_cpus=0)(IdRegistry).options(max_restarts=0).remote(**plan.registry_args())
     counter = start_counter()
     display.begin(Stage.ENCODING, total=plan.source.row_count(), counter=counter)
     with actor_placement(pool, plan.model_path) as placement:
@@ -308,16 +348,7 @@ def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDispla
             batch_format="pyarrow",
             batch_size=None,
             zero_copy_batch=True,
-            fn_kwargs={
-                "id_column": plan.id_column,
-                "text_column": plan.text_column,
-                "passthrough": list(plan.passthrough),
-                "registry": registry,
-                "progress": counter,
-                "tokenizer": (plan.model_path, plan.encoder.max_length) if tokenize == "tasks" else None,
-                "chunking": (plan.model_path, plan.encoder.max_length, plan.chunking) if plan.chunking else None,
-                "copy_old": plan.next_encoder is not None and plan.next_encoder.table_uri is not None,
-            },
+            fn_kwargs=plan.prepare_args(registry, counter, tokenize),
         )
         ds = map_with_actors(
             ds,
@@ -325,24 +356,9 @@ def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDispla
             pool,
             placement,
             batch_size=rows,
-            model_path=plan.model_path,
-            config=plan.encoder,
-            vector_dtype=plan.vector_dtype,
-            run_id=plan.run_id,
-            calibration_uri=plan.calibration_uri,
-            storage_options=plan.storage_options,
-            progress=counter,
-            next_encoder=plan.next_encoder,
+            **plan.encoder_args(counter),
         )
-        sink = StagingSink(
-            uri=plan.output_uri,
-            rejects_uri=plan.rejects_uri,
-            schema=plan.schema,
-            run_id=plan.run_id,
-            storage_options=plan.storage_options,
-            overwrite=replaces_table(plan.mode),
-            rows_per_part=plan.rows_per_part,
-        )
+        sink = StagingSink(**plan.stager_args())
         log_timing("pool and plan", time.perf_counter() - t0)
         started_at, t_exec = time.time(), time.perf_counter()
         try:

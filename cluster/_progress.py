@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ._handles import ask, in_ray
+
 __all__ = [
     "COUNTS",
     "METRIC_ROWS_EMBEDDED",
@@ -159,13 +161,12 @@ def start_counter() -> Any:
 
 def report(counter: Any, **counts: int) -> None:
     """In a Ray worker: add ``counts`` to the command's counter and wait until it has them (so the counts are
-    complete when the work is); never fails the work (a counter that is gone or slow is ignored)."""
+    complete when the work is); never fails the work (a counter that is gone or slow is ignored). In this process
+    (a small night without Ray) ``counter`` is a plain :class:`ProgressCounter`."""
     if counter is None or not any(counts.values()):
         return
-    import ray
-
     try:
-        ray.get(counter.add.remote(counts), timeout=REPORT_TIMEOUT_S)
+        ask(counter, "add", counts, timeout=REPORT_TIMEOUT_S)
     except Exception as exc:  # progress is never a reason for the work to fail
         logging.getLogger("cluster").debug("progress report lost: %s", exc)
 
@@ -187,6 +188,8 @@ def _metric(name: str, description: str, tag_keys: tuple[str, ...]) -> Any:
 def record_embedded(run_id: str, node: str, *, rows: int, tokens: int) -> None:
     """Ray metrics ``embedjob_rows_embedded`` and ``embedjob_tokens`` (tags ``run_id``, ``node``: the Ray node
     id that embedded them), where the rows were embedded."""
+    if not in_ray():  # a small night embedded without Ray: no metrics to export
+        return
     tags = {"run_id": run_id, "node": node or "unknown"}
     if rows > 0:
         _metric(METRIC_ROWS_EMBEDDED, "Rows embedded by embedjob runs.", ("run_id", "node")).inc(rows, tags=tags)
@@ -196,6 +199,8 @@ def record_embedded(run_id: str, node: str, *, rows: int, tokens: int) -> None:
 
 def record_rejected(run_id: str, reasons: Mapping[str, int]) -> None:
     """Ray metric ``embedjob_rows_rejected`` (tags ``run_id``, ``reason``)."""
+    if not in_ray():
+        return
     metric = _metric(METRIC_ROWS_REJECTED, "Rows rejected by embedjob runs, by reason.", ("run_id", "reason"))
     for reason, n in reasons.items():
         if n > 0:
@@ -399,12 +404,10 @@ class ProgressDisplay:
             counter = self._counter
         if counter is None:
             return
-        import ray
-
-        if not ray.is_initialized():  # the command's Ray session ended (a failure): the last counts stand
-            return
+        if not isinstance(counter, ProgressCounter) and not in_ray():
+            return  # the command's Ray session ended (a failure): the last counts stand
         try:
-            counts = ray.get(counter.counts.remote(), timeout=timeout)
+            counts = ask(counter, "counts", timeout=timeout)
         except Exception:  # the counter is busy or gone: the last counts stand
             return
         with self._lock:

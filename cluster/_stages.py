@@ -47,6 +47,7 @@ from storage import (
     vector_column,
 )
 
+from ._handles import ask, in_ray
 from ._plans import NextEncoder
 from ._pool import PoolPlan
 from ._progress import record_embedded, record_rejected, report
@@ -88,9 +89,8 @@ def prepare(
     (:func:`split_into_chunks`); the registry classifies documents, so a changed document is embedded whole.
     ``progress``: the run's progress counter (rows read; those skipped are done).
     ``copy_old`` (a migration step): each old row the step takes gets its address in the table (``_rowaddr``).
+    ``registry`` and ``progress`` are Ray actors, or plain objects when a small night runs in this process.
     """
-    import ray
-
     ids = batch.column(id_column)
     id_values = ids.to_pylist()
     texts, hashes, reasons = check_rows(batch.column(text_column).to_pylist(), id_values)
@@ -100,7 +100,7 @@ def prepare(
     # same answers.
     prefix = _batch_digest(id_values, hashes)
     keys = [prefix + i.to_bytes(8, "little") if r is None else None for i, r in enumerate(reasons)]
-    statuses = ray.get(registry.classify.remote(prefix, len(id_values), id_values, keys, hashes))
+    statuses = ask(registry, "classify", prefix, len(id_values), id_values, keys, hashes)
     # a resumed chunked document may be staged in part: its missing chunks are embedded below
     keep = _rows_to_keep(statuses, reasons, keep_staged=chunking is not None)
     report(progress, read=len(id_values), done=len(id_values) - len(keep))
@@ -119,10 +119,10 @@ def prepare(
     out = pa.table(columns)
     if chunking is not None:
         staged = [id_values[i] for i in keep if statuses[i] == "staged"]
-        done = ray.get(registry.staged_chunks.remote(staged)) if staged else {}
+        done = ask(registry, "staged_chunks", staged) if staged else {}
         out = split_into_chunks(out, *chunking, staged=done)
     if copy_old:
-        addresses = ray.get(registry.addresses.remote(out.column(ID).to_pylist()))
+        addresses = ask(registry, "addresses", out.column(ID).to_pylist())
         out = out.append_column(ROWADDR, pa.array(addresses, pa.int64()))
     if tokenizer is not None:
         texts, reasons = out.column(TEXT).to_pylist(), out.column(REASON).to_pylist()
@@ -434,6 +434,8 @@ def _documents(batch: pa.Table) -> int:
 
 def node_id() -> str:
     """This worker's Ray node id (hex); empty outside Ray."""
+    if not in_ray():
+        return ""
     import ray
 
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return ray.get_runtime_context().get_node_id()

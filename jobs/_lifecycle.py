@@ -7,7 +7,8 @@ failure record when anything stops the run. Calibration has no table commit: it 
 Ray session (:func:`in_ray_session`).
 
 An incremental night with nothing changed stops after the lock: the input's ids and hashes are compared with
-the table's in this process (``_nochange``), and the night is recorded without staging, Ray or a commit.
+the table's in this process (``_nochange``), and the night is recorded without staging, Ray or a commit. A night
+with few rows to embed (the same comparison counts them) runs its work in this process, without Ray.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from cluster import PoolRequest, ProgressDisplay, Stage, ray_session, timed
+from cluster import PoolRequest, ProgressDisplay, Stage, ray_running, ray_session, timed
 from storage import (
     AFTER_COMMIT,
     LATEST_GOOD,
@@ -48,7 +49,7 @@ from storage.vocab import updates_rows
 from ._checks import ResolvedJob, check_job
 from ._gate import evaluate_gate, gate_line
 from ._indexing import refresh_indexes
-from ._nochange import Unchanged, unchanged_since
+from ._nochange import InProcess, Unchanged, before_ray
 from ._spec import JobSpec, load_job, with_overrides
 from ._summary import RunSummary
 from .state import remember_run
@@ -125,6 +126,8 @@ class TableRun:
     committed: RunSummary | None = None
     #: where the run's progress shows (its stage, rows done of the total, tokens, rows/s)
     display: ProgressDisplay | None = None
+    #: a small night: its few rows embedded in this process, without Ray (None: on Ray, the actor pool)
+    in_process: InProcess | None = None
 
     @property
     def run_id(self) -> str:
@@ -164,7 +167,8 @@ class Work(Protocol):
     mode: str
 
     def execute(self, run: TableRun) -> Any:
-        """Inside the Ray session: stage the run's work in ``run.staging``; commit nothing."""
+        """Inside the Ray session (or, a small night, ``run.in_process``: in this process without Ray): stage the
+        run's work in ``run.staging``; commit nothing."""
 
     def summarize(self, run: TableRun, result: Any) -> RunSummary:
         """The run's summary (status committed, no version yet); raise to refuse the commit (a guard)."""
@@ -216,15 +220,18 @@ def _run_locked(run: TableRun, work: Callable[[int | None], Work], resume: str |
         uri, opts = resolved.output_uri, resolved.storage_options
         run.read_version = dataset_version(uri, opts) if resolved.output_exists else None
         todo = work(run.read_version)
+        # a process that holds a Ray session already (a notebook's, a test's) uses it: never a night without Ray
         with timed("no-change check"):
-            unchanged = unchanged_since(resolved, todo.mode, run.read_version, resume)
-        if unchanged is not None:
-            return _record_unchanged(run, todo, unchanged)
+            night = before_ray(resolved, todo.mode, run.read_version, resume, without_ray=not ray_running())
+        if isinstance(night, Unchanged):
+            return _record_unchanged(run, todo, night)
+        run.in_process = night
         with timed("staging"):
             _stage(run, todo.mode, resume)
         display.what = f"run {run.run_id}"
         logger.info("run %s (%s): %s -> %s", run.run_id, todo.mode, resolved.source.uri, uri)
-        result = in_ray_session(resolved, lambda: todo.execute(run))
+        # a small night runs in this process, without Ray (the work reads run.in_process)
+        result = todo.execute(run) if night is not None else in_ray_session(resolved, lambda: todo.execute(run))
         summary = todo.summarize(run, result)
         # the summary goes into the staging record before the commit: a driver killed right after the commit
         # leaves it there, and the table's commit message says the commit happened

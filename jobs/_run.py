@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster import EmbedPlan, PipelineResult, run_pipeline
+from cluster import EmbedPlan, PipelineResult, describe_process, run_in_process, run_pipeline
 from storage import (
     ObjectStore,
     RunIdError,
@@ -152,7 +152,9 @@ class _Embed:
         plan = _plan(
             resolved, run.run_id, run.progress, mode=self.mode, read_version=run.read_version, resume=run.resumed
         )
-        return run_pipeline(plan, delete_missing=resolved.spec.output.delete_missing, display=run.display)
+        # a small night: the pipeline's stages in this process, without Ray (the lifecycle started none)
+        execute = run_in_process if run.in_process is not None else run_pipeline
+        return execute(plan, delete_missing=resolved.spec.output.delete_missing, display=run.display)
 
     def summarize(self, run: TableRun, result: PipelineResult) -> RunSummary:
         resolved, spec = self.resolved, self.resolved.spec
@@ -165,7 +167,7 @@ class _Embed:
             "rows_changed": counts.get("changed", 0),
             "rows_unchanged": counts.get("unchanged", 0),
             "rows_deleted": counts.get("deleted", len(result.missing_ids)),  # a chunked table's: documents
-            "pool": f"{result.pool.describe()}; tokenizing in the {result.tokenize}",
+            "pool": _pool_line(run, result),
             "seconds_pipeline": result.seconds,
         }
         check_rejects(result.rows_read, result.rows_rejected, result.reject_reasons, spec.output.max_reject_fraction)
@@ -231,6 +233,13 @@ class _Embed:
             # the job's [index] names the new settings' columns: they are the table's from the switch on (until
             # then the old columns keep the indexes they had; rows a step adds are scanned exactly)
             refresh_indexes_after(run, summary, changed=True)
+
+
+def _pool_line(run: TableRun, result: PipelineResult) -> str:
+    """The run record's ``pool``: the actor pool, or a small night's one encoder in this process."""
+    if run.in_process is None:
+        return f"{result.pool.describe()}; tokenizing in the {result.tokenize}"
+    return f"{run.in_process.describe()}; {describe_process(result.pool)}"
 
 
 def _check_exactly_once(parts: list[StagedPart], run_id: str) -> None:

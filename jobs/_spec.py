@@ -168,6 +168,10 @@ class OutputSpec(_Strict):
         return value
 
 
+#: ``[cluster] in_process_below``'s default: below this many rows to embed, a night without Ray was faster
+IN_PROCESS_BELOW = 1000
+
+
 class ClusterSpec(_Strict):
     address: str | None = None
     #: checked against the cluster when the pool is planned (before any work): CPU actors <= CPUs,
@@ -183,6 +187,10 @@ class ClusterSpec(_Strict):
     #: rows per staged part (one write task, one set of fragments); a killed run redoes at most the parts
     #: in flight. Larger parts make fewer, larger fragments.
     rows_per_part: int = Field(default=16384, ge=1, le=1 << 24)
+    #: an incremental night with fewer rows than this to embed (new + changed; a chunked table's documents) runs
+    #: in the driver's process, without Ray, when no cluster is given (no ``address``, no RAY_ADDRESS); 0: never.
+    #: The default is the break-even bench/incremental.py measured (pool vs in-process, see bench/RESULTS.md)
+    in_process_below: int = Field(default=IN_PROCESS_BELOW, ge=0, le=1 << 24)
 
 
 class ChunkingSpec(_Strict):

@@ -130,6 +130,12 @@ JOB_FILES = [
     Case("input-file-truncated", {"input.uri": "<truncated>"}, ("truncated.parquet", "Parquet magic bytes not found")),
     Case("index-of-another-granularity", {"index.granularities": ["l3_d16"]}, ("'l3_d16' is not one of",)),
     Case("rows-per-part-zero", {"cluster.rows_per_part": 0}, ("cluster.rows_per_part = 0",)),
+    Case(
+        "in-process-below-negative",
+        {"cluster.in_process_below": -5},
+        ("cluster.in_process_below = -5", "greater than or equal to 0"),
+    ),
+    Case("in-process-below-a-word", {"cluster.in_process_below": "many"}, ("cluster.in_process_below = 'many'",)),
     Case("toml-syntax", raw="granularities = [\n", expect=("not valid TOML",)),
 ]
 

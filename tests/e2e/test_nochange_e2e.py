@@ -55,7 +55,7 @@ def _job(folder: Path, model: Path, out: Path, **sections: dict) -> Path:
         input={"uri": str(folder / "docs.parquet"), "id_column": "doc_id", "text_column": "body"},
         model={"path": str(model)},
         output=output,
-        cluster={"rows_per_block": 20},
+        cluster={"rows_per_block": 20, **sections.pop("cluster", {})},
         **sections,
     )
 
@@ -99,10 +99,11 @@ def test_a_night_with_nothing_changed_starts_no_ray_and_loads_no_weights(base, t
 
 @pytest.mark.slow
 def test_the_probe_sees_ray_when_a_night_has_work(base, tmp_path):
-    """The control of the test above: the same process, one changed row: Ray starts, under RAY_TMPDIR."""
+    """The control of the test above: the same process, one changed row (the small-night path turned off, see
+    test_smallnight_e2e): Ray starts, under RAY_TMPDIR."""
     rows = list(base["rows"])
     rows[0] = (rows[0][0], rows[0][1] + " (revised)")
-    job = _night(base, tmp_path, rows)
+    job = _night(base, tmp_path, rows, cluster={"in_process_below": 0})  # not a small night
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     try:
         proc = _embedjob_run(job, ray_tmp, tmp_path / "modules.json")

@@ -1,0 +1,107 @@
+"""A small night embedded in this process: the pipeline's own stages, run one after the other, without Ray.
+
+Starting Ray, its actor pool and the model in the actors costs a run seconds before its first row; a night with
+few rows to embed spends most of its time there (bench/incremental.py measures where the pool starts to pay).
+:func:`run_in_process` runs such a night here: the input read with the source's own reader, each batch through
+``prepare`` (the row rule, the content hash, the id registry: an :class:`IdRegistry` object instead of an actor),
+one ``EncodeActor`` (an object, loaded only when a row is to be embedded), and the staging sink's
+:class:`RunStager`; it returns the pipeline's :class:`PipelineResult`, so the commit, the guards, the summary
+and a resume are the same. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+from ._pipeline import EmbedPlan, PipelineResult, resolve_tokenize
+from ._pool import PoolPlan, PoolRequest, plan_pool
+from ._progress import ProgressCounter, ProgressDisplay, Stage, display_or_own
+from ._registry import IdRegistry
+from ._stager import RunStager, StagedWrite
+from ._stages import EncodeActor, prepare
+
+__all__ = ["describe_process", "process_pool", "run_in_process"]
+
+logger = logging.getLogger("cluster")
+
+#: input rows read per batch when the job sets no ``rows_per_block``
+_BATCH_ROWS = 8192
+
+
+def process_pool(request: PoolRequest) -> PoolPlan:
+    """This process as a pool of one encoder: the job's pool request planned on this machine's CPUs (and CUDA
+    GPUs, unless ``gpus_per_actor = 0``), one actor."""
+    import torch
+
+    gpus = torch.cuda.device_count() if request.gpus_per_actor != 0 else 0
+    return plan_pool(
+        {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)},
+        actors=1,
+        gpus_per_actor=request.gpus_per_actor,
+        cpus_per_actor=request.cpus_per_actor,
+    )
+
+
+def describe_process(pool: PoolPlan) -> str:
+    """What :func:`process_pool` gives, in words."""
+    return "1 encoder on the GPU" if pool.uses_gpu else f"1 encoder x {pool.torch_threads} torch threads"
+
+
+def run_in_process(
+    plan: EmbedPlan, *, delete_missing: bool = True, display: ProgressDisplay | None = None
+) -> PipelineResult:
+    """Run read -> prepare -> encode -> stage in this process, as :func:`run_pipeline` does on Ray; commit
+    nothing. Meant for few rows to embed: one encoder, no parallel reads."""
+    with display_or_own(display, f"run {plan.run_id}", show=plan.pool.progress) as shown:
+        return _run(plan, delete_missing, shown)
+
+
+def _run(plan: EmbedPlan, delete_missing: bool, display: ProgressDisplay) -> PipelineResult:
+    t0 = time.perf_counter()
+    pool = process_pool(plan.pool)
+    tokenize = resolve_tokenize(plan.tokenize, pool)
+    logger.info("in this process: %s; tokenizing in the %s", describe_process(pool), tokenize)
+    registry = IdRegistry(**plan.registry_args())
+    counter = ProgressCounter()
+    display.begin(Stage.ENCODING, total=plan.source.row_count(), counter=counter)
+    stager = RunStager(**plan.stager_args())
+    writes: list[StagedWrite] = []
+    pending: list[pa.Table] = []
+    encoder: EncodeActor | None = None
+    for rows in _prepared(plan, registry, counter, tokenize):
+        encoder = encoder or EncodeActor(pool=pool, **plan.encoder_args(counter))
+        pending.append(encoder(rows))
+        if sum(t.num_rows for t in pending) >= plan.rows_per_part:  # a part as large as the pipeline's
+            writes += stager.write(pending)
+            pending = []
+    writes += stager.write(pending)
+    display.end_phase()
+    stager.finish(writes)
+    replaced, missing = registry.deletions(delete_missing)
+    return PipelineResult(
+        parts=stager.parts,
+        reject_fragments=stager.reject_fragments,
+        rows_rejected=stager.rows_rejected,
+        reject_reasons=stager.reject_reasons,
+        pool=pool,
+        seconds=time.perf_counter() - t0,
+        counts=registry.counts(),
+        replaced_ids=replaced,
+        missing_ids=missing,
+        tokenize=tokenize,
+    )
+
+
+def _prepared(plan: EmbedPlan, registry: IdRegistry, counter: ProgressCounter, tokenize: str) -> Iterator[pa.Table]:
+    """The input's batches through ``prepare``, those with rows left to encode (or to reject)."""
+    columns = list(dict.fromkeys([plan.id_column, plan.text_column, *plan.passthrough]))
+    kwargs = plan.prepare_args(registry, counter, tokenize)
+    for batch in plan.source.batches(columns, batch_size=plan.rows_per_block or _BATCH_ROWS):
+        rows = prepare(pa.Table.from_batches([batch]), **kwargs)
+        if rows.num_rows:
+            yield rows
