@@ -156,9 +156,9 @@ def _loopback_only() -> Iterator[None]:
         constants.ENABLE_RAY_CLUSTER = saved
 
 
-#: what an encoder actor imports (torch, transformers, Lance, Ray Data through them), preloaded by the embedded
-#: Ray's workers
-_PRELOAD = ("cluster._stages", "ray.data", "transformers")
+#: what an encoder actor imports (Lance, Ray Data, and the encoder's torch and transformers, which
+#: ``cluster._stages`` itself leaves to the actor's constructor), preloaded by the embedded Ray's workers
+_PRELOAD = ("cluster._stages", "embedder._encoder", "ray.data", "transformers")
 
 
 @contextmanager
