@@ -33,10 +33,16 @@ def test_an_unknown_name_is_an_attribute_error_naming_it(package: str) -> None:
         _ = pkg.no_such_name
 
 
-def test_the_small_workers_modules_import_no_torch() -> None:
-    """What the registry and counter actors and the pipeline's tasks unpickle; the encoder actor's
-    constructor imports torch itself (``cluster._stages.load_encoder``)."""
-    modules = ("cluster._registry", "cluster._progress", "cluster._stages", "cluster._sink", "cluster._sources")
+@pytest.mark.parametrize(
+    "modules",
+    [
+        # what the registry and counter actors and the pipeline's tasks unpickle; the encoder actor's
+        # constructor imports torch itself (``cluster._stages.load_encoder``)
+        ("cluster._registry", "cluster._progress", "cluster._stages", "cluster._sink", "cluster._sources"),
+        ("jobs.cli",),  # the driver: torch only where a command encodes in it (a quality map, a plan's probe)
+    ],
+)
+def test_these_modules_import_no_torch(modules: tuple[str, ...]) -> None:
     code = (
         f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
         "print(sorted(k for k in ('torch', 'transformers') if k in sys.modules))"
