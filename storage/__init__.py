@@ -4,8 +4,14 @@ commit per run, opening tables for queries. Knows nothing about Ray.
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import Any
+
+# Lance's index statistics leave out the IVF centroids (large, and unused here) when this is false, its future
+# default; unset, reading them warns that the default will change (`inspect` printed it). Lance reads it when a
+# dataset is opened, so it is set here, with the package, before any is (its modules are imported lazily)
+os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
 
 #: each public name by the private module that defines it: a name's module is imported on first use
 #: (PEP 562), so that a process needing one part (a Ray worker running the id registry or a write task)
