@@ -165,9 +165,18 @@ def child(job: str) -> int:
 
 
 def _has_cuda() -> bool:
-    import torch
+    """An NVIDIA GPU for ``GpuBusy`` to sample, asked of NVML, not torch: ``embedjob run``'s driver imports no
+    torch, and importing it here (~1.4 s) would be counted in the job's wall time."""
+    try:
+        import pynvml
 
-    return torch.cuda.is_available()
+        pynvml.nvmlInit()
+    except Exception:  # no NVML library or no driver: no GPU to sample
+        return False
+    try:
+        return pynvml.nvmlDeviceGetCount() > 0
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def _run_child(job: Path, tree: Path | None = None) -> dict:

@@ -156,22 +156,25 @@ def _loopback_only() -> Iterator[None]:
         constants.ENABLE_RAY_CLUSTER = saved
 
 
-#: what an encoder actor imports (torch, transformers, Lance, Ray Data through them), preloaded by the embedded
-#: Ray's workers
-_PRELOAD = ("cluster._stages", "ray.data", "transformers")
+#: what every worker of a run imports (Lance and Ray Data, through the read, prepare and write tasks and the
+#: encoder actor), preloaded by the embedded Ray's workers. Not torch or transformers: Ray preloads these in
+#: every worker it starts, and the id registry, the progress counter and Ray Data's own actors would pay
+#: for them (~2.5 s of CPU each, at the same time as the encoder actor's start); the encoder actor imports
+#: them itself when it loads the model (``cluster._stages.load_encoder``).
+_PRELOAD = ("cluster._stages", "ray.data")
 
 
 @contextmanager
 def _preloaded_workers() -> Iterator[None]:
-    """The embedded local Ray's prestarted workers import what an encoder actor needs (``_PRELOAD``) as soon as
-    they start, while the driver still plans the run, instead of after an actor is placed on them.
+    """The embedded local Ray's workers import what every worker of a run needs (``_PRELOAD``) as soon as
+    they start: the prestarted ones while the driver still plans the run, instead of after work is placed on
+    them.
 
     Ray starts one worker per CPU with the node and imports the modules its ``RAY_preload_python_modules``
-    names in each before the worker takes work (a raylet setting, read from the environment when the node
-    starts: set for this ``ray.init`` only). The actors and tasks of the run land on these workers: the
-    import of torch, transformers, Lance and Ray Data (~2.5 s of CPU each) happens during Ray's start, not
-    between the pool's creation and the first batch. A setting of the user's own is kept; so is a checkout
-    whose packages Ray's workers could not import (nothing is preloaded then).
+    names in each worker it starts, prestarted or later, before the worker takes work (a raylet setting,
+    read from the environment when the node starts: set for this ``ray.init`` only). A setting of the
+    user's own is kept; so is a checkout whose packages Ray's workers could not import (nothing is
+    preloaded then).
     """
     import importlib.util
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["ask", "in_ray"]
+__all__ = ["ask", "in_ray", "ray_running"]
 
 
 def ask(handle: Any, method: str, *args: Any, timeout: float | None = None) -> Any:
@@ -29,3 +29,7 @@ def in_ray() -> bool:
     """Whether this process is a Ray driver or worker (Ray initialised); never imports Ray to answer."""
     ray = sys.modules.get("ray")
     return ray is not None and ray.is_initialized()
+
+
+#: the package's name for :func:`in_ray` (``cluster.ray_running``): whether this process holds a Ray session
+ray_running = in_ray

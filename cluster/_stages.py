@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,8 +20,6 @@ import pyarrow.compute as pc
 
 from embedder import (
     Chunking,
-    ElasticEncoder,
-    EncoderConfig,
     cached_tokenizer,
     chunk_spans,
     decode_text,
@@ -53,6 +51,10 @@ from ._pool import PoolPlan
 from ._progress import record_embedded, record_rejected, report
 from ._registry import DUPLICATE, EXISTS, SKIP
 from ._timing import ACTOR_BUSY, ACTOR_INIT_AT, ACTOR_LOAD, ACTOR_READY_AT, note_timing
+
+if TYPE_CHECKING:  # the encoder (torch, transformers) is imported where it loads: the read, prepare and write
+    # tasks that run this module's functions on other workers need none of it
+    from embedder import ElasticEncoder, EncoderConfig
 
 REASON = "_reason"
 TOKENS = "_tokens"
@@ -265,6 +267,8 @@ def load_encoder(
     unless it holds a GPU, through the run's calibration (loaded from its stored URI) when it has one."""
     if not pool.uses_gpu:
         config = dataclasses.replace(config, device="cpu", num_threads=pool.threads_on(node_id()))
+    from embedder import ElasticEncoder
+
     calibration = load_calibration(calibration_uri, storage_options=storage_options) if calibration_uri else None
     return ElasticEncoder.from_config(model_path, config, calibration=calibration)
 

@@ -11,12 +11,13 @@ import enum
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ._errors import EncoderConfigError
 from ._granularity import Granularity, parse_granularities
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "BACKENDS",
@@ -67,14 +68,16 @@ MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
 Backend = Literal["torch", "int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 
+#: the dtype names a config takes -> torch's name for it (torch is imported where a dtype is resolved, so that
+#: reading this vocabulary, as ``storage.vocab`` does, costs no torch import)
 _DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
 }
 
 #: Default padded tokens per forward batch, by device type. On a 2-core CPU, 512..4096
@@ -132,6 +135,8 @@ class EncoderConfig:
             if key == "auto":
                 object.__setattr__(self, "device", None)
             else:
+                import torch
+
                 try:
                     torch.device(key)
                 except (RuntimeError, ValueError):
@@ -147,7 +152,7 @@ class EncoderConfig:
             raise EncoderConfigError(f"backend {self.backend!r} is not supported; allowed: {', '.join(BACKENDS)}")
         if self.backend != "int8":
             return
-        if self.device is not None and torch.device(self.device).type != "cpu":
+        if self.device is not None and self.device.split(":")[0] != "cpu":
             raise EncoderConfigError(f"backend 'int8' runs on CPU; device {self.device!r} is not allowed with it")
         if self.dtype not in (None, "float32", "fp32"):
             raise EncoderConfigError(
@@ -167,6 +172,8 @@ def _check_positive_int(name: str, value: Any, *, minimum: int) -> None:
 
 def resolve_device(device: str | None) -> torch.device:
     """``None`` picks CUDA when available, else CPU. A CUDA device that isn't there is an error."""
+    import torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -181,11 +188,13 @@ def resolve_device(device: str | None) -> torch.device:
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     """``None`` is bf16 (or fp16 where bf16 is unsupported) on CUDA, float32 elsewhere."""
+    import torch
+
     if dtype is None:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    chosen = _DTYPES[dtype]
+    chosen = getattr(torch, _DTYPES[dtype])
     if device.type == "cpu" and chosen is torch.float16:
         logger.warning(
             "dtype float16 on CPU is usually slower than float32 and loses precision; "

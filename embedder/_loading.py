@@ -11,14 +11,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ._config import Pooling
 from ._errors import EncoderConfigError, ModelError, UnsupportedModelError
 from ._hub import resolve_model
+
+if TYPE_CHECKING:  # reading a model dir (the tokenizer's tasks do) needs no torch; loading the weights does
+    import torch
+    from torch import nn
 
 __all__ = ["ModelDir", "find_blocks", "read_model_dir", "weights_fingerprint"]
 
@@ -209,6 +210,8 @@ def _read_st_pooling(file: Path, model: str) -> tuple[Pooling, bool]:
 
 def find_blocks(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
     """Find the transformer's block list: known paths first, then any ModuleList of the model's depth."""
+    from torch import nn
+
     for dotted in _KNOWN_BLOCK_PATHS:
         module: Any = model
         for part in dotted.split("."):

@@ -29,7 +29,6 @@ from embedder import (
     Granularity,
     GranularityError,
     cached_tokenizer,
-    int8_missing,
     read_model_dir,
     resolve_granularities,
     resolve_model,
@@ -410,6 +409,8 @@ def _backend_problems(spec: JobSpec) -> list[str]:
     """``[model] backend = "int8"``: its runtime is installed here, and the job asks no GPU of its actors."""
     if spec.model.backend != "int8":
         return []
+    from embedder import int8_missing  # here: its module imports torch, which no other check needs
+
     problems = []
     if missing := int8_missing():
         problems.append(f"model: {missing}")

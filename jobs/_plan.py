@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedder import ElasticEncoder, cached_tokenizer, chunk_spans, decode_text, text_problem
+from embedder import cached_tokenizer, chunk_spans, decode_text, text_problem
 from storage import CONTENT_HASH, DOC_ID, ID, VECTOR_DTYPES, content_hash, dataset_version, open_table, read_hashes
 from storage.vocab import keeps_existing_rows, updates_rows
 
@@ -204,6 +204,8 @@ def _recorded_throughput(resolved: ResolvedJob) -> float | None:
 
 
 def _measured_throughput(resolved: ResolvedJob, texts: list[str]) -> float:
+    from embedder import ElasticEncoder  # here: torch only for a plan that measures the encoder
+
     config = dataclasses.replace(resolved.encoder, device="cpu")
     encoder = ElasticEncoder.from_config(resolved.provenance.model_path, config, calibration=resolved.calibration)
     encoder.encode(texts)  # warm-up: the first pass pays for allocation and thread start-up

@@ -10,7 +10,6 @@ changed the table.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -20,11 +19,6 @@ import lance
 
 from ._lock import TableLock
 from .vocab import INDEX_TYPES
-
-# Lance's index statistics leave out the IVF centroids (large, and unused here) when this is false, its future
-# default; unset, reading them warns that the default will change (`inspect` printed it). Lance reads it when a
-# dataset is opened, so it is set here, before any is
-os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
 
 __all__ = [
     "MIN_INDEX_ROWS",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,11 +27,13 @@ from embedder import (
     Calibration,
     CalibrationError,
     CompatMaps,
-    ElasticEncoder,
     Granularity,
     GranularityError,
     ModelError,
 )
+
+if TYPE_CHECKING:
+    from embedder import ElasticEncoder
 
 from ._calibrations import calibration_uri, load_calibration
 from ._compat import FIT_MAP_COMMAND, find_compat_maps, richest
@@ -65,6 +68,8 @@ def table_calibration(
 def encoder_for(provenance: Provenance, calibration: Calibration | None) -> ElasticEncoder:
     """An encoder that embeds queries as ``provenance``'s vectors were made, at every one of its granularities;
     refused when the model's weights changed since."""
+    from embedder import ElasticEncoder  # here: torch is imported when a query is embedded, not with the table
+
     enc = ElasticEncoder.from_pretrained(
         provenance.model_path,
         list(provenance.granularities),

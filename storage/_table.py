@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lance
 import numpy as np
 import pyarrow as pa
 
-from embedder import Calibration, ElasticEncoder, Granularity, GranularityError
+from embedder import Calibration, Granularity, GranularityError
 
 from ._funnel import FunnelStage, StageSpec, funnel_search_vectors, parse_stages
 from ._index import IndexReport, build_index, describe_indexes
@@ -34,6 +34,9 @@ from ._schema import (
 )
 from ._tags import RollbackReport, rollback_table, tags_of
 from .vocab import QUERY_MODELS, QueryModel
+
+if TYPE_CHECKING:  # the encoder (torch) loads when a query is embedded (``encoder_for``)
+    from embedder import ElasticEncoder
 
 __all__ = ["EmbeddingTable", "TableNotFoundError", "open_table"]
 

@@ -9,11 +9,14 @@ old->map->new) and a new-model search over a half-migrated corpus. ``bench/migra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedder import CompatMaps, ElasticEncoder, Granularity, compat_recall
+from embedder import CompatMaps, Granularity, compat_recall
+
+if TYPE_CHECKING:  # the callers hand the encoders in; importing the class would import torch
+    from embedder import ElasticEncoder
 
 __all__ = ["halves", "migration_quality"]
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -37,7 +37,6 @@ from cluster import ProgressDisplay
 from embedder import (
     Calibration,
     CalibrationError,
-    ElasticEncoder,
     Granularity,
     ModelError,
     agreement,
@@ -47,6 +46,9 @@ from embedder import (
     recommend,
 )
 from storage import EmbeddingTable, Provenance, open_table, read_provenance, sample_texts
+
+if TYPE_CHECKING:
+    from embedder import ElasticEncoder
 
 from ._human import LEE_INSTALL_HINT, ScoredPairs, lee_set, read_pairs
 
@@ -255,6 +257,8 @@ def evaluate(
     grans = quality_grid(prov.num_layers, prov.hidden_size, job, grid=grid, dims=dims)
     reference = Granularity(prov.num_layers, prov.hidden_size)
     dtype_bytes = _DTYPE_BYTES.get(prov.vector_dtype, 4)
+    from embedder import ElasticEncoder  # here: torch is imported by a quality map, not by every command
+
     options = dict(
         pooling=prov.pooling, normalize=prov.normalize, max_length=prov.max_length, device=device, backend=prov.backend
     )

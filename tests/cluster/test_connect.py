@@ -158,9 +158,10 @@ with ray_session() as started:
 """
 
 
-def test_the_embedded_local_rays_workers_come_with_the_encoders_imports():
-    """A worker of the embedded Ray has imported what an encoder actor needs before it takes work, and the
-    setting that asked for it is not left in the driver's environment."""
+def test_the_embedded_local_rays_workers_come_with_the_runs_imports_but_not_torch():
+    """A worker of the embedded Ray has imported what every worker of a run needs before it takes work, and
+    not torch or transformers (which only the encoder actor needs), and the setting that asked for it is not
+    left in the driver's environment."""
     ray_tmp = tempfile.mkdtemp(prefix="rp", dir="/tmp")  # Ray's unix sockets need a short path
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     for name in ("RAY_ADDRESS", "RAY_preload_python_modules"):
@@ -182,4 +183,4 @@ def test_the_embedded_local_rays_workers_come_with_the_encoders_imports():
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, err[-3000:]
-    assert out.strip().splitlines()[-1] == "True ['cluster._stages', 'ray.data', 'torch', 'transformers'] None"
+    assert out.strip().splitlines()[-1] == "True ['cluster._stages', 'ray.data'] None"
