@@ -5,12 +5,9 @@ Knows nothing about Ray, files or Lance.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from ._lazy import lazy_exports
 
-#: each public name by the private module that defines it: a name's module is imported on first use
-#: (PEP 562), so that a process needing one part (a Ray worker running the id registry or a write task)
-#: does not import the rest (torch, transformers) through this package
+#: each public name by the private module that defines it, imported on first use (``embedder._lazy``)
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "_batching": ("Tokenized", "plan_batches", "tokenize"),
     "_calibrate": ("fit_calibration",),
@@ -69,19 +66,4 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "_tokenizer": ("TextTokenizer", "cached_tokenizer", "tokenized_from_flat"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

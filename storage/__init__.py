@@ -5,17 +5,15 @@ commit per run, opening tables for queries. Knows nothing about Ray.
 from __future__ import annotations
 
 import os
-from importlib import import_module
-from typing import Any
+
+from embedder._lazy import lazy_exports  # the packages' one export rule
 
 # Lance's index statistics leave out the IVF centroids (large, and unused here) when this is false, its future
 # default; unset, reading them warns that the default will change (`inspect` printed it). Lance reads it when a
 # dataset is opened, so it is set here, with the package, before any is (its modules are imported lazily)
 os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
 
-#: each public name by the private module that defines it: a name's module is imported on first use
-#: (PEP 562), so that a process needing one part (a Ray worker running the id registry or a write task)
-#: does not import the rest (torch, transformers) through this package
+#: each public name by the private module that defines it, imported on first use (``embedder._lazy``)
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "_backfill": ("backfill_fragment", "commit_new_columns", "fragment_ids"),
     "_calibrations": (
@@ -136,19 +134,4 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "tag_run",
     ),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -19,9 +19,11 @@ PACKAGES = ("embedder", "storage", "cluster")
 def test_every_public_name_resolves_to_its_module_object(package: str) -> None:
     pkg = importlib.import_module(package)
     assert pkg.__all__, package
+    module_of = {name: module for module, names in pkg._EXPORTS.items() for name in names}
+    assert sorted(module_of) == pkg.__all__
     for name in pkg.__all__:
         value = getattr(pkg, name)
-        defining = importlib.import_module(f"{package}.{pkg._MODULE_OF[name]}")
+        defining = importlib.import_module(f"{package}.{module_of[name]}")
         assert value is getattr(defining, name), (package, name)
     assert set(pkg.__all__) <= set(dir(pkg))
 
