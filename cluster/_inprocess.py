@@ -82,18 +82,9 @@ def _run(plan: EmbedPlan, delete_missing: bool, display: ProgressDisplay) -> Pip
     writes += stager.write(pending)
     display.end_phase()
     stager.finish(writes)
-    replaced, missing = registry.deletions(delete_missing)
-    return PipelineResult(
-        parts=stager.parts,
-        reject_fragments=stager.reject_fragments,
-        rows_rejected=stager.rows_rejected,
-        reject_reasons=stager.reject_reasons,
-        pool=pool,
-        seconds=time.perf_counter() - t0,
-        counts=registry.counts(),
-        replaced_ids=replaced,
-        missing_ids=missing,
-        tokenize=tokenize,
+    deletions = registry.deletions(delete_missing)
+    return PipelineResult.staged(
+        stager, pool=pool, t0=t0, counts=registry.counts(), deletions=deletions, tokenize=tokenize
     )
 
 

@@ -134,6 +134,26 @@ class PipelineResult:
     #: where texts were tokenized: "tasks" or "actor"
     tokenize: str = "actor"
 
+    @classmethod
+    def staged(
+        cls, stager: Any, *, pool: PoolPlan, t0: float, counts: dict[str, int], deletions: tuple, tokenize: str
+    ) -> PipelineResult:
+        """The result of an attempt whose writes went through ``stager`` (a ``RunStager``: the Ray Data sink, or
+        the small night's in-process one), started at ``t0``; ``deletions``: the registry's (replaced, missing)."""
+        replaced, missing = deletions
+        return cls(
+            parts=stager.parts,
+            reject_fragments=stager.reject_fragments,
+            rows_rejected=stager.rows_rejected,
+            reject_reasons=stager.reject_reasons,
+            pool=pool,
+            seconds=time.perf_counter() - t0,
+            counts=counts,
+            replaced_ids=replaced,
+            missing_ids=missing,
+            tokenize=tokenize,
+        )
+
     @property
     def rows_read(self) -> int:
         return self.counts.get("read", 0)
@@ -373,18 +393,7 @@ def _run_pipeline(plan: EmbedPlan, delete_missing: bool, display: ProgressDispla
         _log_actor_timings(counter, started_at, pool.actors)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Ray Data stats of run %s:\n%s", plan.run_id, ds.stats())
-    replaced, missing = ray.get(registry.deletions.remote(delete_missing))
+    deletions = ray.get(registry.deletions.remote(delete_missing))
     counts = ray.get(registry.counts.remote())
     ray.kill(registry)
-    return PipelineResult(
-        parts=sink.parts,
-        reject_fragments=sink.reject_fragments,
-        rows_rejected=sink.rows_rejected,
-        reject_reasons=sink.reject_reasons,
-        pool=pool,
-        seconds=time.perf_counter() - t0,
-        counts=counts,
-        replaced_ids=replaced,
-        missing_ids=missing,
-        tokenize=tokenize,
-    )
+    return PipelineResult.staged(sink, pool=pool, t0=t0, counts=counts, deletions=deletions, tokenize=tokenize)
