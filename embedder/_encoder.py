@@ -25,7 +25,7 @@ from torch import nn
 from ._batching import Plan, Tokenized, make_plan
 from ._calibration import Calibration
 from ._calibration_fit import CalibrationStats
-from ._config import EncoderConfig, Pooling, resolve_device, resolve_dtype, resolve_num_threads
+from ._config import INT8_BATCH_TOKENS, EncoderConfig, Pooling, resolve_device, resolve_dtype, resolve_num_threads
 from ._errors import EncoderConfigError, GranularityError
 from ._forward import ForwardPass, packed_runner
 from ._granularity import Granularity, GranularitySpec, parse_granularities, resolve_granularities
@@ -125,7 +125,8 @@ class ElasticEncoder:
             self._exits,
             packed_runner(self._exits, model_dir, pooling, device, config.packed),
             device=device,
-            batch_tokens=config.batch_tokens or default_batch_tokens(device, model_dir, dtype),
+            batch_tokens=config.batch_tokens
+            or (INT8_BATCH_TOKENS if config.backend == "int8" else default_batch_tokens(device, model_dir, dtype)),
             graphs=self._int8_graphs() if config.backend == "int8" else None,
         )
         self._post = PostProcess(

@@ -54,6 +54,7 @@ def test_int8_holds_the_bounds_on_the_real_model_at_every_granularity(minilm_pat
     # int8 is not float32 under another name: the vectors differ (by quantization, not by a bug)
     assert min(float(c.mean()) for c in _cosines(ref, got).values()) < 0.9999
     assert enc8.describe()["backend"] == "int8" and "backend=int8" in repr(enc8)
+    assert enc8.batch_tokens == 2048  # int8's own default on CPU (INT8_BATCH_TOKENS): it ran fastest there
     assert [p.name for p in own_cache.iterdir()] == [
         graph_path(
             own_cache, fingerprint=enc8.fingerprint, depth=6, layers=[1, 2, 3, 4, 5, 6], pooling=enc8.pooling
