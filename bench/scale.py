@@ -132,6 +132,9 @@ def main() -> int:
         f"granularities = {json.dumps(GRANS)}\n[input]\nuri = {json.dumps(str(corpus))}\n"
         f"[model]\npath = {json.dumps(model)}\n[output]\nuri = {json.dumps(str(out))}\nstore_text = false\n"
         f'mode = "overwrite"\nvector_dtype = "float32"\n'
+        # the Ray pipeline at scale (its workers' memory): where the pool would be one CPU actor, embedjob run
+        # would embed in its own process by default
+        "[cluster]\nin_process_below = 0\n"
     )
     words = sum(len(t.split()) for t in texts) / len(texts)
     print(

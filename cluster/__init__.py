@@ -14,7 +14,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "_connect": ("probe_address", "ray_session"),
     "_errors": ("ClusterError", "SourceError"),
     "_handles": ("ray_running",),
-    "_inprocess": ("describe_process", "process_pool", "run_in_process"),
+    "_inprocess": ("describe_process", "one_encoder_here", "process_pool", "run_in_process"),
     "_pipeline": ("EmbedPlan", "PipelineResult", "actor_placement", "run_pipeline", "start_pool"),
     "_plans": ("CorpusPlan", "EncoderPlan", "NextEncoder"),
     "_pool": ("NodeShare", "PoolPlan", "PoolRequest", "plan_pool"),

@@ -1,7 +1,10 @@
-"""A small night embedded in this process: the pipeline's own stages, run one after the other, without Ray.
+"""A run embedded in this process: the pipeline's own stages, run one after the other, without Ray.
 
 Starting Ray, its actor pool and the model in the actors costs a run seconds before its first row; a night with
-few rows to embed spends most of its time there (bench/incremental.py measures where the pool starts to pay).
+few rows to embed spends most of its time there (bench/incremental.py measures where the pool starts to pay). And
+where an embedded Ray would run the whole pool as one CPU actor (:func:`one_encoder_here`: a machine of up to
+``MAX_THREADS_PER_CPU_ACTOR`` CPUs and no GPU), that actor is the encoder this process runs anyway, on the same
+cores: the pool adds its start-up and nothing else, at any size (bench/pipeline.py measures both).
 :func:`run_in_process` runs such a night here: the input read with the source's own reader, each batch through
 ``prepare`` (the row rule, the content hash, the id registry: an :class:`IdRegistry` object instead of an actor),
 one ``EncodeActor`` (an object, loaded only when a row is to be embedded), and the staging sink's
@@ -11,6 +14,7 @@ and a resume are the same. Nothing here imports Ray.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import time
@@ -24,8 +28,9 @@ from ._progress import ProgressCounter, ProgressDisplay, Stage, display_or_own
 from ._registry import IdRegistry
 from ._stager import RunStager, StagedWrite
 from ._stages import EncodeActor, prepare
+from ._timing import log_in_process_timings, timed
 
-__all__ = ["describe_process", "process_pool", "run_in_process"]
+__all__ = ["describe_process", "one_encoder_here", "process_pool", "run_in_process"]
 
 logger = logging.getLogger("cluster")
 
@@ -40,11 +45,46 @@ def process_pool(request: PoolRequest) -> PoolPlan:
 
     gpus = torch.cuda.device_count() if request.gpus_per_actor != 0 else 0
     return plan_pool(
-        {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)},
+        {"CPU": float(local_cpus()), "GPU": float(gpus)},
         actors=1,
         gpus_per_actor=request.gpus_per_actor,
         cpus_per_actor=request.cpus_per_actor,
     )
+
+
+def one_encoder_here(request: PoolRequest) -> str | None:
+    """Whether an embedded Ray on this machine would plan the job's pool (``request``) as one CPU actor, the
+    encoder :func:`process_pool` gives this process: its description in words, or None (a GPU here, or more than
+    one actor). Asked without torch or Ray. Raises :class:`ClusterError` where this machine cannot meet the
+    request (more CPU actors than CPUs, GPU actors and no GPU), as the pool's planning would."""
+    gpu = _nvidia_gpu_here()
+    if request.gpus_per_actor != 0 and gpu:
+        return None  # GPU actors (tokenizing in CPU tasks beside them) are not this process's one encoder
+    cpus = local_cpus()
+    pool = plan_pool(
+        {"CPU": float(cpus), "GPU": float(gpu)},
+        actors=request.actors,
+        gpus_per_actor=request.gpus_per_actor,
+        cpus_per_actor=request.cpus_per_actor,
+    )
+    if pool.actors != 1 or pool.uses_gpu:
+        return None
+    return f"an embedded Ray here would run 1 CPU actor x {pool.torch_threads} torch threads on {cpus} CPUs"
+
+
+def local_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS tells it; else the machine's count)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def _nvidia_gpu_here() -> bool:
+    """Whether CUDA would see an NVIDIA GPU here, asked without importing torch: the driver's device nodes,
+    unless CUDA_VISIBLE_DEVICES hides every device."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 def describe_process(pool: PoolPlan) -> str:
@@ -56,7 +96,7 @@ def run_in_process(
     plan: EmbedPlan, *, delete_missing: bool = True, display: ProgressDisplay | None = None
 ) -> PipelineResult:
     """Run read -> prepare -> encode -> stage in this process, as :func:`run_pipeline` does on Ray; commit
-    nothing. Meant for few rows to embed: one encoder, no parallel reads."""
+    nothing. One encoder, no parallel reads: for few rows to embed, or a machine whose pool is one encoder."""
     with display_or_own(display, f"run {plan.run_id}", show=plan.pool.progress) as shown:
         return _run(plan, delete_missing, shown)
 
@@ -73,15 +113,17 @@ def _run(plan: EmbedPlan, delete_missing: bool, display: ProgressDisplay) -> Pip
     writes: list[StagedWrite] = []
     pending: list[pa.Table] = []
     encoder: EncodeActor | None = None
-    for rows in _prepared(plan, registry, counter, tokenize):
-        encoder = encoder or EncodeActor(pool=pool, **plan.encoder_args(counter))
-        pending.append(encoder(rows))
-        if sum(t.num_rows for t in pending) >= plan.rows_per_part:  # a part as large as the pipeline's
-            writes += stager.write(pending)
-            pending = []
-    writes += stager.write(pending)
-    display.end_phase()
-    stager.finish(writes)
+    with timed("in this process (read, prepare, encode, stage)"):
+        for rows in _prepared(plan, registry, counter, tokenize):
+            encoder = encoder or EncodeActor(pool=pool, **plan.encoder_args(counter))
+            pending.append(encoder(rows))
+            if sum(t.num_rows for t in pending) >= plan.rows_per_part:  # a part as large as the pipeline's
+                writes += stager.write(pending)
+                pending = []
+        writes += stager.write(pending)
+        display.end_phase()
+        stager.finish(writes)
+    log_in_process_timings(counter.notes())
     deletions = registry.deletions(delete_missing)
     return PipelineResult.staged(
         stager, pool=pool, t0=t0, counts=registry.counts(), deletions=deletions, tokenize=tokenize

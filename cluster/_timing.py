@@ -47,14 +47,24 @@ def timed(phase: str) -> Iterator[None]:
 
 
 def note_timing(counter: Any, phase: str, value: float) -> None:
-    """In a Ray worker: note ``value`` (seconds, or a wall-clock time for an ``... at`` phase) on the command's
-    progress counter, without waiting; never fails the work."""
+    """Note ``value`` (seconds, or a wall-clock time for an ``... at`` phase) on the command's progress counter
+    (in a Ray worker: the counter actor, without waiting; a run in this process: the counter object); never fails
+    the work."""
     if counter is None:
         return
     try:
-        counter.note.remote(phase, value)
+        note = counter.note
+        getattr(note, "remote", note)(phase, value)
     except Exception as exc:  # timings are never a reason for the work to fail
         logging.getLogger("cluster").debug("timing note lost: %s", exc)
+
+
+def log_in_process_timings(notes: Mapping[str, float]) -> None:
+    """Log what the encoder of a run in this process noted: its model load and its busy time."""
+    if ACTOR_LOAD in notes:
+        log_timing("model load (in this process)", notes[ACTOR_LOAD])
+    if ACTOR_BUSY in notes:
+        log_timing("encode (in this process)", notes[ACTOR_BUSY])
 
 
 def log_actor_timings(notes: Mapping[str, float], *, started_at: float, actors: int) -> None:

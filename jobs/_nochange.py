@@ -12,6 +12,12 @@ asking, and then runs as before.
 The same pass counts the rows to embed (new and changed) up to ``[cluster] in_process_below``: a night with fewer,
 and no cluster named, embeds them in this process without Ray (``cluster.run_in_process``), where starting Ray and
 its actor pool would cost more than the rows. Then the pass stops once it has seen that many rows to embed.
+
+Any run with no cluster named (create, overwrite, append, incremental) also runs in this process, whatever its
+size, where the embedded Ray would plan its pool as one CPU actor (``cluster.one_encoder_here``: up to
+``MAX_THREADS_PER_CPU_ACTOR`` CPUs, no GPU): that actor is this process's encoder on the same cores, and Ray
+would add its start-up only. A create, overwrite or append run with fewer input rows than ``in_process_below``
+(the input's own count: parquet footers, Lance) runs here too. ``in_process_below = 0`` keeps every run on Ray.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cluster import check_rows
+from cluster import ClusterError, PoolRequest, check_rows, one_encoder_here
 from storage import CONTENT_HASH, DOC_ID, ID, error_line, read_hashes, staged_runs
 
 from ._checks import ResolvedJob
@@ -48,18 +54,33 @@ class Unchanged:
 
 @dataclass(frozen=True)
 class InProcess:
-    """What the check found: at most ``rows`` rows to embed (new and changed; a chunked table's documents), fewer
-    than ``below`` (``[cluster] in_process_below``): the night runs in this process, without Ray."""
+    """What the check found: the run embeds in this process, without Ray. Either at most ``rows`` rows to embed
+    (new and changed; a chunked table's documents), fewer than ``below`` (``[cluster] in_process_below``), or
+    ``one_encoder``: the embedded Ray's pool would be one CPU actor, the encoder this process runs (its words;
+    ``rows``: the input's rows where counted, else None)."""
 
-    rows: int
+    rows: int | None
     below: int
     seconds: float
+    one_encoder: str | None = None
 
     def describe(self) -> str:
         """The run record's ``pool`` (no square brackets: the CLI's table would take them for markup)."""
+        if self.one_encoder is not None:
+            counted = "" if self.rows is None else f"{self.rows:,} input row(s); "
+            return f"in-process: {counted}{self.one_encoder}, the encoder this process runs; no Ray"
         what = "the break-even, " if self.below == IN_PROCESS_BELOW else ""
         below = f"{what}cluster.in_process_below = {self.below:,}"
-        return f"in-process: {self.rows:,} row(s) to embed (below {below}); no Ray"
+        return f"in-process: {self.rows or 0:,} row(s) to embed (below {below}); no Ray"
+
+
+@dataclass(frozen=True)
+class _Here:
+    """Whether a run may embed in this process: ``below`` (``[cluster] in_process_below``; 0: never) and, when
+    the embedded Ray's pool would be one CPU actor, ``one_encoder`` (its words)."""
+
+    below: int = 0
+    one_encoder: str | None = None
 
 
 def unchanged_since(resolved: ResolvedJob, mode: str, read_version: int | None, resume: str | None) -> Unchanged | None:
@@ -72,31 +93,35 @@ def unchanged_since(resolved: ResolvedJob, mode: str, read_version: int | None, 
 def before_ray(
     resolved: ResolvedJob, mode: str, read_version: int | None, resume: str | None, *, without_ray: bool
 ) -> Unchanged | InProcess | None:
-    """What the night needs, decided without Ray: nothing (:class:`Unchanged`), few rows embedded in this process
+    """What the run needs, decided without Ray: nothing (:class:`Unchanged`), its rows embedded in this process
     (:class:`InProcess`), or None: the Ray pipeline, as before.
 
-    Asked only of an incremental run (not a migration step) on an existing table with no calibration to fit.
-    Nothing to do means: a new run (not a resume, and no staged run of the table to finish or resume), every
-    input row would be embedded (no reject), no id twice, every id in the table with the same content hash, and
-    with ``delete_missing`` every table id in the input. In this process means: ``without_ray`` (the caller says
-    whether this process holds no Ray session of its own: one a notebook or a test opened is used as is), no
-    cluster given (no ``[cluster] address``, no RAY_ADDRESS: a job on a cluster always uses its pool), and fewer
-    new and changed rows than ``[cluster] in_process_below`` (counted as if nothing was staged: a resume embeds
-    fewer). An input that cannot be read here leaves the decision to the pipeline (which names the bad file).
+    Never asked of a migration step or a run with a calibration to fit: those run on Ray. Nothing to do (an
+    incremental run on an existing table only) means: a new run (not a resume, and no staged run of the table
+    to finish or resume), every input row would be embedded (no reject), no id twice, every id in the table with
+    the same content hash, and with ``delete_missing`` every table id in the input. In this process means:
+    ``without_ray`` (the caller says whether this process holds no Ray session of its own: one a notebook or a
+    test opened is used as is), no cluster given (no ``[cluster] address``, no RAY_ADDRESS: a job on a cluster
+    always uses its pool), ``in_process_below`` not 0, and either the embedded Ray's pool would be one CPU actor
+    (``cluster.one_encoder_here``), or fewer rows to embed than ``in_process_below``: a night's new and changed
+    rows (counted as if nothing was staged: a resume embeds fewer), another run's input rows (its footers'
+    count). An input that cannot be read here leaves the decision to the pipeline (which names the bad file).
     """
-    why_not = _not_asked(resolved, mode, read_version)
-    not_quiet = _why_not_quiet(resolved, resume) if why_not is None else None
-    quiet_ok = not_quiet is None
-    below = _in_process_below(resolved) if without_ray else 0
-    if why_not is None and not quiet_ok and not below:
-        why_not = f"{not_quiet}, and no night runs in this process"
+    why_not = _not_asked(resolved, mode)
     if why_not is not None:
-        logger.debug("no-change check skipped: %s", why_not)
+        logger.debug("no-change check skipped, and no run in this process: %s", why_not)
         return None
-    assert read_version is not None
+    here = _here(resolved) if without_ray else _Here()
+    if mode != _MODE or read_version is None:
+        return _whole_input(resolved, here)
+    not_quiet = _why_not_quiet(resolved, resume)
+    quiet_ok = not_quiet is None
+    if not quiet_ok and not here.below:
+        logger.debug("no-change check skipped: %s, and no night runs in this process", not_quiet)
+        return None
     t0 = time.perf_counter()
     try:
-        diff = _compare(resolved, read_version, below)
+        diff = _compare(resolved, read_version, here.below)
     except Exception as exc:  # an optimisation only: the pipeline meets the same input and reports it
         logger.info("no-change check: could not compare (%s); the run goes on", error_line(exc))
         return None
@@ -111,24 +136,42 @@ def before_ray(
         return Unchanged(rows=diff.rows, seconds=seconds)
     if diff.difference is not None:
         logger.info("the input differs from version %d (%s): embedding what changed", read_version, diff.difference)
-    if diff.to_embed < below:
-        logger.info(
-            "%d row(s) to embed, below cluster.in_process_below = %d: embedding in this process, without Ray",
-            diff.to_embed,
-            below,
-        )
-        return InProcess(rows=diff.to_embed, below=below, seconds=seconds)
+    # (the pass stops once in_process_below rows to embed were seen: above, the count is not the night's)
+    return _in_process(here, diff.to_embed, "row(s) to embed", seconds, whole=False)
+
+
+def _not_asked(resolved: ResolvedJob, mode: str) -> str | None:
+    """Why the run always goes to Ray (None: it may not need to): a migration step, or a calibration to fit."""
+    if resolved.migration is not None or mode == "migrate":
+        return f"mode {mode}"
+    if resolved.calibration_pending:
+        return "a calibration is fitted first"
     return None
 
 
-def _not_asked(resolved: ResolvedJob, mode: str, read_version: int | None) -> str | None:
-    """Why the check does not apply to this run (None: it does)."""
-    if mode != _MODE or resolved.migration is not None:
-        return f"mode {mode}"
-    if read_version is None:
-        return "no table yet"
-    if resolved.calibration_pending:
-        return "a calibration is fitted first"
+def _whole_input(resolved: ResolvedJob, here: _Here) -> InProcess | None:
+    """A run that embeds its whole input (create, overwrite, append, or no table yet): in this process where the
+    pool would be one encoder, or the input counts (cheaply: its footers) fewer rows than ``in_process_below``."""
+    if not here.below:
+        return None
+    return _in_process(here, resolved.source.row_count(), "input row(s)", 0.0, whole=True)
+
+
+def _in_process(here: _Here, rows: int | None, what: str, seconds: float, *, whole: bool) -> InProcess | None:
+    """In this process when ``rows`` (``what``: rows to embed, or the input's; None: not counted) are below
+    ``in_process_below``, else when the pool would be one encoder (``whole``: ``rows`` is the whole count, for
+    the record); None: on Ray."""
+    if rows is not None and rows < here.below:
+        logger.info(
+            "%d %s, below cluster.in_process_below = %d: embedding in this process, without Ray",
+            rows,
+            what,
+            here.below,
+        )
+        return InProcess(rows=rows, below=here.below, seconds=seconds)
+    if here.one_encoder:
+        logger.info("embedding in this process, without Ray: %s", here.one_encoder)
+        return InProcess(rows=rows if whole else None, below=here.below, seconds=seconds, one_encoder=here.one_encoder)
     return None
 
 
@@ -141,11 +184,22 @@ def _why_not_quiet(resolved: ResolvedJob, resume: str | None) -> str | None:
     return None
 
 
-def _in_process_below(resolved: ResolvedJob) -> int:
-    """``[cluster] in_process_below``, or 0 (never in this process) when the job names a cluster."""
-    if resolved.spec.cluster.address or os.environ.get("RAY_ADDRESS"):
-        return 0
-    return resolved.spec.cluster.in_process_below
+def _here(resolved: ResolvedJob) -> _Here:
+    """Whether this run may embed in this process: never when the job names a cluster (``[cluster] address``,
+    RAY_ADDRESS) or sets ``in_process_below = 0``; else below that many rows, and at any size where the embedded
+    Ray's pool would be one encoder."""
+    cluster = resolved.spec.cluster
+    if cluster.address or os.environ.get("RAY_ADDRESS") or not cluster.in_process_below:
+        return _Here()
+    request = PoolRequest(
+        actors=cluster.actors, gpus_per_actor=cluster.gpus_per_actor, cpus_per_actor=cluster.cpus_per_actor
+    )
+    try:
+        one_encoder = one_encoder_here(request)
+    except ClusterError as exc:  # the pool's planning meets it too and fails the run with this message
+        logger.debug("no run in this process: %s", exc)
+        return _Here()
+    return _Here(below=cluster.in_process_below, one_encoder=one_encoder)
 
 
 @dataclass(frozen=True)

@@ -138,18 +138,21 @@ def write_fragments(
 ) -> list[str]:
     """Write ``table`` as uncommitted fragments of the dataset at ``uri``; returns their JSON.
 
-    ``overwrite``: for an Overwrite commit, so ``schema`` may differ from the dataset's current one.
+    ``overwrite``: for an Overwrite commit, so ``schema`` may differ from the dataset's current one. Where
+    there is no dataset yet the fragments are written for its creation (Lance warns "No existing dataset ...,
+    it will be created" on the terminal otherwise).
     """
     if table.num_rows == 0:
         return []
     table = table.select(schema.names).cast(schema)
+    mode = "overwrite" if overwrite else "append"
     frags = lance.fragment.write_fragments(
         table,
         uri,
         schema=schema,
         max_rows_per_file=max_rows_per_file,
         storage_options=dict(storage_options or {}) or None,
-        mode="overwrite" if overwrite else "append",
+        mode=mode if table_exists(uri, storage_options) else "create",
     )
     return [json.dumps(f.to_json()) for f in frags]
 

@@ -1,5 +1,6 @@
 """A night with little changed: below ``[cluster] in_process_below`` rows to embed, and with no cluster named, it runs
-in the driver's process without Ray, giving exactly the rows, vectors, rejects and record the actor pool gives.
+in the driver's process without Ray, giving exactly the rows, vectors, rejects and record the actor pool gives. So
+does any run where the embedded Ray's pool would be one CPU actor (``cluster.one_encoder_here``), a create too.
 Real Lance tables, real Ray for the pool's side (the session's), tiny random BERT."""
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from ..jobfiles import write_job
 GRANS = ["l2_d32", "l4_d64"]
 N = 40
 ROOT = Path(__file__).resolve().parents[2]
+#: two actors: never the one encoder of this process, on any machine (the row threshold alone decides)
+TWO_ACTORS = {"cluster.actors": 2}
 
 
 def _write_corpus(path: Path, rows: list[tuple[object, object]]) -> None:
@@ -142,6 +145,43 @@ def test_a_small_night_in_process_gives_exactly_the_pools_rows_and_vectors(base,
     assert rejected["here"] == rejected["pool"] and len(rejected["here"]) == 2
 
 
+def test_a_create_where_the_pool_would_be_one_actor_runs_in_process_with_the_pools_rows(base, tmp_path):
+    """The base table's job again into a new table (a create), as `embedjob run` in its own process, its N rows above
+    in_process_below = 10 but all the CPUs as one actor's threads: no Ray starts, and the table is the one the
+    pool made (the base's version 1: same ids, hashes and vectors)."""
+    from cluster import PoolRequest, one_encoder_here
+    from cluster._inprocess import local_cpus
+
+    cpus = local_cpus()
+    if one_encoder_here(PoolRequest(cpus_per_actor=cpus)) is None:
+        pytest.skip("a GPU here: the embedded Ray's pool would be GPU actors")
+    folder = tmp_path / "create"
+    folder.mkdir()
+    _write_corpus(folder / "docs.parquet", base["rows"])
+    job = _job(folder, base["model"], folder / "out" / "docs.lance", in_process_below=10, cpus_per_actor=cpus)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    try:
+        proc = _embedjob_run(job, ray_tmp)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert list(ray_tmp.iterdir()) == [], "Ray was started"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert "WARN" not in proc.stderr, proc.stderr  # Lance's "No existing dataset" among them
+    table = open_table(str(folder / "out" / "docs.lance"))
+    record = table.runs()[-1]
+    assert (record["mode"], record["rows_new"], table.version) == ("create", N, 1)
+    assert record["pool"].startswith(f"in-process: {N} input row(s); an embedded Ray here would run 1 CPU actor x ")
+    got = _rows(table.uri)
+    want = {
+        r["id"]: r for r in lance.dataset(str(base["folder"] / "out" / "docs.lance"), version=1).to_table().to_pylist()
+    }
+    assert sorted(got) == sorted(want) and len(got) == N
+    for id_value, row in got.items():
+        assert (row["content_hash"], row["lang"]) == (want[id_value]["content_hash"], want[id_value]["lang"])
+        for g in GRANS:
+            assert np.allclose(row[f"vec_{g}"], want[id_value][f"vec_{g}"], atol=1e-5), (id_value, g)
+
+
 # ----------------------------------------------------------------- the decision, without Ray
 
 
@@ -177,7 +217,9 @@ def test_the_threshold_decides(quiet_table, k, below, in_process):
     night with nothing changed stays the no-change check's (None here: Unchanged)."""
     from jobs._nochange import InProcess, Unchanged
 
-    night, _ = quiet_table["night"](_changed(quiet_table["rows"], k), **{"cluster.in_process_below": below})
+    night, _ = quiet_table["night"](
+        _changed(quiet_table["rows"], k), **{"cluster.in_process_below": below}, **TWO_ACTORS
+    )
     if in_process is None:
         assert isinstance(night, Unchanged)
     elif in_process:
@@ -192,9 +234,9 @@ def test_new_rows_count_and_rejects_or_deletions_alone_run_in_process(quiet_tabl
 
     rows = quiet_table["rows"]
     grown = [*rows[:-1], ("n1", "a new passage"), ("n2", "another new passage"), (rows[0][0], "")]
-    night, _ = quiet_table["night"](grown, **{"cluster.in_process_below": 3})
+    night, _ = quiet_table["night"](grown, **{"cluster.in_process_below": 3}, **TWO_ACTORS)
     assert isinstance(night, InProcess) and night.rows == 2  # 2 new; the rejected row and the removed id cost none
-    assert quiet_table["night"](grown, **{"cluster.in_process_below": 2})[0] is None
+    assert quiet_table["night"](grown, **{"cluster.in_process_below": 2}, **TWO_ACTORS)[0] is None
 
 
 def test_a_job_given_a_cluster_never_runs_in_process(quiet_table, monkeypatch):
@@ -219,9 +261,10 @@ def test_a_process_holding_a_ray_session_uses_it(quiet_table):
     assert isinstance(quiet_table["night"](rows, without_ray=False)[0], Unchanged)
 
 
-def test_a_run_to_finish_runs_in_process_and_other_modes_use_the_pool(quiet_table):
-    """A resume (or a staged run of the table to finish) is never a night with nothing to do, but can be small; a
-    migration step, an append and a create are the pool's."""
+def test_a_run_to_finish_runs_in_process_and_other_modes_count_their_input(quiet_table):
+    """A resume (or a staged run of the table to finish) is never a night with nothing to do, but can be small; an
+    append or an overwrite embeds its whole input: in this process below the threshold (the input's footers
+    count N rows), else the pool; a migration step is always the pool's."""
     from jobs._nochange import InProcess
     from storage import RunStaging, RunStatus, StagingRecord, new_run_id
 
@@ -232,14 +275,46 @@ def test_a_run_to_finish_runs_in_process_and_other_modes_use_the_pool(quiet_tabl
     staging.write_record(StagingRecord(run_id=staging.run_id, status=RunStatus.FAILED, mode="incremental"))
     assert isinstance(quiet_table["night"](rows)[0], InProcess)
     staging.remove()
-    for mode in ("append", "migrate", "overwrite"):
-        assert quiet_table["night"](_changed(rows, 1), mode=mode)[0] is None, mode
+    for mode in ("append", "overwrite"):
+        night, _ = quiet_table["night"](_changed(rows, 1), mode=mode, **TWO_ACTORS)
+        assert isinstance(night, InProcess) and night.rows == N, mode
+        assert night.describe().startswith(f"in-process: {N} row(s) to embed (below the break-even, "), mode
+        assert (
+            quiet_table["night"](_changed(rows, 1), mode=mode, **{"cluster.in_process_below": N}, **TWO_ACTORS)[0]
+            is None
+        )
+    assert quiet_table["night"](_changed(rows, 1), mode="migrate")[0] is None
+
+
+def test_where_the_pool_would_be_one_cpu_actor_any_run_is_in_process(quiet_table):
+    """Above the threshold, a run still embeds in this process where the embedded Ray would plan one CPU actor (all
+    this machine's CPUs as its threads): that actor is this process's encoder; two actors, a cluster named or
+    in_process_below = 0 keep the pool, and so does a pool this machine cannot hold (the pool's error tells)."""
+    from cluster._inprocess import local_cpus
+    from jobs._nochange import InProcess
+
+    cpus = local_cpus()
+    one = {"cluster.in_process_below": 3, "cluster.cpus_per_actor": cpus}
+    words = f"an embedded Ray here would run 1 CPU actor x {cpus} torch threads on {cpus} CPUs"
+    night, _ = quiet_table["night"](_changed(quiet_table["rows"], 5), **one)
+    assert isinstance(night, InProcess) and (night.rows, night.one_encoder) == (None, words)  # 5 >= 3: not counted
+    assert night.describe() == f"in-process: {words}, the encoder this process runs; no Ray"
+    create, _ = quiet_table["night"](quiet_table["rows"], mode="overwrite", **one)
+    assert isinstance(create, InProcess) and create.rows == N
+    assert create.describe() == f"in-process: {N} input row(s); {words}, the encoder this process runs; no Ray"
+    for keep_the_pool in (
+        {**one, **TWO_ACTORS, "cluster.cpus_per_actor": 1},
+        {**one, "cluster.in_process_below": 0},
+        {**one, "cluster.address": "127.0.0.1:6379"},
+        {"cluster.actors": 10_000},  # more than this machine has: the pool's planning says so (even for 5 rows)
+    ):
+        assert quiet_table["night"](_changed(quiet_table["rows"], 5), **keep_the_pool)[0] is None, keep_the_pool
 
 
 @pytest.mark.slow  # ~40 s: a pool run in its own process
 def test_above_the_threshold_the_night_starts_ray(base, tmp_path):
     """The control of the equality test: the same process, as many rows to embed as the threshold: Ray starts."""
-    job = _night(base, tmp_path / "night", _changed(base["rows"], 3), in_process_below=3)
+    job = _night(base, tmp_path / "night", _changed(base["rows"], 3), in_process_below=3, actors=2)
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     try:
         proc = _embedjob_run(job, ray_tmp)
