@@ -53,10 +53,11 @@ def process_pool(request: PoolRequest) -> PoolPlan:
 
 
 def one_encoder_here(request: PoolRequest) -> str | None:
-    """Whether an embedded Ray on this machine would plan the job's pool (``request``) as one CPU actor, the
-    encoder :func:`process_pool` gives this process: its description in words, or None (a GPU here, or more than
-    one actor). Asked without torch or Ray. Raises :class:`ClusterError` where this machine cannot meet the
-    request (more CPU actors than CPUs, GPU actors and no GPU), as the pool's planning would."""
+    """Whether an embedded Ray on this machine would plan the job's pool (``request``) as one CPU actor with every
+    CPU as its threads, the encoder :func:`process_pool` gives this process: its description in words, or None (a
+    GPU here, more than one actor, or CPUs left to the pool's tasks). Asked without torch or Ray. Raises
+    :class:`ClusterError` where this machine cannot meet the request (more CPU actors than CPUs, GPU actors and
+    no GPU), as the pool's planning would."""
     gpu = _nvidia_gpu_here()
     if request.gpus_per_actor != 0 and gpu:
         return None  # GPU actors (tokenizing in CPU tasks beside them) are not this process's one encoder
@@ -67,8 +68,8 @@ def one_encoder_here(request: PoolRequest) -> str | None:
         gpus_per_actor=request.gpus_per_actor,
         cpus_per_actor=request.cpus_per_actor,
     )
-    if pool.actors != 1 or pool.uses_gpu:
-        return None
+    if pool.actors != 1 or pool.uses_gpu or pool.torch_threads < cpus:
+        return None  # (CPUs beyond the actor's threads would run the pool's read and write tasks beside it)
     return f"an embedded Ray here would run 1 CPU actor x {pool.torch_threads} torch threads on {cpus} CPUs"
 
 
