@@ -229,6 +229,16 @@ def breakdown(pipe: dict) -> list[tuple[str, float, int]]:
     return rows
 
 
+def _print_run(console: object, label: str, run: dict) -> None:
+    """One job's wall time, rate and pool, and where its time went."""
+    console.print(
+        f"  {label}: {run['wall_seconds']:.1f} s end to end, {run['tokens'] / run['wall_seconds']:,.0f} tokens/s "
+        f"({run['pool']})",
+        highlight=False,
+    )
+    _print_breakdown(console, run)
+
+
 def _print_breakdown(console: object, pipe: dict) -> None:
     wall = pipe["wall_seconds"]
     console.print(f"  where the {wall:.1f} s of the first job went:", highlight=False)
@@ -320,22 +330,12 @@ def main() -> int:
         if args.baseline is not None:
             # as that tree's `embedjob run` does by default (a tree older than in_process_below would refuse it)
             base = _run_child(_write_job(folder, corpus, model, grans, modes[0], pool=False), args.baseline)
-            console.print(
-                f"  baseline ({args.baseline}): {base['wall_seconds']:.1f} s end to end, "
-                f"{base['tokens'] / base['wall_seconds']:,.0f} tokens/s",
-                highlight=False,
-            )
-            _print_breakdown(console, base)
+            _print_run(console, f"baseline ({args.baseline})", base)
             extra["baseline"] = base
         default = None
         if args.default:
             default = _run_child(_write_job(folder, corpus, model, grans, pool=False))
-            console.print(
-                f"  embedjob run (default): {default['wall_seconds']:.1f} s end to end, "
-                f"{default['tokens'] / default['wall_seconds']:,.0f} tokens/s ({default['pool']})",
-                highlight=False,
-            )
-            _print_breakdown(console, default)
+            _print_run(console, "embedjob run (default)", default)
             extra["default"] = default
         pipes: dict[str, dict] = {}
         for mode in modes:

@@ -91,6 +91,19 @@ def _embedjob_run(job: Path, ray_tmp: Path) -> subprocess.CompletedProcess:
     )
 
 
+def _run_without_ray(job: Path) -> subprocess.CompletedProcess:
+    """``embedjob run`` of ``job`` in its own process, which must succeed without starting Ray (no session appears
+    in a fresh RAY_TMPDIR)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        proc = _embedjob_run(job, ray_tmp)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert list(ray_tmp.iterdir()) == [], "Ray was started"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return proc
+
+
 def _rows(uri: str) -> dict[str, dict]:
     table = lance.dataset(uri).to_table()
     return {r["id"]: r for r in table.to_pylist()}
@@ -105,14 +118,7 @@ def test_a_small_night_in_process_gives_exactly_the_pools_rows_and_vectors(base,
     pooled = run_job(_night(base, tmp_path / "pool", rows, in_process_below=100), progress=False)
     assert "CPU actor" in pooled.pool
 
-    job = _night(base, tmp_path / "here", rows, in_process_below=100)
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
-    try:
-        proc = _embedjob_run(job, ray_tmp)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert list(ray_tmp.iterdir()) == [], "Ray was started"
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    proc = _run_without_ray(_night(base, tmp_path / "here", rows, in_process_below=100))
     assert "5 row(s) to embed, below cluster.in_process_below = 100" in proc.stderr
     assert "(below cluster.in_process_below = 100); no Ray; 1 encoder x" in proc.stdout  # the printed summary
 
@@ -158,14 +164,9 @@ def test_a_create_where_the_pool_would_be_one_actor_runs_in_process_with_the_poo
     folder = tmp_path / "create"
     folder.mkdir()
     _write_corpus(folder / "docs.parquet", base["rows"])
-    job = _job(folder, base["model"], folder / "out" / "docs.lance", in_process_below=10, cpus_per_actor=cpus)
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    try:
-        proc = _embedjob_run(job, ray_tmp)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert list(ray_tmp.iterdir()) == [], "Ray was started"
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    proc = _run_without_ray(
+        _job(folder, base["model"], folder / "out" / "docs.lance", in_process_below=10, cpus_per_actor=cpus)
+    )
     assert "WARN" not in proc.stderr, proc.stderr  # Lance's "No existing dataset" among them
     table = open_table(str(folder / "out" / "docs.lance"))
     record = table.runs()[-1]
