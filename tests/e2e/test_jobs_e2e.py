@@ -75,6 +75,8 @@ def test_parquet_job_end_to_end(ray_local, tmp_path, lee_parquet, lee_articles, 
     assert summary.tokens > 50_000 and summary.truncated > 0
     assert summary.table_version == 1 and summary.status == "committed"
     tbl = _check_table(summary.table_uri, lee_articles, minilm_path)
+    # the job file names no calibration: the raw model's vectors (checked above), provenance says none
+    assert summary.calibration is None and tbl.provenance.calibration is None
     assert tbl.to_arrow(["title"])["title"].to_pylist()[0] is not None  # passthrough kept
     assert [v["version"] for v in tbl.versions()] == [1]
     (run,) = tbl.runs()
