@@ -26,7 +26,7 @@ from jobs.cli import app
 from storage import TableLocked, open_table, staged_runs, staging_dir
 
 from ..hosts import take_lock_from_another_host
-from ..jobfiles import write_job
+from ..jobfiles import write_embedded_table, write_job
 from ..s3proxy import S3FaultProxy
 from .audit import audit_table
 
@@ -142,7 +142,7 @@ def test_driver_killed_mid_run_then_resumed(ray_local, tmp_path, minilm_path, dr
     assert not lock_file.exists()
 
 
-def test_a_run_whose_lock_was_taken_over_never_commits(ray_local, tmp_path, tiny_bert_dir, driver, monkeypatch):
+def test_a_run_whose_lock_was_taken_over_never_commits(tmp_path, tiny_bert_dir, driver, monkeypatch):
     """The driver hangs (SIGSTOP) past its lease; a run on another host takes the table over; the driver
     wakes up, notices, and fails before its commit: the table stays as it was."""
     monkeypatch.setenv("EMBEDJOB_STATE_DIR", str(tmp_path / "state"))
@@ -157,9 +157,8 @@ def test_a_run_whose_lock_was_taken_over_never_commits(ray_local, tmp_path, tiny
         output={"uri": str(out)},
         cluster={"rows_per_block": 20, "rows_per_part": 20},
     )
-    first = dict(list(rows.items())[:20])
-    pq.write_table(pa.table({"doc_id": list(first), "body": list(first.values())}), corpus)
-    assert run_job(job, progress=False).table_version == 1
+    first = dict(list(rows.items())[:20])  # the table the night finds: written here, no Ray (the lock is the point)
+    assert write_embedded_table(str(out), tiny_bert_dir, first.values(), first, ["l2_d32"]) == 1
     pq.write_table(pa.table({"doc_id": list(rows), "body": list(rows.values())}), corpus)
 
     proc = driver(job, EMBEDJOB_LOCK_LEASE_S="4")
