@@ -31,6 +31,7 @@ def write_embedded_table(
     mode: str = "create",
     read_version: int | None = None,
     max_rows_per_file: int = 1 << 20,
+    storage_options: dict[str, str] | None = None,
 ) -> int:
     """Write (or append to) a real embedjob table in-process, no Ray: ``texts`` embedded by the real encoder
     (through ``calibration`` when given), so a table's own query encoder reproduces every stored vector.
@@ -69,8 +70,8 @@ def write_embedded_table(
         "embedded_at": pa.array([0] * n, pa.timestamp("us", tz="UTC")),
     }
     rows = pa.table(cols).cast(schema)
-    frags = write_fragments(rows, uri, schema, max_rows_per_file=max_rows_per_file)
-    version = commit(uri, frags, schema=schema, mode=mode, read_version=read_version)
+    frags = write_fragments(rows, uri, schema, storage_options=storage_options, max_rows_per_file=max_rows_per_file)
+    version = commit(uri, frags, schema=schema, mode=mode, read_version=read_version, storage_options=storage_options)
     if calibration is not None:
-        save_calibration(uri, calibration)
+        save_calibration(uri, calibration, storage_options=storage_options)
     return version

@@ -4,13 +4,14 @@ applied to its vectors and its queries, and treated as part of the table's confi
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from embedder import Calibration, ElasticEncoder, Granularity, fit_calibration, heldout_mask
-from jobs import JobSpecError, calibrate_job, run_job
+from jobs import JobSpecError, run_job
 from jobs.cli import app
 from storage import calibration_dir, list_calibrations, open_table
 
@@ -24,7 +25,7 @@ def _job(tmp_path, corpus, model, *, calibration="auto", name="job.toml", **over
         "input": {"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
         "model": {"path": str(model), "max_length": 64},
         "output": {"uri": str(tmp_path / "tables" / "lee.lance"), "mode": "overwrite"},
-        "calibrate": {"sample": 200},
+        "calibrate": {"sample": 1000},  # more than the corpus: every row
     }
     for section, values in overrides.items():
         sections[section] = {**sections.get(section, {}), **values}
@@ -32,6 +33,21 @@ def _job(tmp_path, corpus, model, *, calibration="auto", name="job.toml", **over
     if calibration is not None:
         path.write_text(f"calibration = {calibration!r}\n".replace("'", '"') + path.read_text())
     return path
+
+
+@pytest.fixture(scope="module")
+def auto_first(ray_local, tmp_path_factory, lee_parquet, _tiny_models):
+    """The first run of a job with ``calibration = "auto"``: its calibration fitted by the actors on every row
+    (the sample is larger than the corpus), then the vectors. Shared by the module: a test that runs the job
+    again copies the tables (``_copy_tables``); the model is the session's tiny BERT, read only."""
+    folder = tmp_path_factory.mktemp("calibration-auto")
+    model = _tiny_models["bert"]
+    first = run_job(_job(folder, lee_parquet, model), progress=False)
+    return {"folder": folder, "first": first, "model": model}
+
+
+def _copy_tables(auto_first, tmp_path) -> None:
+    shutil.copytree(auto_first["folder"] / "tables", tmp_path / "tables")
 
 
 def _vectors(tbl, ids, g):
@@ -75,62 +91,62 @@ def test_calibrate_then_auto_run_uses_it_for_vectors_and_queries(
     assert inspect.exit_code == 0 and cal.fingerprint in inspect.output
 
 
-def test_auto_fits_on_the_first_run_then_reuses_the_tables_own(ray_local, tmp_path, lee_parquet, tiny_bert_dir):
-    job = _job(tmp_path, lee_parquet, tiny_bert_dir)
-    first = run_job(job, progress=False)
+def test_auto_fits_on_the_first_run_then_reuses_the_tables_own(auto_first, tmp_path, lee_parquet):
+    first, model = auto_first["first"], auto_first["model"]
     assert first.calibration and first.seconds_calibration > 0
     assert re.fullmatch(r"fitted now on \d+ rows", first.calibration_origin), first.calibration_origin
-    second = run_job(job, progress=False)
+    _copy_tables(auto_first, tmp_path)
+    second = run_job(_job(tmp_path, lee_parquet, model), progress=False)
     assert (second.calibration, second.calibration_origin) == (first.calibration, "the table's own")
     assert second.seconds_calibration == 0.0 and second.table_version == first.table_version + 1
-    assert len(list_calibrations(first.table_uri)) == 1
+    assert len(list_calibrations(second.table_uri)) == 1
     # plain LanceDB, after one import, embeds a text query as embedjob does: calibration included
     import lancedb
 
     import storage.lancedb  # noqa: F401  (registers embedjob's query embedding with LanceDB)
 
-    tbl = open_table(first.table_uri)
+    tbl = open_table(second.table_uri)
     query = tbl.to_arrow(["text"])["text"][5].as_py()
     plain = lancedb.connect(str(tmp_path / "tables")).open_table("lee")
     for g in ("l2_d16", "l4_d64"):
         hits = plain.search(query, vector_column_name=f"vec_{g}").distance_type("cosine").limit(5).to_arrow()
         assert hits["id"].to_pylist() == tbl.search(query, g, k=5)["id"].to_pylist()
-    # the default job file has no calibration: the raw model's vectors, provenance says none
-    plain = run_job(_job(tmp_path, lee_parquet, tiny_bert_dir, calibration=None, name="plain.toml"), progress=False)
-    assert plain.calibration is None and open_table(plain.table_uri).provenance.calibration is None
+    # (a job file without calibration: test_jobs_e2e.py::test_parquet_job_end_to_end, provenance says none)
 
 
-def test_ray_statistics_equal_one_in_process_pass(ray_local, tmp_path, lee_parquet, lee_articles, tiny_bert_dir):
+def test_ray_statistics_equal_one_in_process_pass(auto_first, lee_articles):
     """Actors each sum their batches' statistics; the driver's sum solves to what one pass over the same rows gives."""
-    job = _job(tmp_path, lee_parquet, tiny_bert_dir, calibrate={"sample": 1000, "layers": [1, 3]})
-    report = calibrate_job(job, progress=False)
-    assert report.rows_sampled == report.rows_total == 300  # a sample larger than the corpus takes every row
+    first, model = auto_first["first"], auto_first["model"]
+    assert first.calibration_origin == "fitted now on 300 rows"  # a sample larger than the corpus takes every row
+    got = open_table(first.table_uri).calibration
+    assert got.fingerprint == first.calibration and got.layers == (2, 3)  # the job's exits below full depth
     ids = [f"lee-{i:03d}" for i in range(300)]
-    enc = ElasticEncoder.for_calibration(tiny_bert_dir, layers=[1, 3], max_length=64)
-    stats = enc.calibration_stats([1, 3])
+    enc = ElasticEncoder.for_calibration(model, layers=[2, 3], max_length=64)
+    stats = enc.calibration_stats([2, 3])
     enc.add_calibration_rows(stats, list(lee_articles), heldout_mask(ids, 0.2, seed=0))
     one = stats.solve(model_fingerprint=enc.fingerprint, pooling="mean", max_length=64)
-    got = report.calibration
     assert got.info.heldout_size == one.info.heldout_size
     np.testing.assert_allclose(np.abs(got.rotation[:, :16]), np.abs(one.rotation[:, :16]), atol=1e-3)
-    for k in (1, 3):
-        assert got.info.fits[(1, 3).index(k)].alpha == one.info.fits[(1, 3).index(k)].alpha
+    for k in (2, 3):
+        assert got.info.fits[(2, 3).index(k)].alpha == one.info.fits[(2, 3).index(k)].alpha
         x = enc.pooled_states(list(lee_articles[:20]), [k])[k]
         np.testing.assert_allclose(got.project(k, x, 16), one.project(k, x, 16), atol=1e-3)
 
 
-def test_a_different_calibration_is_a_config_change(ray_local, tmp_path, lee_parquet, lee_articles, tiny_bert_dir):
-    base = run_job(_job(tmp_path, lee_parquet, tiny_bert_dir), progress=False)
-    enc = ElasticEncoder.for_calibration(tiny_bert_dir, max_length=64)
+def test_a_different_calibration_is_a_config_change(auto_first, tmp_path, lee_parquet, lee_articles):
+    base, model = auto_first["first"], auto_first["model"]
+    _copy_tables(auto_first, tmp_path)
+    enc = ElasticEncoder.for_calibration(model, max_length=64)
     other = fit_calibration(enc, list(lee_articles[:80]), corpus="first 80 articles")
     path = other.save(tmp_path / "other.safetensors")
     with pytest.raises(JobSpecError, match=f"calibration: {base.calibration} -> {other.fingerprint}"):
-        run_job(_job(tmp_path, lee_parquet, tiny_bert_dir, calibration=str(path), output={"mode": "append"}))
+        run_job(_job(tmp_path, lee_parquet, model, calibration=str(path), output={"mode": "append"}))
     with pytest.raises(JobSpecError, match=f"calibration: {base.calibration} -> None"):
-        run_job(_job(tmp_path, lee_parquet, tiny_bert_dir, calibration=None, output={"mode": "append"}))
+        run_job(_job(tmp_path, lee_parquet, model, calibration=None, output={"mode": "append"}))
     # overwrite with a named file: one new version, and the file is copied next to the table
-    named = run_job(_job(tmp_path, lee_parquet, tiny_bert_dir, calibration="other.safetensors"), progress=False)
+    named = run_job(_job(tmp_path, lee_parquet, model, calibration="other.safetensors"), progress=False)
     assert named.calibration == other.fingerprint and named.calibration_origin == f"file {path}"
+    assert named.table_version == base.table_version + 1
     stored = {c.fingerprint for c in list_calibrations(named.table_uri)}
     assert stored == {base.calibration, other.fingerprint}
     assert open_table(named.table_uri).calibration.fingerprint == other.fingerprint

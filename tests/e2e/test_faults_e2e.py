@@ -1,7 +1,8 @@
 """Real process kills: the driver SIGKILLed mid-run and resumed, and a second run against a live one.
 
-The run under test is a separate ``embedjob run`` process with its own
-embedded Ray (own temp dir), killed as a whole process group.
+The run under test is a separate ``embedjob run`` process, killed as a whole process group: with its own
+embedded Ray (own temp dir) for a night of more than ``in_process_below`` rows (the slow test), in that process
+for the small nights of the default tests (their starting tables are written in the test's process, no Ray).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from jobs.cli import app
 from storage import TableLocked, open_table, staged_runs, staging_dir
 
 from ..hosts import take_lock_from_another_host
-from ..jobfiles import write_job
+from ..jobfiles import write_embedded_table, write_job
 from ..s3proxy import S3FaultProxy
 from .audit import audit_table
 
@@ -142,7 +143,7 @@ def test_driver_killed_mid_run_then_resumed(ray_local, tmp_path, minilm_path, dr
     assert not lock_file.exists()
 
 
-def test_a_run_whose_lock_was_taken_over_never_commits(ray_local, tmp_path, tiny_bert_dir, driver, monkeypatch):
+def test_a_run_whose_lock_was_taken_over_never_commits(tmp_path, tiny_bert_dir, driver, monkeypatch):
     """The driver hangs (SIGSTOP) past its lease; a run on another host takes the table over; the driver
     wakes up, notices, and fails before its commit: the table stays as it was."""
     monkeypatch.setenv("EMBEDJOB_STATE_DIR", str(tmp_path / "state"))
@@ -157,9 +158,8 @@ def test_a_run_whose_lock_was_taken_over_never_commits(ray_local, tmp_path, tiny
         output={"uri": str(out)},
         cluster={"rows_per_block": 20, "rows_per_part": 20},
     )
-    first = dict(list(rows.items())[:20])
-    pq.write_table(pa.table({"doc_id": list(first), "body": list(first.values())}), corpus)
-    assert run_job(job, progress=False).table_version == 1
+    first = dict(list(rows.items())[:20])  # the table the night finds: written here, no Ray (the lock is the point)
+    assert write_embedded_table(str(out), tiny_bert_dir, first.values(), first, ["l2_d32"]) == 1
     pq.write_table(pa.table({"doc_id": list(rows), "body": list(rows.values())}), corpus)
 
     proc = driver(job, EMBEDJOB_LOCK_LEASE_S="4")
@@ -199,6 +199,9 @@ def test_a_driver_killed_after_its_commit_is_recorded_committed(ray_local, s3_en
         "aws_region": "us-east-1",
         "allow_http": "true",
     }
+    # the table the night finds (10 of the rows, no runs table yet): written here, no Ray
+    first = dict(list(rows.items())[:10])
+    assert write_embedded_table(uri, tiny_bert_dir, first.values(), first, ["l2_d32"], storage_options=direct) == 1
     with S3FaultProxy(s3_env["endpoint"]) as proxy:
         job = write_job(
             tmp_path / "job.toml",
@@ -212,19 +215,19 @@ def test_a_driver_killed_after_its_commit_is_recorded_committed(ray_local, s3_en
             proc = driver(job)
             log = tmp_path / "driver.log"
             _wait_for(lambda: stuck.hits > 0, 240, "the run to write its run record", proc, log)
-            assert lance.dataset(uri, storage_options=direct).version == 1  # committed before that
+            assert lance.dataset(uri, storage_options=direct).version == 2  # committed before that
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         (staging,) = staged_runs(uri, direct)
         record = staging.read_record()
-        assert (record.status, record.table_version, record.pending) == ("committed", 1, ["runs"])
+        assert (record.status, record.table_version, record.pending) == ("committed", 2, ["runs"])
 
         again = run_job(job, progress=False)  # the next night
-    assert (again.rows_unchanged, again.table_version) == (60, 1)
+    assert (again.rows_unchanged, again.table_version) == (60, 2)
     runs = open_table(uri, storage_options=direct).runs()
     assert [(r["run_id"], r["status"], r["table_version"], r["rows_embedded"]) for r in runs] == [
-        (staging.run_id, "committed", 1, 60),
-        (again.run_id, "committed", 1, 0),
+        (staging.run_id, "committed", 2, 50),
+        (again.run_id, "committed", 2, 0),
     ]
     assert staged_runs(uri, direct) == []
     audit = audit_table(uri, rows, tiny_bert_dir, storage_options=direct)

@@ -5,6 +5,8 @@ Real Ray (the session's), real Lance tables, the tiny random BERT.
 
 from __future__ import annotations
 
+import shutil
+
 import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,13 +42,34 @@ def _job(tmp_path, corpus, model, name="job.toml", **output):
 ROWS = {f"d{i:02d}": f"Passage number {i} about rivers, trains and the weather in spring." for i in range(20)}
 
 
-def test_an_empty_input_or_most_ids_gone_is_refused_before_the_commit(ray_local, tmp_path, tiny_bert_dir):
+@pytest.fixture(scope="module")
+def model(_tiny_models):
+    """The session's tiny BERT, read only: every table of the module (the shared one too) names this path."""
+    return _tiny_models["bert"]
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_local, tmp_path_factory, model):
+    """A real run of the job over ROWS (version 1), shared: a test that needs the table copies it (``_night``)."""
+    folder = tmp_path_factory.mktemp("guards-first")
+    corpus = folder / "docs.parquet"
+    _corpus(corpus, ROWS)
+    first = run_job(_job(folder, corpus, model), progress=False)
+    assert (first.table_version, open_table(first.table_uri).count_rows()) == (1, 20)
+    return {"folder": folder, "summary": first}
+
+
+def _night(first_run, tmp_path, model):
+    """This test's copy of the first run's table and runs table, its job and its corpus (ROWS until rewritten)."""
+    shutil.copytree(first_run["folder"] / "out", tmp_path / "out")
     corpus = tmp_path / "docs.parquet"
     _corpus(corpus, ROWS)
-    job = _job(tmp_path, corpus, tiny_bert_dir)
-    first = run_job(job, progress=False)
-    uri = first.table_uri
-    assert (first.table_version, open_table(uri).count_rows()) == (1, 20)
+    return _job(tmp_path, corpus, model), corpus, str(tmp_path / "out" / "docs.lance")
+
+
+def test_an_empty_input_or_most_ids_gone_is_refused_before_the_commit(first_run, tmp_path, model):
+    job, corpus, uri = _night(first_run, tmp_path, model)
+    assert (lance.dataset(uri).version, lance.dataset(uri).count_rows()) == (1, 20)
 
     # a broken upstream export: the input file is empty
     _corpus(corpus, {})
@@ -87,34 +110,32 @@ def test_an_empty_input_or_most_ids_gone_is_refused_before_the_commit(ray_local,
     last = open_table(uri).runs()[-1]
     assert (last["run_id"], last["status"], last["table_version"]) == (failed["run_id"], "committed", 2)
     assert (last["rows_deleted"], last["rows_resumed"], last["rows_embedded"]) == (12, 1, 1)
-    audit = audit_table(uri, kept, tiny_bert_dir)
+    audit = audit_table(uri, kept, model)
     assert audit.clean, audit
     assert staged_runs(uri) == []
 
     # below the limit nothing is asked: 1 of 8 rows (12.5%) with the limit raised to 0.2
     fewer = dict(list(kept.items())[:7])
     _corpus(corpus, fewer)
-    job2 = _job(tmp_path, corpus, tiny_bert_dir, name="job2.toml", max_delete_fraction=0.2)
+    job2 = _job(tmp_path, corpus, model, name="job2.toml", max_delete_fraction=0.2)
     assert run_job(job2, progress=False).rows_deleted == 1
 
 
-def test_an_empty_input_does_not_create_or_overwrite_unless_allowed(ray_local, tmp_path, tiny_bert_dir):
-    corpus = tmp_path / "docs.parquet"
-    _corpus(corpus, {})
-    job = _job(tmp_path, corpus, tiny_bert_dir)
+def test_an_empty_input_does_not_create_or_overwrite_unless_allowed(first_run, tmp_path, model):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _corpus(fresh / "docs.parquet", {})
     with pytest.raises(DeletionRefused, match=r"the input has no rows: this create run would make .* an empty"):
-        run_job(job, progress=False)
-    uri = str(tmp_path / "out" / "docs.lance")
-    assert not (tmp_path / "out" / "docs.lance").exists()
+        run_job(_job(fresh, fresh / "docs.parquet", model), progress=False)
+    assert not (fresh / "out" / "docs.lance").exists()
 
-    _corpus(corpus, dict(list(ROWS.items())[:3]))
-    assert run_job(job, progress=False).table_version == 1
+    _, corpus, uri = _night(first_run, tmp_path, model)  # the 20 rows of the first run, version 1
     _corpus(corpus, {})
-    overwrite = _job(tmp_path, corpus, tiny_bert_dir, name="over.toml", mode="overwrite")
-    with pytest.raises(DeletionRefused, match=r"this overwrite run would replace the 3 rows of .* with none.*"):
+    overwrite = _job(tmp_path, corpus, model, name="over.toml", mode="overwrite")
+    with pytest.raises(DeletionRefused, match=r"this overwrite run would replace the 20 rows of .* with none.*"):
         run_job(overwrite, progress=False)
-    assert lance.dataset(uri).count_rows() == 3
-    allowed = _job(tmp_path, corpus, tiny_bert_dir, name="empty-ok.toml", mode="overwrite", allow_empty=True)
+    assert lance.dataset(uri).count_rows() == 20
+    allowed = _job(tmp_path, corpus, model, name="empty-ok.toml", mode="overwrite", allow_empty=True)
     summary = run_job(allowed, progress=False)
     assert summary.table_version == 2 and open_table(uri).count_rows() == 0
     assert open_table(uri).search("rivers", k=3).num_rows == 0  # an empty table is still a table
@@ -154,19 +175,22 @@ def test_bookkeeping_that_fails_after_the_commit_leaves_the_run_committed(ray_lo
     assert staged_runs(uri) == []
 
 
-def test_a_run_killed_between_its_commit_and_its_record_is_found_committed(ray_local, tmp_path, tiny_bert_dir):
+def test_a_run_killed_between_its_commit_and_its_record_is_found_committed(first_run, tmp_path, model):
     """The staging record says "committing" (the driver died right after the commit): the table's commit
     message decides. With the commit in the table the run is recorded committed, never abandoned; without
     it, it failed and is resumed."""
     from jobs import check_job, finish_committed_runs, load_job
     from storage import StagingRecord, commit_changes, commit_message, new_run_id
 
-    corpus = tmp_path / "docs.parquet"
-    _corpus(corpus, ROWS)
-    job = _job(tmp_path, corpus, tiny_bert_dir)
-    first = run_job(job, progress=False)
-    uri = first.table_uri
-    summary = first.to_json() | {"run_id": new_run_id(), "read_version": 1, "rows_deleted": 1, "table_version": None}
+    job, _, uri = _night(first_run, tmp_path, model)
+    first = first_run["summary"]
+    summary = first.to_json() | {
+        "run_id": new_run_id(),
+        "table_uri": uri,
+        "read_version": 1,
+        "rows_deleted": 1,
+        "table_version": None,
+    }
     # what the dead driver left: its record, and its commit (deleting d19) in the table
     landed = RunStaging(uri, summary["run_id"])
     landed.write_record(
@@ -200,14 +224,11 @@ def test_a_run_killed_between_its_commit_and_its_record_is_found_committed(ray_l
     assert (row["status"], row["table_version"], row["rows_deleted"]) == ("committed", 2, 1)
 
 
-def test_a_commit_call_that_fails_after_the_commit_landed_is_committed(ray_local, tmp_path, tiny_bert_dir, monkeypatch):
+def test_a_commit_call_that_fails_after_the_commit_landed_is_committed(first_run, tmp_path, model, monkeypatch):
     """The store took the commit but the answer was lost (a dropped connection): the table's commit message
     says the run committed, so it is committed, with a warning; it is not failed, and not committed twice.
     (A lost answer cannot be produced with a healthy local store: Lance's commit is wrapped to lose it.)"""
-    corpus = tmp_path / "docs.parquet"
-    _corpus(corpus, ROWS)
-    job = _job(tmp_path, corpus, tiny_bert_dir)
-    run_job(job, progress=False)
+    job, corpus, _ = _night(first_run, tmp_path, model)
     _corpus(corpus, {**ROWS, "extra": "One more passage, about lighthouses."})
     real = lance.LanceDataset.commit
 

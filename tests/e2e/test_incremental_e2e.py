@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lance
@@ -33,6 +34,28 @@ def _job(tmp_path, corpus, model, **output):
         output={"uri": str(tmp_path / "out" / "docs.lance"), **output},
         cluster={"rows_per_block": 50},
     )
+
+
+AB = {"a": "alpha text", "b": "beta text"}
+
+
+@pytest.fixture(scope="module")
+def ab_table(ray_local, _tiny_models, tmp_path_factory):
+    """A real first run of the job over AB (version 1) with the session's tiny BERT (read only), shared: a
+    test that runs on it copies it (``_copy_ab``)."""
+    folder = tmp_path_factory.mktemp("incremental-ab")
+    model = _tiny_models["bert"]
+    _corpus(folder / "docs.parquet", AB)
+    first = run_job(_job(folder, folder / "docs.parquet", model), progress=False)
+    assert (first.mode, first.rows_new, first.table_version) == ("create", 2, 1)
+    return {"folder": folder, "model": model}
+
+
+def _copy_ab(ab_table, tmp_path):
+    """This test's copy of the AB table (and its runs table), its corpus (AB) and the model; -> (corpus, model)."""
+    shutil.copytree(ab_table["folder"] / "out", tmp_path / "out")
+    _corpus(tmp_path / "docs.parquet", AB)
+    return tmp_path / "docs.parquet", ab_table["model"]
 
 
 def test_incremental_run_touches_exactly_the_changed_rows(ray_local, tmp_path, tiny_bert_dir):
@@ -85,15 +108,13 @@ def test_incremental_run_touches_exactly_the_changed_rows(ray_local, tmp_path, t
     assert "d0001" in set(open_table(kept.table_uri).to_arrow(["id"])["id"].to_pylist())
 
 
-def test_a_config_change_is_not_incremental(ray_local, tmp_path, tiny_bert_dir):
-    corpus = tmp_path / "docs.parquet"
-    _corpus(corpus, {"a": "alpha text", "b": "beta text"})
-    run_job(_job(tmp_path, corpus, tiny_bert_dir), progress=False)
+def test_a_config_change_is_not_incremental(ab_table, tmp_path):
+    corpus, model = _copy_ab(ab_table, tmp_path)
     job = write_job(
         tmp_path / "other.toml",
         granularities=["l3_d32"],
         input={"uri": str(corpus), "id_column": "doc_id", "text_column": "body"},
-        model={"path": str(tiny_bert_dir)},
+        model={"path": str(model)},
         output={"uri": str(tmp_path / "out" / "docs.lance")},
     )
     with pytest.raises(JobSpecError, match=r"granularities: l2_d32,l4_d64 -> l3_d32.*use mode = 'overwrite'"):
@@ -103,12 +124,10 @@ def test_a_config_change_is_not_incremental(ray_local, tmp_path, tiny_bert_dir):
     assert lance.dataset(rebuilt.table_uri, version=1).count_rows() == 2
 
 
-def test_append_refuses_ids_the_table_has(ray_local, tmp_path, tiny_bert_dir):
-    corpus = tmp_path / "docs.parquet"
-    _corpus(corpus, {"a": "alpha text", "b": "beta text"})
-    run_job(_job(tmp_path, corpus, tiny_bert_dir), progress=False)
+def test_append_refuses_ids_the_table_has(ab_table, tmp_path):
+    corpus, model = _copy_ab(ab_table, tmp_path)
     _corpus(corpus, {"b": "beta again", "c": "gamma text"})
-    out = run_job(_job(tmp_path, corpus, tiny_bert_dir, mode="append", max_reject_fraction=0.5), progress=False)
+    out = run_job(_job(tmp_path, corpus, model, mode="append", max_reject_fraction=0.5), progress=False)
     assert (out.rows_embedded, out.rows_rejected) == (1, 1)
     assert sorted(open_table(out.table_uri).to_arrow(["id"])["id"].to_pylist()) == ["a", "b", "c"]
     (reject,) = open_table(out.table_uri).rejects().to_pylist()
@@ -209,22 +228,21 @@ def test_add_granularity_backfills_only_the_new_column(ray_local, tmp_path, tiny
     assert again.rows_unchanged == 300 and [i["action"] for i in again.indexes] == ["kept"]
 
 
-def test_a_run_that_can_no_longer_be_resumed_is_recorded_abandoned_and_cleaned(ray_local, tmp_path, tiny_bert_dir):
+def test_a_run_that_can_no_longer_be_resumed_is_recorded_abandoned_and_cleaned(ab_table, tmp_path):
     from storage import RunStaging, StagingRecord
 
-    corpus = tmp_path / "docs.parquet"
-    _corpus(corpus, {"a": "alpha text", "b": "beta text"})
-    job = _job(tmp_path, corpus, tiny_bert_dir)
-    first = run_job(job, progress=False)
+    corpus, model = _copy_ab(ab_table, tmp_path)
+    job = _job(tmp_path, corpus, model)
+    table_uri = str(tmp_path / "out" / "docs.lance")
     # an interrupted run that planned against a version the table has moved past
-    dead = RunStaging(first.table_uri, "20261101T000000Z-deadbeef")
+    dead = RunStaging(table_uri, "20261101T000000Z-deadbeef")
     dead.write_record(
         StagingRecord(run_id=dead.run_id, status="running", read_version=0, mode="incremental", job=str(job))
     )
     _corpus(corpus, {"a": "alpha text", "b": "beta text", "c": "gamma text"})
     second = run_job(job, progress=False)
     assert second.rows_resumed == 0 and second.rows_new == 1
-    assert staged_runs(first.table_uri) == []
-    runs = open_table(first.table_uri).runs()
+    assert staged_runs(table_uri) == []
+    runs = open_table(table_uri).runs()
     (abandoned,) = [r for r in runs if r["run_id"] == dead.run_id]
     assert abandoned["status"] == "abandoned" and "table is at 1 now" in abandoned["error"]

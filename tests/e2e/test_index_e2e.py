@@ -13,7 +13,7 @@ from jobs import JobSpecError, run_job
 from jobs.cli import app
 from storage import open_table
 
-from ..jobfiles import write_job
+from ..jobfiles import write_embedded_table, write_job
 
 GRANS = ["l2_d16", "l4_d32", "l4_d64"]
 
@@ -86,7 +86,15 @@ def test_index_section_is_checked_before_ray_starts(tmp_path, tiny_bert_dir, lee
 
 
 def test_cli_index_query_funnel_and_inspect(ray_local, tmp_path, tiny_bert_dir, lee_articles):
-    corpus = _corpus(tmp_path / "lee.parquet", lee_articles[:200])
+    cli = CliRunner()
+    # a table too small to index (written here, no Ray: the CLI reads any embedjob table)
+    few = str(tmp_path / "tables" / "few.lance")
+    write_embedded_table(few, tiny_bert_dir, lee_articles[:200], granularities=GRANS)
+    too_small = cli.invoke(app, ["index", few, "-g", "l4_d32"])
+    assert too_small.exit_code == 2
+    assert "has 200 rows; an ivf_pq index needs at least 256" in " ".join(too_small.output.split())
+    # a job's table past the minimum: index two columns
+    corpus = _corpus(tmp_path / "lee.parquet", lee_articles)
     job = write_job(
         tmp_path / "small.toml",
         granularities=GRANS,
@@ -95,14 +103,6 @@ def test_cli_index_query_funnel_and_inspect(ray_local, tmp_path, tiny_bert_dir, 
         output={"uri": str(tmp_path / "tables" / "small.lance")},
     )
     uri = run_job(job, progress=False).table_uri
-    cli = CliRunner()
-
-    too_small = cli.invoke(app, ["index", uri, "-g", "l4_d32"])
-    assert too_small.exit_code == 2
-    assert "has 200 rows; an ivf_pq index needs at least 256" in " ".join(too_small.output.split())
-    # grow it past the minimum, then index two columns
-    _corpus(corpus, lee_articles)
-    run_job(job, progress=False)
     done = cli.invoke(app, ["index", uri, "-g", "l2_d16", "-g", "l4_d64", "--type", "ivf_flat", "--partitions", "1"])
     assert done.exit_code == 0, done.output
     assert done.output.count("ivf_flat (1 partitions, cosine)") == 2

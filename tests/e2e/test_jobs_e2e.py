@@ -75,6 +75,8 @@ def test_parquet_job_end_to_end(ray_local, tmp_path, lee_parquet, lee_articles, 
     assert summary.tokens > 50_000 and summary.truncated > 0
     assert summary.table_version == 1 and summary.status == "committed"
     tbl = _check_table(summary.table_uri, lee_articles, minilm_path)
+    # the job file names no calibration: the raw model's vectors (checked above), provenance says none
+    assert summary.calibration is None and tbl.provenance.calibration is None
     assert tbl.to_arrow(["title"])["title"].to_pylist()[0] is not None  # passthrough kept
     assert [v["version"] for v in tbl.versions()] == [1]
     (run,) = tbl.runs()
@@ -123,8 +125,7 @@ def _bad_corpus(path, n_good=60):
     pq.write_table(table, path)
 
 
-@pytest.mark.parametrize("tokenize", ["actor", "tasks"])
-def test_rejects_are_counted_kept_and_limited(ray_local, tmp_path, tiny_bert_dir, tokenize):
+def test_rejects_over_the_limit_commit_nothing(ray_local, tmp_path, tiny_bert_dir):
     corpus = tmp_path / "bad.parquet"
     _bad_corpus(corpus)
     # 7 of 67 rows are bad (10%): over the default 1% limit, nothing is committed
@@ -134,7 +135,14 @@ def test_rejects_are_counted_kept_and_limited(ray_local, tmp_path, tiny_bert_dir
     assert info.value.rejected == 7 and info.value.read == 67
     assert "nothing was committed" in str(info.value)
     assert not (tmp_path / "tables" / "lee.lance" / "_versions").exists()
-    # under a limit that allows them, the run commits and keeps them with their reasons
+
+
+@pytest.mark.parametrize("tokenize", ["actor", "tasks"])
+def test_rejects_are_counted_kept_and_limited(ray_local, tmp_path, tiny_bert_dir, tokenize):
+    corpus = tmp_path / "bad.parquet"
+    _bad_corpus(corpus)
+    # under a limit that allows them (7 of 67 rows are bad), the run commits and keeps them with their reasons;
+    # over it nothing is committed (test_rejects_over_the_limit_commit_nothing, the same rows)
     job = _job(
         tmp_path,
         corpus,

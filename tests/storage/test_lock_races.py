@@ -46,12 +46,14 @@ for line in sys.stdin:
 """
 
 ROUNDS = 50
+#: real collisions the S3 race waits for (each one a double win without the conditional write)
+COLLISIONS = 10
 
 
-def _race(uri: str, options: dict[str, dict | None], plant_stale=None, rounds: int = ROUNDS) -> list[str]:
-    """Contender processes "a" and "b" (with their own storage options) race for the lock ``rounds`` times;
-    before each round ``plant_stale()`` may leave a crashed run's lock to take over. Returns each round's
-    winners."""
+def _race(uri: str, options: dict[str, dict | None], plant_stale=None, rounds: int = ROUNDS, enough=None) -> list[str]:
+    """Contender processes "a" and "b" (with their own storage options) race for the lock ``rounds`` times, or
+    until ``enough()`` says the rounds so far suffice; before each round ``plant_stale()`` may leave a crashed
+    run's lock to take over. Returns each round's winners."""
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CONTENDER, uri, name, json.dumps(options[name])],
@@ -81,6 +83,8 @@ def _race(uri: str, options: dict[str, dict | None], plant_stale=None, rounds: i
                 p.stdin.flush()
             for p in procs:
                 assert p.stdout.readline().strip() == "released"
+            if enough is not None and enough():
+                break
         return winners
     finally:
         for p in procs:
@@ -112,8 +116,15 @@ def test_two_processes_racing_for_an_s3_lock_never_both_win(s3_env):
     with S3FaultProxy(s3_env["endpoint"]) as slow:
         slow.delay("t_staging/LOCK.json", 0.6, methods=("PUT",))
         options = {"a": _opts(s3_env["endpoint"]), "b": _opts(slow.endpoint)}
-        winners = _race("s3://race/db/t.lance", options)
+
+        def refused() -> int:
+            """Rounds that were real collisions: "b" found the lock free, wrote, and the store refused it."""
+            return sum(1 for m, p, s in slow.log if m == "PUT" and p.endswith("/t_staging/LOCK.json") and s == 412)
+
+        # each collision costs "b"'s 0.6 s: race until COLLISIONS of them (about 2 rounds in 3), not ROUNDS
+        winners = _race("s3://race/db/t.lance", options, enough=lambda: refused() >= COLLISIONS)
     assert all(len(w) == 1 for w in winners), winners  # (without If-None-Match both win: "b" overwrites)
+    assert refused() >= COLLISIONS, slow.log
     keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket="race").get("Contents", [])]
     assert "db/t_staging/LOCK.json" not in keys  # every winner released it
 
