@@ -143,7 +143,8 @@ def test_a_chunked_run_killed_mid_run_resumes_without_losing_or_doubling_a_chunk
     corpus = tmp_path / "docs.parquet"
     _write(corpus, docs)
     job = _job(tmp_path, tiny_bert_dir, corpus)
-    text = job.read_text() + "[cluster]\nrows_per_block = 4\nrows_per_part = 7\n"
+    # on the embedded Ray (this machine's pool would be one actor: by default the run would stay in its process)
+    text = job.read_text() + "[cluster]\nrows_per_block = 4\nrows_per_part = 7\nin_process_below = 0\n"
     job.write_text(text)
     out = tmp_path / "out" / "docs.lance"
     ray_tmp = tempfile.mkdtemp(prefix="rd", dir="/tmp")
