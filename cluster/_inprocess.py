@@ -135,7 +135,24 @@ def _prepared(plan: EmbedPlan, registry: IdRegistry, counter: ProgressCounter, t
     """The input's batches through ``prepare``, those with rows left to encode (or to reject)."""
     columns = list(dict.fromkeys([plan.id_column, plan.text_column, *plan.passthrough]))
     kwargs = plan.prepare_args(registry, counter, tokenize)
-    for batch in plan.source.batches(columns, batch_size=plan.rows_per_block or _BATCH_ROWS):
-        rows = prepare(pa.Table.from_batches([batch]), **kwargs)
+    size = plan.rows_per_block or _BATCH_ROWS
+    for block in _blocks(plan.source.batches(columns, batch_size=size), size):
+        rows = prepare(block, **kwargs)
         if rows.num_rows:
             yield rows
+
+
+def _blocks(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
+    """The input's batches joined into blocks of at least ``size`` rows (the last may hold fewer): a parquet file
+    is read a row group at a time, and one encode call over more rows pads less (it sorts its rows by length;
+    2,048 + 952 rows cost 3% more than 3,000 at once, bench/RESULTS.md)."""
+    pending: list[pa.Table] = []
+    rows = 0
+    for batch in batches:
+        pending.append(pa.Table.from_batches([batch]))
+        rows += batch.num_rows
+        if rows >= size:
+            yield pa.concat_tables(pending, promote_options="permissive")
+            pending, rows = [], 0
+    if pending:
+        yield pa.concat_tables(pending, promote_options="permissive")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 __all__ = ["has_control_characters", "split_table_uri", "table_name_problem"]
@@ -20,6 +21,12 @@ def split_table_uri(uri: str) -> tuple[str, str]:
     return (parent or "."), name
 
 
+#: names LanceDB's validator accepts (ASCII letters and digits, ``_``, ``-``, ``.``; not ``.`` or ``..``), asked
+#: first so that a good name costs no import of lancedb (~1 s); any other name goes to LanceDB's own validator,
+#: which says what is wrong (tests/storage check that both agree)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
 def table_name_problem(uri: str) -> str | None:
     """Why LanceDB would refuse to open the table at ``uri`` by name, or None when it would not.
 
@@ -29,6 +36,8 @@ def table_name_problem(uri: str) -> str | None:
     if has_control_characters(uri):
         return "holds a control character (a newline, tab or escape); remove it"
     _, name = split_table_uri(uri)
+    if _PLAIN_NAME.fullmatch(name) and name not in (".", ".."):
+        return None
     from lancedb.util import validate_table_name
 
     try:

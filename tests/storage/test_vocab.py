@@ -83,3 +83,22 @@ def test_each_tuple_is_its_literal(names, literal):
 def test_the_pooling_names_are_the_encoders():
     assert vocab.POOLINGS == ("mean", "cls", "max", "lasttoken")
     assert all(Pooling.parse(name).value == name for name in vocab.POOLINGS)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["docs", "a", "-a", "_", ".", "..", "...", "a.b", "A-Z.9_x", "a" * 300, "", "a b", "é", "a:b", "a*", "ü1"],
+)
+def test_table_names_are_judged_as_lancedb_judges_them(name):
+    """The plain-name fast path (no lancedb import) never accepts a name LanceDB's own validator refuses, and
+    every name it hands on gets LanceDB's verdict."""
+    from lancedb.util import validate_table_name
+
+    from storage._names import table_name_problem
+
+    try:
+        validate_table_name(name)
+        lancedb_ok = True
+    except ValueError:
+        lancedb_ok = False
+    assert (table_name_problem(f"/data/{name}.lance") is None) == lancedb_ok, name
