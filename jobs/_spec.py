@@ -187,9 +187,11 @@ class ClusterSpec(_Strict):
     #: rows per staged part (one write task, one set of fragments); a killed run redoes at most the parts
     #: in flight. Larger parts make fewer, larger fragments.
     rows_per_part: int = Field(default=16384, ge=1, le=1 << 24)
-    #: an incremental night with fewer rows than this to embed (new + changed; a chunked table's documents) runs
-    #: in the driver's process, without Ray, when no cluster is given (no ``address``, no RAY_ADDRESS); 0: never.
-    #: The default is the break-even bench/incremental.py measured (pool vs in-process, see bench/RESULTS.md)
+    #: a run with fewer rows than this to embed (a night's new + changed, a chunked table's documents; a create's,
+    #: overwrite's or append's input rows) runs in the driver's process, without Ray, when no cluster is given (no
+    #: ``address``, no RAY_ADDRESS); so does any run where the embedded pool would be one CPU actor
+    #: (``cluster.one_encoder_here``); 0: never. The default is the break-even bench/incremental.py measured (pool
+    #: vs in-process, see bench/RESULTS.md)
     in_process_below: int = Field(default=IN_PROCESS_BELOW, ge=0, le=1 << 24)
 
 
