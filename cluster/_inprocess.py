@@ -74,9 +74,10 @@ def one_encoder_here(request: PoolRequest) -> str | None:
 
 
 def local_cpus() -> int:
-    """The CPUs this process may run on (its affinity, where the OS tells it; else the machine's count)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    """The CPUs this process may run on: the encoder's own count (``embedder._config.usable_cpus``)."""
+    from embedder._config import usable_cpus
+
+    return usable_cpus()
 
 
 def _nvidia_gpu_here() -> bool:

@@ -213,6 +213,11 @@ def resolve_num_threads(num_threads: int | None) -> int | None:
         return num_threads
     if os.environ.get("OMP_NUM_THREADS"):
         return None  # the launcher (e.g. Ray, from an actor's num_cpus) already chose
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity where the OS tells it, else the machine's count."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
